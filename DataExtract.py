@@ -1,0 +1,77 @@
+"""Step 1: official archive -> verified, safely extracted raw files under data/raw/.
+
+    python DataExtract.py                      # finds downloads/VOCtrainval_11-May-2012.tar
+    python DataExtract.py --archive PATH       # an archive elsewhere
+    python DataExtract.py --download           # fetch it first (resumes a partial file)
+    python DataExtract.py --synthetic          # a small synthetic archive in the official layout
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from segmentnet.archive import DataError, download, extract, verify_md5
+from segmentnet.cli import run_main
+from segmentnet.datasets import DATASETS, get_dataset
+from segmentnet.datasets.common import raw_dir
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="voc2012", help=f"one of: {', '.join(sorted(DATASETS))}")
+    p.add_argument("--archive", action="append", default=[], metavar="PATH",
+                   help="archive file (repeat for datasets made of several archives)")
+    p.add_argument("--downloads", default="downloads", help="folder where archives are looked for")
+    p.add_argument("--data-dir", default="data", help="raw files go to DATA_DIR/raw/<archive name>/")
+    p.add_argument("--download", action="store_true", help="fetch missing archives from the official address")
+    p.add_argument("--url", default=None, help="mirror address to download from instead (one archive)")
+    p.add_argument("--no-verify", action="store_true", help="skip the md5 check against the published sum")
+    p.add_argument("--synthetic", action="store_true",
+                   help="generate a small synthetic archive in the official layout and extract it")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic archive")
+    return p
+
+
+def locate_archives(info, args) -> list[Path]:
+    """The path of each of the dataset's archives: --archive, else the downloads folder."""
+    downloads = Path(args.downloads)
+    if args.synthetic:
+        return info.make_synthetic(downloads / "synthetic", args.seed)
+    given = [Path(a) for a in args.archive]
+    paths = []
+    for spec in info.archives:
+        match = [g for g in given if g.name == spec.filename] or (given if len(info.archives) == 1 else [])
+        path = match[0] if match else downloads / spec.filename
+        if not path.exists() and args.download:
+            url = args.url or spec.url
+            if not url:
+                raise DataError(f"{spec.filename} has no public download address (a login is required): "
+                                f"download it yourself into {downloads}/")
+            print(f"downloading {url} -> {path}")
+            download(url, path)
+        if not path.exists():
+            raise DataError(f"{path} not found. Download {spec.filename} (official address: {spec.url or 'login required'}) "
+                            f"into {downloads}/, pass --archive PATH, or use --download.")
+        paths.append(path)
+    return paths
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    info = get_dataset(args.dataset)
+    for spec, path in zip(info.archives, locate_archives(info, args)):
+        checksum = None
+        if not (args.no_verify or args.synthetic or spec.md5 is None):
+            print(f"checking md5 of {path} ...")
+            checksum = verify_md5(path, spec.md5)
+        target = raw_dir(Path(args.data_dir), spec)
+        if extract(path, target, spec, checksum):
+            print(f"extracted {path} -> {target}")
+        else:
+            print(f"{target} already holds {path.name}; nothing to do")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,74 @@
+"""Step 3: train a segmentation network on a prepared dataset.
+
+    python TrainSegmentNet.py                                  # the defaults below
+    python TrainSegmentNet.py --model segmentnet --epochs 50 --lr 0.01
+    python TrainSegmentNet.py --config my_run.json --batch-size 16
+    python TrainSegmentNet.py --resume runs/NAME/last.pt       # continue where it stopped
+    torchrun --nproc_per_node=4 TrainSegmentNet.py ...         # several GPUs
+
+Every hyperparameter below can be set as --name value (dashes or underscores alike) or in a JSON
+file given with --config; flags win over the file, the file over these defaults.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+from segmentnet.cli import run_main
+from segmentnet.config import parse_config
+from segmentnet.engine import evaluate, train, train_one_epoch  # noqa: F401  (importable from here)
+from segmentnet.losses import build_loss  # noqa: F401  (build_loss is part of this script's interface)
+
+
+@dataclass
+class Config:
+    # data
+    dataset: str = "voc2012"          # dataset name: a folder DATA_DIR/<dataset> written by DataSeparate.py
+    data_dir: str = "data"            # folder holding the prepared datasets
+    crop_size: int = 384              # training crops are crop_size x crop_size pixels
+    scale_min: float = 0.5            # random scale range for training images
+    scale_max: float = 2.0            # (upper end of the random scale range)
+    flip: float = 0.5                 # probability of a horizontal flip
+    pad: bool = True                  # pad images smaller than the crop (mask padded with 255)
+    workers: int = 4                  # data loader processes per training process
+    # model
+    model: str = "segmentnet"         # a name from the registry (python SegmentNet.py lists them)
+    model_options: dict = field(default_factory=dict)  # JSON object of model options, e.g. {"width": 32}
+    # optimisation
+    epochs: int = 50                  # passes over the training set
+    batch_size: int = 8               # images per step per process
+    grad_accum: int = 1               # micro-batches accumulated per optimiser step
+    optimizer: str = "adamw"          # adamw or sgd
+    lr: float = 1e-3                  # peak learning rate, reached after the warmup
+    momentum: float = 0.9             # SGD momentum (Nesterov)
+    weight_decay: float = 1e-4        # decoupled for AdamW, L2 for SGD; never on biases and norms
+    warmup_epochs: float = 1.0        # linear warmup from 0, then polynomial decay to 0
+    poly_power: float = 0.9           # exponent of the polynomial decay
+    loss: str = "jaccard"             # jaccard (soft Jaccard), ce, or ce+jaccard
+    class_weights: str = "none"       # none, median_freq or inverse_freq, from dataset.json's pixel counts
+    aux_weights: dict = field(default_factory=dict)  # weights of auxiliary outputs, e.g. {"aux": 0.4}
+    skip_nonfinite: bool = False      # skip (and count) steps whose loss is NaN or inf instead of stopping
+    # hardware
+    device: str = "auto"              # auto (CUDA when present, else CPU), cpu, cuda or cuda:N
+    amp: bool = True                  # CUDA only: bf16 autocast, or fp16 with a gradient scaler
+    channels_last: bool = False       # NHWC memory layout (faster convolutions on tensor cores)
+    compile: bool = False             # torch.compile the model
+    cudnn_benchmark: bool = True      # let cuDNN pick the fastest convolution algorithms
+    sync_bn: bool = False             # synchronise batch norm statistics across processes
+    # run
+    seed: int = 0                     # seeds initialisation, data order and augmentation
+    out: str = ""                     # run folder (default runs/<dataset>-<model>-<time>); never reused silently
+    resume: str = ""                  # checkpoint (last.pt) to continue from
+    progress: bool = True             # show progress bars
+
+
+def main(argv=None) -> int:
+    cfg = parse_config(Config, argv, description=__doc__)
+    summary = train(cfg)
+    if summary["interrupted"] is not None:
+        return 128 + summary["interrupted"]
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,1 @@
+"""SegmentNet: semantic segmentation training, one small package behind the top-level scripts."""

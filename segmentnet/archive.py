@@ -1,0 +1,295 @@
+"""Official archives: checksum, resumable download, and safe, idempotent, atomic extraction.
+
+Extraction checks every member before anything is written: a member that would land outside
+the target (absolute path, '..', a link pointing out), a device or fifo, a name given twice, or a
+member larger than the dataset allows is refused with the member named. Members are written into
+a temporary folder beside the target, which is renamed into place only when all is done; a
+marker file inside it records what was extracted, so a second run can say "already done".
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+MARKER = ".extracted.json"
+COPY_CHUNK = 1 << 20
+
+
+class DataError(RuntimeError):
+    """Bad input data: the message names the file, what is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class Archive:
+    """One official archive of a dataset."""
+    filename: str                  # file name as published, looked for in the downloads folder
+    md5: str | None                # published checksum, None where none is published
+    url: str | None                # official address, None where a login is required
+    required_prefix: str           # a member path every genuine archive has (tells datasets apart)
+    max_member_bytes: int = 64 << 20  # no single file of the dataset is larger than this
+
+    @property
+    def stem(self) -> str:
+        name = self.filename
+        for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
+            if name.endswith(suffix):
+                return name[: -len(suffix)]
+        return name
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(COPY_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_md5(path: Path, expected: str | None) -> str:
+    """Return the file's md5; raise DataError if it differs from the published one."""
+    actual = md5sum(path)
+    if expected and actual != expected:
+        raise DataError(
+            f"{path}: md5 is {actual}, the official archive's is {expected}. The file is incomplete, "
+            f"corrupt or not the official archive: delete it and download it again "
+            f"(or pass --no-verify if you know it is right)."
+        )
+    return actual
+
+
+def download(url: str, dest: Path, timeout: float = 60.0) -> Path:
+    """Fetch url to dest, resuming from dest + '.part' when the server supports ranges."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # the partial file is already whole
+            os.replace(part, dest)
+            return dest
+        raise DataError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise DataError(
+            f"download of {url} failed: {exc}. Check the network, pass a mirror with --url, "
+            f"or put the archive into {dest.parent}/ yourself."
+        ) from None
+    with response:
+        resumed = have and response.status == 206
+        total = response.headers.get("Content-Length")
+        total = int(total) + (have if resumed else 0) if total else None
+        from tqdm import tqdm
+
+        with open(part, "ab" if resumed else "wb") as f, tqdm(
+            total=total, initial=have if resumed else 0, unit="B", unit_scale=True, desc=dest.name
+        ) as bar:
+            for chunk in iter(lambda: response.read(COPY_CHUNK), b""):
+                f.write(chunk)
+                bar.update(len(chunk))
+    if total is not None and part.stat().st_size != total:
+        raise DataError(f"download of {url} stopped early; run again to resume from {part}")
+    os.replace(part, dest)
+    return dest
+
+
+# ----------------------------------------------------------------------------- extraction
+
+
+@dataclass
+class Member:
+    name: str            # normalised relative path
+    kind: str            # 'file', 'dir', 'symlink', 'hardlink', 'special'
+    size: int
+    link: str = ""       # link target for symlinks and hardlinks
+
+
+def _normalise(name: str, archive: Path) -> str:
+    text = name.replace("\\", "/")
+    pure = PurePosixPath(text)
+    if pure.is_absolute() or (len(text) > 1 and text[1] == ":"):
+        raise DataError(f"{archive}: member {name!r} has an absolute path; refusing to extract this archive")
+    parts = [p for p in pure.parts if p not in ("", ".")]
+    if ".." in parts:
+        raise DataError(f"{archive}: member {name!r} climbs out with '..'; refusing to extract this archive")
+    return "/".join(parts)
+
+
+def _inside(path: str) -> bool:
+    """True when a relative path, resolved lexically, stays within the target."""
+    depth = 0
+    for part in PurePosixPath(path).parts:
+        if part == "..":
+            depth -= 1
+        elif part not in ("", "."):
+            depth += 1
+        if depth < 0:
+            return False
+    return not PurePosixPath(path).is_absolute()
+
+
+def _open(archive: Path):
+    try:
+        if zipfile.is_zipfile(archive):
+            return zipfile.ZipFile(archive)
+        return tarfile.open(archive)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise DataError(
+            f"{archive}: not a readable tar or zip archive ({exc}). It is truncated or corrupt: "
+            f"delete it and download it again."
+        ) from None
+
+
+def list_members(archive: Path) -> list[Member]:
+    """Every member of a tar or zip archive, checked; raises DataError naming the first bad one."""
+    members: list[Member] = []
+    handle = _open(archive)
+    try:
+        if isinstance(handle, zipfile.ZipFile):
+            for info in handle.infolist():
+                mode = info.external_attr >> 16
+                name = _normalise(info.filename, archive)
+                if stat.S_ISLNK(mode):
+                    kind = "symlink"
+                elif info.is_dir():
+                    kind = "dir"
+                elif mode and not stat.S_ISREG(mode):
+                    kind = "special"
+                else:
+                    kind = "file"
+                link = handle.read(info).decode("utf-8", "replace") if kind == "symlink" else ""
+                members.append(Member(name, kind, info.file_size, link))
+        else:
+            for info in handle:  # iterating reads the whole archive: a truncated one fails here
+                name = _normalise(info.name, archive)
+                if info.issym():
+                    kind = "symlink"
+                elif info.islnk():
+                    kind = "hardlink"
+                elif info.isdir():
+                    kind = "dir"
+                elif info.isreg():
+                    kind = "file"
+                else:
+                    kind = "special"
+                members.append(Member(name, kind, info.size, info.linkname))
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise DataError(
+            f"{archive}: the archive is truncated or corrupt ({exc}); delete it and download it again."
+        ) from None
+    finally:
+        handle.close()
+    return members
+
+
+def check_members(archive: Path, members: list[Member], spec: Archive) -> None:
+    seen: set[str] = set()
+    for m in members:
+        where = f"{archive}: member {m.name!r}"
+        if m.kind == "special":
+            raise DataError(f"{where} is a device, fifo or other special file; refusing to extract this archive")
+        if m.kind == "symlink":
+            target = m.link
+            if PurePosixPath(target).is_absolute() or not _inside(str(PurePosixPath(m.name).parent / target)):
+                raise DataError(f"{where} is a link pointing outside the target ({target!r}); refusing to extract")
+        if m.kind == "hardlink":
+            if PurePosixPath(m.link).is_absolute() or not _inside(m.link):
+                raise DataError(f"{where} is a hard link to {m.link!r} outside the target; refusing to extract")
+        if m.kind != "dir":
+            if m.name in seen:
+                raise DataError(f"{where} appears twice; a genuine archive names each file once. Refusing to extract")
+            seen.add(m.name)
+        if m.size > spec.max_member_bytes:
+            raise DataError(
+                f"{where} is {m.size} bytes, more than any file of this dataset "
+                f"({spec.max_member_bytes} bytes); refusing to extract a suspicious archive"
+            )
+    if not any(m.name == spec.required_prefix.rstrip("/") or m.name.startswith(spec.required_prefix)
+               for m in members):
+        raise DataError(
+            f"{archive}: no member under {spec.required_prefix!r}, which the official {spec.filename} has. "
+            f"This is an archive of another dataset, or a repacked one: use the official file."
+        )
+
+
+def _copy_bounded(src, dst_path: Path, limit: int, where: str) -> None:
+    written = 0
+    with open(dst_path, "wb") as dst:
+        for chunk in iter(lambda: src.read(COPY_CHUNK), b""):
+            written += len(chunk)
+            if written > limit:
+                raise DataError(f"{where} expands beyond {limit} bytes; refusing to extract a suspicious archive")
+            dst.write(chunk)
+
+
+def _write_members(archive: Path, members: list[Member], spec: Archive, root: Path) -> None:
+    handle = _open(archive)
+    try:
+        if isinstance(handle, zipfile.ZipFile):
+            for info in handle.infolist():
+                name = _normalise(info.filename, archive)
+                if not name:
+                    continue
+                dest = root / name
+                if info.is_dir():
+                    dest.mkdir(parents=True, exist_ok=True)
+                    continue
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    os.symlink(handle.read(info).decode(), dest)
+                    continue
+                with handle.open(info) as src:
+                    _copy_bounded(src, dest, spec.max_member_bytes, f"{archive}: member {name!r}")
+        else:
+            # The 'data' filter repeats our checks inside tarfile itself (belt and braces).
+            handle.extractall(root, filter="data")
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+        raise DataError(f"{archive}: extraction failed ({exc}); the archive is truncated or corrupt") from None
+    finally:
+        handle.close()
+
+
+def extract(archive: Path, target: Path, spec: Archive, checksum: str | None = None) -> bool:
+    """Extract archive into target (a folder that must not exist yet).
+
+    Returns False, writing nothing, when target already holds this archive's complete extraction.
+    """
+    archive, target = Path(archive), Path(target)
+    marker = target / MARKER
+    if marker.exists():
+        done = json.loads(marker.read_text())
+        if done.get("archive") == archive.name and (checksum is None or done.get("md5") in (None, checksum)):
+            return False
+        raise DataError(
+            f"{target} already holds an extraction of {done.get('archive')}; remove that folder to extract "
+            f"{archive.name} there again"
+        )
+    if target.exists():
+        raise DataError(
+            f"{target} exists but is not a complete extraction (no {MARKER}); it is left from an "
+            f"interrupted run or made by hand: remove it and run again"
+        )
+    members = list_members(archive)
+    check_members(archive, members, spec)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    try:
+        _write_members(archive, members, spec, tmp)
+        (tmp / MARKER).write_text(json.dumps({"archive": archive.name, "md5": checksum,
+                                              "members": len(members)}))
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return True

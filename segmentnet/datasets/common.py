@@ -1,0 +1,222 @@
+"""What every dataset module provides, and the conversion into the common layout.
+
+The common layout, written by DataSeparate.py:
+
+    data/<name>/dataset.json
+    data/<name>/<split>/images/<stem>.<jpg|png>
+    data/<name>/<split>/masks/<stem>.png      palette PNG of class indices, 255 = ignore
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from functools import partial
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from ..archive import Archive, DataError
+
+IGNORE_INDEX = 255
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Pair:
+    stem: str
+    image: Path
+    mask: Path | None  # None for unlabelled images (a prediction-only split)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    classes: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    archives: tuple[Archive, ...]
+    # raw root (data/raw) -> {split: [Pair]}; raises DataError when files are missing
+    list_pairs: Callable[[Path], dict[str, list[Pair]]]
+    # mask file -> uint8 array of class indices (255 = ignore), already checked
+    read_label: Callable[[Path], np.ndarray]
+    # downloads folder, seed -> paths of synthetic archives in the official layout
+    make_synthetic: Callable[[Path, int], list[Path]]
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    notes: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def raw_dir(data_dir: Path, archive: Archive) -> Path:
+    return Path(data_dir) / "raw" / archive.stem
+
+
+# ----------------------------------------------------------------------------- label checks
+
+
+def read_index_mask(path: Path, num_classes: int, binary: bool = False) -> np.ndarray:
+    """Read a mask whose pixel values are class indices (palette or greyscale PNG), and check it.
+
+    Says what is wrong and how to fix it for the common mistakes: colour masks, 0/255 masks where
+    0/1 are expected, values out of range.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            array = np.array(image)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: the mask cannot be decoded ({exc}); the file is truncated or corrupt")
+    if mode in ("RGB", "RGBA"):
+        rgb = array[..., :3]
+        if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+            array = rgb[..., 0]
+        else:
+            raise DataError(
+                f"{path}: this is a colour (RGB) mask, but class indices are expected (a palette 'P' or "
+                f"greyscale 'L' PNG whose pixel values are the class numbers). Convert each colour to its "
+                f"class index with the dataset's palette, and save as mode 'P' or 'L'."
+            )
+    elif mode not in ("P", "L", "I;16", "I"):
+        raise DataError(f"{path}: mask mode {mode!r}; expected a palette or greyscale PNG of class indices")
+    check_label_values(array, num_classes, path, binary=binary)
+    return array.astype(np.uint8)
+
+
+def check_label_values(array: np.ndarray, num_classes: int, path: Path, binary: bool = False) -> None:
+    values = np.unique(array)
+    bad = values[(values >= num_classes) & (values != IGNORE_INDEX)]
+    if bad.size == 0:
+        return
+    if binary and set(values.tolist()) <= {0, 255}:
+        raise DataError(
+            f"{path}: a binary mask stored as 0/255, but 0/1 are expected (255 means 'ignore'). "
+            f"Divide the mask by 255 before saving it."
+        )
+    raise DataError(
+        f"{path}: label values {bad.tolist()[:10]} are outside the {num_classes} classes "
+        f"(0..{num_classes - 1}, or {IGNORE_INDEX} for 'ignore'). Check that this mask belongs to this "
+        f"dataset and stores class indices."
+    )
+
+
+def save_index_png(path: Path, label: np.ndarray, palette) -> None:
+    image = Image.fromarray(label.astype(np.uint8), mode="P")
+    flat = [c for rgb in palette for c in rgb]
+    flat += [0] * (765 - len(flat)) + [224, 224, 192]  # 255 (ignore) drawn in VOC's void colour
+    image.putpalette(flat[:768])
+    image.save(path, format="PNG")
+
+
+# ----------------------------------------------------------------------------- separation
+
+
+def _convert_pair(info: DatasetInfo, out: Path, split: str, pair: Pair):
+    """Check and write one pair; returns (stem, error or None, per-class pixel counts)."""
+    try:
+        with Image.open(pair.image) as image:
+            image.load()
+            size = image.size
+    except FileNotFoundError:
+        return pair.stem, f"{pair.image}: image file missing", None
+    except (OSError, SyntaxError, ValueError) as exc:
+        return pair.stem, f"{pair.image}: the image cannot be decoded ({exc}); truncated or corrupt", None
+    counts = None
+    if pair.mask is not None:
+        if not pair.mask.exists():
+            return pair.stem, f"{pair.mask}: mask missing for image {pair.image}", None
+        try:
+            label = info.read_label(pair.mask)
+        except DataError as exc:
+            return pair.stem, str(exc), None
+        if label.shape != (size[1], size[0]):
+            return pair.stem, (f"{pair.mask}: mask is {label.shape[1]}x{label.shape[0]} but its image "
+                               f"{pair.image.name} is {size[0]}x{size[1]}; they must be the same size"), None
+        save_index_png(out / split / "masks" / f"{pair.stem}.png", label, info.palette)
+        counts = np.bincount(label[label != IGNORE_INDEX].ravel(), minlength=info.num_classes)
+    suffix = pair.image.suffix.lower()
+    shutil.copyfile(pair.image, out / split / "images" / f"{pair.stem}{suffix}")
+    return pair.stem, None, counts
+
+
+def separate(info: DatasetInfo, data_dir: Path, skip_bad: bool = False, workers: int | None = None,
+             force: bool = False, progress: bool = True) -> dict:
+    """Convert the extracted raw files into data/<name>/ (see the module docstring).
+
+    Returns the dataset.json contents. Writes into a temporary folder renamed at the end, so an
+    interrupted run leaves nothing that looks complete.
+    """
+    data_dir = Path(data_dir)
+    final = data_dir / info.name
+    if (final / "dataset.json").exists() and not force:
+        return json.loads((final / "dataset.json").read_text()) | {"already_done": True}
+    splits = info.list_pairs(data_dir / "raw")
+    empty = [s for s, pairs in splits.items() if not pairs]
+    if empty:
+        raise DataError(f"{info.name}: split(s) {', '.join(empty)} have no images in {data_dir / 'raw'}; "
+                        f"the extraction is incomplete or of another dataset")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{info.name}.partial-", dir=data_dir))
+    try:
+        summary = _separate_into(info, splits, tmp, skip_bad, workers, progress)
+        (tmp / "dataset.json").write_text(json.dumps(summary, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def _separate_into(info, splits, tmp, skip_bad, workers, progress) -> dict:
+    from tqdm import tqdm
+
+    counts, pixel_counts, skipped = {}, {}, []
+    workers = workers or os.cpu_count() or 1
+    context = get_context("fork") if hasattr(os, "fork") else get_context()
+    with context.Pool(workers) as pool:
+        for split, pairs in splits.items():
+            (tmp / split / "images").mkdir(parents=True)
+            if any(p.mask is not None for p in pairs):
+                (tmp / split / "masks").mkdir(parents=True)
+            totals = np.zeros(info.num_classes, dtype=np.int64)
+            done = 0
+            job = partial(_convert_pair, info, tmp, split)
+            results = pool.imap_unordered(job, pairs, chunksize=8)
+            for stem, error, hist in tqdm(results, total=len(pairs), desc=f"{info.name} {split}",
+                                          disable=not progress):
+                if error:
+                    if not skip_bad:
+                        pool.terminate()
+                        raise DataError(f"{error}\n(pass --skip-bad to skip bad pairs and list them at the end)")
+                    skipped.append({"split": split, "stem": stem, "error": error})
+                    continue
+                done += 1
+                if hist is not None:
+                    totals += hist
+            if done == 0:
+                raise DataError(f"{info.name}: no usable pair in split {split!r}; nothing to train on")
+            counts[split] = done
+            pixel_counts[split] = totals.tolist()
+    return {
+        "name": info.name,
+        "classes": list(info.classes),
+        "num_classes": info.num_classes,
+        "palette": [list(c) for c in info.palette],
+        "ignore_index": IGNORE_INDEX,
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "counts": counts,
+        "pixel_counts": pixel_counts,
+        "skipped": skipped,
+    }

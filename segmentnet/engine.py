@@ -1,0 +1,465 @@
+"""Training and evaluation: train(cfg) runs a whole training from a config (TrainSegmentNet.Config).
+
+Read top to bottom: checks on the config, data, model, optimiser and schedule, then the epoch
+loop of train_one_epoch and evaluate, with checkpoints written atomically after each epoch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .archive import DataError
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import ConfigError
+from .data import EpochSampler, SegmentationDataset, collate_pairs, read_dataset_json
+from .datasets import DATASETS
+from .distributed import DistEnv, all_reduce_mean, cleanup_distributed, setup_distributed, unwrap
+from .losses import LOSSES, build_loss
+from .metrics import ConfusionMatrix
+from .models import MODELS, build_model
+from .transforms import eval_transform, normalize, train_transform
+
+OPTIMIZERS = ("sgd", "adamw")
+CLASS_WEIGHTS = ("none", "median_freq", "inverse_freq")
+
+
+# ----------------------------------------------------------------------------- config checks
+
+
+def check_config(cfg) -> None:
+    """Reject impossible hyperparameters before any work, naming the value and the fix."""
+    problems = []
+
+    def need(ok: bool, text: str):
+        if not ok:
+            problems.append(text)
+
+    need(cfg.dataset in DATASETS, f"dataset {cfg.dataset!r} is unknown; choices: {', '.join(sorted(DATASETS))}")
+    need(cfg.model in MODELS, f"model {cfg.model!r} is unknown; choices: {', '.join(sorted(MODELS))}")
+    need(cfg.loss in LOSSES, f"loss {cfg.loss!r} is unknown; choices: {', '.join(sorted(LOSSES))}")
+    need(cfg.optimizer in OPTIMIZERS, f"optimizer {cfg.optimizer!r} is unknown; choices: {', '.join(OPTIMIZERS)}")
+    need(cfg.class_weights in CLASS_WEIGHTS,
+         f"class_weights {cfg.class_weights!r} is unknown; choices: {', '.join(CLASS_WEIGHTS)}")
+    need(cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}")
+    need(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
+    need(cfg.lr > 0 and math.isfinite(cfg.lr), f"lr must be a positive number, got {cfg.lr}")
+    need(cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}")
+    need(0 <= cfg.momentum < 1, f"momentum must be in [0, 1), got {cfg.momentum}")
+    need(cfg.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {cfg.warmup_epochs}")
+    need(cfg.poly_power >= 0, f"poly_power must be >= 0, got {cfg.poly_power}")
+    need(cfg.crop_size >= 8, f"crop_size must be >= 8 pixels, got {cfg.crop_size}")
+    need(0 < cfg.scale_min <= cfg.scale_max, f"need 0 < scale_min <= scale_max, got {cfg.scale_min}, {cfg.scale_max}")
+    need(0 <= cfg.flip <= 1, f"flip is a probability in [0, 1], got {cfg.flip}")
+    need(cfg.workers >= 0, f"workers must be >= 0, got {cfg.workers}")
+    need(cfg.grad_accum >= 1, f"grad_accum must be >= 1, got {cfg.grad_accum}")
+    need(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"),
+         f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
+    need(isinstance(cfg.model_options, dict), f"model_options must be a JSON object, got {cfg.model_options!r}")
+    need(isinstance(cfg.aux_weights, dict), f"aux_weights must be a JSON object, got {cfg.aux_weights!r}")
+    if problems:
+        raise ConfigError("impossible hyperparameters:\n  " + "\n  ".join(problems))
+
+
+def check_crop_fits(dataset: SegmentationDataset, cfg) -> None:
+    """With padding off, every image scaled by scale_min must still hold a crop."""
+    if cfg.pad:
+        return
+    from PIL import Image
+
+    for path in dataset.images:
+        with Image.open(path) as im:
+            w, h = im.size
+        if min(w, h) * cfg.scale_min < cfg.crop_size:
+            raise ConfigError(f"crop_size {cfg.crop_size} is larger than {path} ({w}x{h}) scaled by scale_min "
+                              f"{cfg.scale_min}, and pad is off: lower crop_size, raise scale_min or set pad true")
+
+
+# ----------------------------------------------------------------------------- pieces
+
+
+def class_weights_from_counts(counts: list[int], rule: str) -> torch.Tensor | None:
+    """median_freq: median(f) / f_c (Eigen and Fergus); inverse_freq: 1 / f_c, scaled to mean 1.
+
+    Classes with no pixels get weight 0 (nothing to learn from them).
+    """
+    if rule == "none":
+        return None
+    counts_t = torch.tensor(counts, dtype=torch.float64)
+    present = counts_t > 0
+    freq = counts_t / counts_t.sum()
+    weights = torch.zeros_like(freq)
+    if rule == "median_freq":
+        weights[present] = freq[present].median() / freq[present]
+    else:
+        weights[present] = 1 / freq[present]
+        weights[present] /= weights[present].mean()
+    return weights.float()
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, power: float) -> float:
+    """Linear warmup from 0, then polynomial decay to 0."""
+    if warmup_steps and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return base_lr * max(0.0, 1 - progress) ** power
+
+
+def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    # No weight decay on biases and norm layers, as is usual for segmentation networks.
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
+
+
+def autocast_settings(device: torch.device, amp: bool):
+    """(dtype or None, needs GradScaler): bf16 where the GPU has it, else fp16 with a scaler."""
+    if not amp or device.type != "cuda":
+        return None, False
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16, False
+    return torch.float16, True
+
+
+def compute_loss(outputs, target: torch.Tensor, criterion: nn.Module, aux_weights: dict):
+    """Loss of the main output plus weighted auxiliary outputs (upsampled to the label size)."""
+    if not isinstance(outputs, dict):
+        return criterion(outputs, target)
+    total = 0.0
+    for name, logits in outputs.items():
+        weight = 1.0 if name == "out" else aux_weights.get(name, 0.0)
+        if weight == 0:
+            continue
+        if logits.shape[-2:] != target.shape[-2:]:
+            logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        total = total + weight * criterion(logits, target)
+    return total
+
+
+class StopRequest:
+    """Set by SIGTERM or SIGINT; the loop finishes its step, saves a resumable checkpoint and exits."""
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:  # a second signal: stop at once
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# ----------------------------------------------------------------------------- the two loops
+
+
+def train_one_epoch(model, loader, criterion, optimizer, scaler, run, cfg, env: DistEnv, stop: StopRequest):
+    """One pass over the training data. Returns (mean loss, images seen, finished: bool)."""
+    from tqdm import tqdm
+
+    model.train()
+    device = env.device
+    dtype, _ = autocast_settings(device, cfg.amp)
+    losses, seen = [], 0
+    bar = tqdm(loader, desc=f"epoch {run['epoch'] + 1}/{cfg.epochs}", disable=not env.is_main or not cfg.progress,
+               leave=False, initial=run["step_in_epoch"], total=run["step_in_epoch"] + len(loader))
+    accum = cfg.grad_accum
+    for images, masks in bar:
+        images = normalize(images.to(device, non_blocking=True), run["mean"], run["std"])
+        masks = masks.to(device, non_blocking=True)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        lr = lr_at(run["global_step"] // accum, run["total_steps"], run["warmup_steps"], cfg.lr, cfg.poly_power)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        last_micro = (run["global_step"] + 1) % accum == 0
+        sync = nullcontext() if last_micro or not env.distributed else model.no_sync()
+        with sync, torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = compute_loss(model(images), masks, criterion, run["aux_weights"])
+        if not torch.isfinite(loss):
+            run["nonfinite_steps"] += 1
+            if not cfg.skip_nonfinite:
+                raise FloatingPointError(
+                    f"loss is {loss.item()} at step {run['global_step']} (epoch {run['epoch'] + 1}, batch "
+                    f"{run['step_in_epoch'] + 1}): lower lr, check the data, or set skip_nonfinite true")
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            with sync:
+                (scaler.scale(loss / accum) if scaler else loss / accum).backward()
+            if last_micro:
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        seen += images.shape[0]
+        run["global_step"] += 1
+        run["step_in_epoch"] += 1
+        run["lr"] = lr
+        bar.set_postfix(loss=f"{losses[-1] if losses else float('nan'):.4f}", lr=f"{lr:.2e}")
+        if stop.signum is not None:
+            return float(np.mean(losses)) if losses else float("nan"), seen, False
+    return float(np.mean(losses)) if losses else float("nan"), seen, True
+
+
+@torch.no_grad()
+def evaluate(model, loader, num_classes: int, env: DistEnv, mean, std, criterion=None, amp: bool = True,
+             progress: bool = False) -> dict:
+    """Full-size validation: confusion matrix (all-reduced across ranks) and mean loss."""
+    from tqdm import tqdm
+
+    model.eval()
+    dtype, _ = autocast_settings(env.device, amp)
+    cm = ConfusionMatrix(num_classes, device=env.device)
+    loss_sum, count = 0.0, 0
+    for images, masks in tqdm(loader, desc="val", disable=not (progress and env.is_main), leave=False):
+        images = normalize(images.to(env.device, non_blocking=True), mean, std)
+        masks = masks.to(env.device, non_blocking=True)
+        with torch.autocast(env.device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(images)
+        if criterion is not None:
+            loss_sum += float(criterion(logits.float(), masks)) * images.shape[0]
+            count += images.shape[0]
+        cm.update(masks, logits.argmax(1))
+    cm.all_reduce()
+    scores = cm.compute()
+    totals = torch.tensor([loss_sum, count], dtype=torch.float64, device=env.device)
+    if env.distributed:
+        torch.distributed.all_reduce(totals)
+    scores["loss"] = float(totals[0] / totals[1]) if totals[1] > 0 else float("nan")
+    return scores
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def prepare_run_dir(cfg, env: DistEnv) -> Path:
+    """The run folder: never silently reuse one that holds an earlier run."""
+    if cfg.resume and not cfg.out:
+        return Path(cfg.resume).parent
+    out = Path(cfg.out) if cfg.out else Path("runs") / f"{cfg.dataset}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not cfg.resume and out.exists() and any(out.iterdir()):
+        raise ConfigError(f"run folder {out} already holds a run: pass a new --out, or --resume {out}/last.pt "
+                          f"to continue it")
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def build_loaders(cfg, env: DistEnv, root: Path):
+    train_set = SegmentationDataset(root, "train", train_transform(cfg.crop_size, (cfg.scale_min, cfg.scale_max),
+                                                                   cfg.flip, cfg.pad), seed=cfg.seed)
+    val_set = SegmentationDataset(root, "val", eval_transform(), seed=cfg.seed)
+    check_crop_fits(train_set, cfg)
+    train_sampler = EpochSampler(len(train_set), cfg.seed, shuffle=True, rank=env.rank, world_size=env.world_size,
+                                 drop_last=True)
+    val_sampler = EpochSampler(len(val_set), shuffle=False, rank=env.rank, world_size=env.world_size, pad=False)
+    if len(train_sampler) < cfg.batch_size:
+        raise ConfigError(f"the train split has {len(train_set)} images, fewer than one batch of {cfg.batch_size} "
+                          f"per process: lower batch_size")
+    pin = env.device.type == "cuda"
+    common = dict(num_workers=cfg.workers, pin_memory=pin, collate_fn=collate_pairs,
+                  persistent_workers=cfg.workers > 0)
+    if cfg.workers > 0:
+        common["prefetch_factor"] = 4
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=train_sampler, drop_last=True, **common)
+    val_loader = DataLoader(val_set, batch_size=1, sampler=val_sampler, **common)
+    return train_loader, val_loader, train_sampler
+
+
+def checkpoint_state(model, optimizer, scaler, run, cfg) -> dict:
+    return {
+        "model": unwrap(model).state_dict(),
+        "model_name": cfg.model,
+        "model_options": dict(cfg.model_options),
+        "num_classes": run["num_classes"],
+        "classes": list(run["classes"]),
+        "palette": [list(c) for c in run["palette"]],
+        "mean": list(run["mean"]),
+        "std": list(run["std"]),
+        "ignore_index": 255,
+        "dataset": cfg.dataset,
+        "config": dataclasses.asdict(cfg),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": {"global_step": run["global_step"], "total_steps": run["total_steps"],
+                      "warmup_steps": run["warmup_steps"]},
+        "scaler": scaler.state_dict() if scaler else None,
+        "epoch": run["epoch"],                   # the epoch in progress (0-based)
+        "step_in_epoch": run["step_in_epoch"],   # batches of it already done (0 at an epoch's start)
+        "best_miou": run["best_miou"],
+        "best_epoch": run["best_epoch"],
+        "nonfinite_steps": run["nonfinite_steps"],
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+    }
+
+
+def check_compatible(state: dict, cfg, num_classes: int, path) -> None:
+    problems = []
+    if state.get("model_name") != cfg.model:
+        problems.append(f"it is a {state.get('model_name')!r} model, this run trains {cfg.model!r}")
+    if state.get("num_classes") != num_classes:
+        problems.append(f"it has {state.get('num_classes')} classes, the dataset {cfg.dataset!r} has {num_classes}")
+    if state.get("model_options", {}) != dict(cfg.model_options):
+        problems.append(f"its model_options are {state.get('model_options')}, this run's are {cfg.model_options}")
+    if problems:
+        raise DataError(f"checkpoint {path} does not fit this run: " + "; ".join(problems) +
+                        ". Resume with the settings it was trained with (see its config.json), or start a new run.")
+
+
+def load_model_state(model: nn.Module, state: dict, path) -> None:
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise DataError(f"checkpoint {path} does not fit the model: {str(exc).splitlines()[0]} ...") from None
+
+
+def train(cfg) -> dict:
+    """Run a whole training; returns a summary (run_dir, best and final validation scores)."""
+    check_config(cfg)
+    env = setup_distributed(cfg.device)
+    try:
+        return _train(cfg, env)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg, env: DistEnv) -> dict:
+    root = Path(cfg.data_dir) / cfg.dataset
+    info = read_dataset_json(root)
+    num_classes = info["num_classes"]
+    resume_state = load_checkpoint(cfg.resume, map_location="cpu") if cfg.resume else None
+    if resume_state is not None:
+        check_compatible(resume_state, cfg, num_classes, cfg.resume)
+    train_loader, val_loader, train_sampler = build_loaders(cfg, env, root)
+    run_dir = prepare_run_dir(cfg, env)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, num_classes, **cfg.model_options)
+    if resume_state is not None:
+        load_model_state(model, resume_state, cfg.resume)
+    model.to(env.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if env.distributed and cfg.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if env.device.type == "cuda":
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+    train_model = model
+    if env.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+
+    weights = class_weights_from_counts(info["pixel_counts"]["train"], cfg.class_weights)
+    criterion = build_loss(cfg.loss, ignore_index=info["ignore_index"], weight=weights).to(env.device)
+    optimizer = build_optimizer(model, cfg)
+    _, needs_scaler = autocast_settings(env.device, cfg.amp)
+    scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
+
+    steps_per_epoch = len(train_loader)
+    run = {
+        "epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_miou": -1.0, "best_epoch": -1,
+        "nonfinite_steps": 0, "lr": cfg.lr, "num_classes": num_classes, "classes": info["classes"],
+        "palette": info["palette"], "mean": info["mean"], "std": info["std"],
+        "total_steps": steps_per_epoch * cfg.epochs // cfg.grad_accum,
+        "warmup_steps": int(steps_per_epoch * cfg.warmup_epochs) // cfg.grad_accum,
+        "aux_weights": {**getattr(unwrap(model), "aux_weights", {}), **cfg.aux_weights},
+    }
+    if resume_state is not None:
+        optimizer.load_state_dict(resume_state["optimizer"])
+        if scaler and resume_state.get("scaler"):
+            scaler.load_state_dict(resume_state["scaler"])
+        for key in ("epoch", "step_in_epoch", "best_miou", "best_epoch", "nonfinite_steps"):
+            run[key] = resume_state[key]
+        run["global_step"] = resume_state["scheduler"]["global_step"]
+        torch.set_rng_state(resume_state["rng"]["torch"])
+        if resume_state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(resume_state["rng"]["cuda"])
+        if env.is_main:
+            print(f"resuming {cfg.resume}: epoch {run['epoch'] + 1}, batch {run['step_in_epoch']}")
+
+    if env.is_main:
+        config = dataclasses.asdict(cfg) | {"run_dir": str(run_dir), "world_size": env.world_size}
+        (run_dir / "config.json").write_text(json.dumps(config, indent=1))
+        print(f"training {cfg.model} on {cfg.dataset} ({len(train_loader.dataset)} train / "
+              f"{len(val_loader.dataset)} val images) on {env.device}, {env.world_size} process(es); "
+              f"run folder {run_dir}")
+
+    last_scores: dict = {}
+    with StopRequest() as stop:
+        while run["epoch"] < cfg.epochs:
+            train_sampler.set_epoch(run["epoch"], start=run["step_in_epoch"] * cfg.batch_size)
+            started = time.time()
+            train_loss, seen, finished = train_one_epoch(train_model, train_loader, criterion, optimizer, scaler,
+                                                         run, cfg, env, stop)
+            if not finished:
+                if env.is_main:
+                    save_checkpoint(checkpoint_state(model, optimizer, scaler, run, cfg), run_dir / "last.pt")
+                    print(f"stopped by signal {stop.signum} at epoch {run['epoch'] + 1}, batch "
+                          f"{run['step_in_epoch']}; resumable checkpoint {run_dir / 'last.pt'} "
+                          f"(continue with --resume {run_dir / 'last.pt'})", file=sys.stderr)
+                return {"run_dir": str(run_dir), "interrupted": stop.signum, **run_summary(run, last_scores)}
+            elapsed = time.time() - started
+            train_loss = all_reduce_mean(train_loss, env)
+            scores = evaluate(model, val_loader, num_classes, env, run["mean"], run["std"], criterion, cfg.amp)
+            last_scores = scores
+            run["epoch"] += 1
+            run["step_in_epoch"] = 0
+            improved = scores["miou"] > run["best_miou"]
+            if improved:
+                run["best_miou"], run["best_epoch"] = scores["miou"], run["epoch"]
+            if env.is_main:
+                record = {"epoch": run["epoch"], "train_loss": train_loss, "val_loss": scores["loss"],
+                          "val_miou": scores["miou"], "val_pixel_acc": scores["pixel_acc"],
+                          "val_mean_class_acc": scores["mean_class_acc"], "val_per_class_iou": scores["per_class_iou"],
+                          "lr": run["lr"], "epoch_seconds": elapsed,
+                          "images_per_second": seen * env.world_size / max(elapsed, 1e-9),
+                          "nonfinite_steps": run["nonfinite_steps"]}
+                with open(run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                state = checkpoint_state(model, optimizer, scaler, run, cfg)
+                save_checkpoint(state, run_dir / "last.pt")
+                if improved:
+                    save_checkpoint(state, run_dir / "best.pt")
+                print(f"epoch {run['epoch']}/{cfg.epochs}: train loss {train_loss:.4f}, val loss {scores['loss']:.4f}, "
+                      f"val mIoU {scores['miou']:.4f}, pixel acc {scores['pixel_acc']:.4f}, lr {run['lr']:.2e}, "
+                      f"{elapsed:.1f}s")
+    if env.is_main:
+        print(f"final val mIoU {last_scores.get('miou', float('nan')):.4f} (best {run['best_miou']:.4f} at epoch "
+              f"{run['best_epoch']}); checkpoints: {run_dir / 'last.pt'}, {run_dir / 'best.pt'}")
+    return {"run_dir": str(run_dir), "interrupted": None, **run_summary(run, last_scores)}
+
+
+def run_summary(run: dict, scores: dict) -> dict:
+    return {"epoch": run["epoch"], "best_miou": run["best_miou"], "best_epoch": run["best_epoch"],
+            "final_scores": scores, "nonfinite_steps": run["nonfinite_steps"]}

@@ -1,0 +1,85 @@
+"""SegmentNet: the residual UNet-style FCN this project is built around.
+
+encoder  stem + `depth` stages of residual blocks, each halving the resolution
+decoder  per stage: learned 2x upsampling (transposed convolution), concatenation with the
+         encoder's skip at that resolution, a residual block
+head     1x1 convolution to class logits
+
+Any height and width work: the input is padded up to a multiple of 2**depth and the logits
+are cropped back, so they always have the input's size.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 conv-BN layers with an identity (or 1x1 projection) shortcut, as in ResNet."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                                          nn.BatchNorm2d(out_channels))
+
+    def forward(self, x):
+        y = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        y = self.bn2(self.conv2(y))
+        return F.relu(y + self.shortcut(x), inplace=True)
+
+
+def residual_stage(in_channels: int, out_channels: int, blocks: int, stride: int) -> nn.Sequential:
+    layers = [ResidualBlock(in_channels, out_channels, stride)]
+    layers += [ResidualBlock(out_channels, out_channels) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Zero-pad H and W (bottom, right) up to a multiple; returns the padded tensor and (H, W)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph))
+    return x, (h, w)
+
+
+class SegmentNet(nn.Module):
+    def __init__(self, num_classes: int, width: int = 32, depth: int = 4, blocks: int = 2,
+                 in_channels: int = 3, max_width: int = 512):
+        super().__init__()
+        if depth < 1 or width < 1 or blocks < 1:
+            raise ValueError(f"width, depth and blocks must be >= 1 (got {width}, {depth}, {blocks})")
+        self.depth = depth
+        channels = [min(width * 2 ** i, max_width) for i in range(depth + 1)]
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels[0], 3, 1, 1, bias=False),
+                                  nn.BatchNorm2d(channels[0]), nn.ReLU(inplace=True),
+                                  ResidualBlock(channels[0], channels[0]))
+        self.encoder = nn.ModuleList(
+            residual_stage(channels[i], channels[i + 1], blocks, stride=2) for i in range(depth))
+        self.upsample = nn.ModuleList(
+            nn.ConvTranspose2d(channels[i + 1], channels[i], 2, stride=2) for i in reversed(range(depth)))
+        self.decoder = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(2 * channels[i], channels[i], 1, bias=False), nn.BatchNorm2d(channels[i]),
+                          nn.ReLU(inplace=True), ResidualBlock(channels[i], channels[i]))
+            for i in reversed(range(depth)))
+        self.head = nn.Conv2d(channels[0], num_classes, 1)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x):
+        x, (h, w) = pad_to_multiple(x, 2 ** self.depth)
+        skips = [self.stem(x)]
+        for stage in self.encoder:
+            skips.append(stage(skips[-1]))
+        y = skips.pop()
+        for up, fuse in zip(self.upsample, self.decoder):
+            y = fuse(torch.cat([up(y), skips.pop()], dim=1))
+        return self.head(y)[..., :h, :w]

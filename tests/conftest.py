@@ -1,0 +1,54 @@
+"""Shared fixtures: small synthetic datasets prepared through the real scripts' code paths."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+REALDATA = ROOT.parent / "shared" / "realdata"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def realdata(sub: str) -> Path:
+    """Path of a genuine sample folder in ../shared/realdata, or skip saying why."""
+    path = REALDATA / sub
+    if not path.exists():
+        pytest.skip(f"real sample data not found at {path} (CI has ../shared/realdata; a user's clone may not)")
+    return path
+
+
+def make_small_voc(data_dir: Path, counts=None, seed: int = 0) -> Path:
+    """Synthetic VOC archive -> DataExtract -> DataSeparate, with few images; returns data_dir."""
+    from segmentnet import synthetic
+    from segmentnet.archive import extract
+    from segmentnet.datasets import voc2012
+    from segmentnet.datasets.common import raw_dir, separate
+
+    counts = counts or {"train": 24, "val": 8, "unlabelled": 2}
+    archive = synthetic.write_tar(data_dir / "downloads" / voc2012.ARCHIVE.filename,
+                                  voc2012.synthetic_files(seed, counts))
+    extract(archive, raw_dir(data_dir, voc2012.ARCHIVE), voc2012.ARCHIVE)
+    separate(voc2012.DATASET, data_dir, workers=1, progress=False)
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def small_voc(tmp_path_factory) -> Path:
+    """A prepared synthetic VOC (24 train / 8 val images) shared by the whole session: read only."""
+    return make_small_voc(tmp_path_factory.mktemp("small_voc"))
+
+
+def tiny_train_config(data_dir: Path, out: Path, **overrides):
+    """A TrainSegmentNet.Config that trains in seconds on small_voc."""
+    from TrainSegmentNet import Config
+
+    values = dict(data_dir=str(data_dir), out=str(out), model_options={"width": 8, "depth": 2, "blocks": 1},
+                  crop_size=48, epochs=1, batch_size=4, workers=0, lr=0.01, progress=False)
+    values.update(overrides)
+    return Config(**values)
