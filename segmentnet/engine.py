@@ -408,6 +408,8 @@ def _train(cfg, env: DistEnv) -> dict:
         if env.is_main:
             print(f"resuming {cfg.resume}: epoch {run['epoch'] + 1}, batch {run['step_in_epoch']}")
 
+    if env.is_main and resume_state is not None:
+        drop_metrics_after(run_dir / "metrics.jsonl", run["epoch"])
     if env.is_main:
         config = dataclasses.asdict(cfg) | {"run_dir": str(run_dir), "world_size": env.world_size}
         (run_dir / "config.json").write_text(json.dumps(config, indent=1))
@@ -458,6 +460,13 @@ def _train(cfg, env: DistEnv) -> dict:
         print(f"final val mIoU {last_scores.get('miou', float('nan')):.4f} (best {run['best_miou']:.4f} at epoch "
               f"{run['best_epoch']}); checkpoints: {run_dir / 'last.pt'}, {run_dir / 'best.pt'}")
     return {"run_dir": str(run_dir), "interrupted": None, **run_summary(run, last_scores)}
+
+
+def drop_metrics_after(path: Path, epoch: int) -> None:
+    """On resume, forget records of epochs the checkpoint does not include (a crash between the two writes)."""
+    if path.exists():
+        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= epoch]
+        path.write_text("".join(line + "\n" for line in keep))
 
 
 def run_summary(run: dict, scores: dict) -> dict:
