@@ -26,8 +26,8 @@ class Config:
     dataset: str = "voc2012"          # dataset name: a folder DATA_DIR/<dataset> written by DataSeparate.py
     data_dir: str = "data"            # folder holding the prepared datasets
     crop_size: int = 384              # training crops are crop_size x crop_size pixels
-    scale_min: float = 0.5            # random scale range for training images
-    scale_max: float = 2.0            # (upper end of the random scale range)
+    scale_min: float = 0.5            # lower end of the random scale range for training images
+    scale_max: float = 2.0            # upper end of the random scale range
     flip: float = 0.5                 # probability of a horizontal flip
     pad: bool = True                  # pad images smaller than the crop (mask padded with 255)
     workers: int = 4                  # data loader processes per training process

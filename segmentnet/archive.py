@@ -9,6 +9,7 @@ marker file inside it records what was extracted, so a second run can say "alrea
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -95,9 +96,12 @@ def download(url: str, dest: Path, timeout: float = 60.0) -> Path:
         with open(part, "ab" if resumed else "wb") as f, tqdm(
             total=total, initial=have if resumed else 0, unit="B", unit_scale=True, desc=dest.name
         ) as bar:
-            for chunk in iter(lambda: response.read(COPY_CHUNK), b""):
-                f.write(chunk)
-                bar.update(len(chunk))
+            try:
+                for chunk in iter(lambda: response.read(COPY_CHUNK), b""):
+                    f.write(chunk)
+                    bar.update(len(chunk))
+            except (OSError, http.client.HTTPException) as exc:
+                raise DataError(f"download of {url} broke off ({exc!r}); run again to resume from {part}") from None
     if total is not None and part.stat().st_size != total:
         raise DataError(f"download of {url} stopped early; run again to resume from {part}")
     os.replace(part, dest)

@@ -69,7 +69,7 @@ def _converter(annotation):
 
 def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", default=None, help="JSON file of hyperparameters; flags override it")
     comments = field_comments(cls)

@@ -1,0 +1,60 @@
+"""Hyperparameters from flags and JSON, --help, and scripts that import without side effects."""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from segmentnet.config import ConfigError, parse_config
+from TrainSegmentNet import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ["DataExtract", "DataSeparate", "DatasetCreate", "SegmentNet", "TrainSegmentNet"]
+
+
+def test_flags_with_dashes_or_underscores_and_typed_values():
+    cfg = parse_config(Config, ["--batch-size", "3", "--crop_size", "65", "--lr", "0.5", "--amp", "false",
+                                "--model-options", '{"width": 16}'])
+    assert (cfg.batch_size, cfg.crop_size, cfg.lr, cfg.amp, cfg.model_options) == (3, 65, 0.5, False, {"width": 16})
+    assert cfg.epochs == Config().epochs
+
+
+def test_json_config_then_flags_override(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"epochs": 7, "batch-size": 2, "lr": 1}))
+    cfg = parse_config(Config, ["--config", str(path), "--batch-size", "5"])
+    assert (cfg.epochs, cfg.batch_size, cfg.lr) == (7, 5, 1.0)
+    path.write_text(json.dumps({"epohcs": 7}))
+    with pytest.raises(ConfigError, match="unknown hyperparameter.*epohcs"):
+        parse_config(Config, ["--config", str(path)])
+
+
+def test_help_lists_every_hyperparameter_with_its_comment_and_default():
+    out = subprocess.run([sys.executable, "TrainSegmentNet.py", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    out = " ".join(out.split())  # argparse wraps lines
+    assert "--batch-size" in out and "--batch_size" in out
+    assert "peak learning rate" in out and "(default: 0.001)" in out
+    for name in Config.__dataclass_fields__:
+        assert f"--{name.replace('_', '-')}" in out, name
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_scripts_import_without_side_effects(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sys.modules.pop(name, None)
+    module = importlib.import_module(name)
+    assert callable(getattr(module, "main", None)) or name == "SegmentNet"
+    assert os.listdir(tmp_path) == []
+
+
+def test_unknown_dataset_exits_2_with_the_choices(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "DataSeparate.py"), "--dataset", "mnist",
+                             "--data-dir", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "unknown dataset 'mnist'; choices:" in result.stderr and "voc2012" in result.stderr

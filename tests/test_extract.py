@@ -1,0 +1,155 @@
+"""DataExtract: checksum, safe extraction, idempotence, download with resume, the synthetic archive."""
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+import DataExtract
+from segmentnet.archive import Archive, DataError, download, extract, verify_md5
+from segmentnet.datasets import voc2012
+
+SPEC = Archive("test.tar", None, None, required_prefix="VOCdevkit/", max_member_bytes=1 << 20)
+
+
+def make_tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        tar.addfile(tarfile.TarInfo("VOCdevkit/ok.txt"), io.BytesIO(b""))
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return path
+
+
+def link(name: str, target: str, kind=tarfile.SYMTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info
+
+
+@pytest.mark.parametrize("member,problem", [
+    ((tarfile.TarInfo("/tmp/evil_abs.txt"), b"x"), "absolute path"),
+    ((tarfile.TarInfo("VOCdevkit/../../evil_dotdot.txt"), b"x"), "'..'"),
+    ((link("VOCdevkit/escape", "../../outside"), None), "link pointing outside"),
+    ((link("VOCdevkit/escape", "/etc/passwd"), None), "link pointing outside"),
+    ((link("VOCdevkit/hard", "../../outside", tarfile.LNKTYPE), None), "hard link"),
+])
+def test_malicious_tar_refused_and_nothing_written(tmp_path, member, problem):
+    archive = make_tar(tmp_path / "evil.tar", [member])
+    target = tmp_path / "deep" / "data" / "raw" / "x"
+    before = set(tmp_path.rglob("*"))
+    with pytest.raises(DataError, match=problem):
+        extract(archive, target, SPEC)
+    assert set(tmp_path.rglob("*")) == before  # not a single file anywhere, inside or out
+    assert not Path("/tmp/evil_abs.txt").exists()
+
+
+def test_md5_mismatch_refused(tmp_path):
+    path = tmp_path / "VOCtrainval_11-May-2012.tar"
+    path.write_bytes(b"not the archive")
+    with pytest.raises(DataError, match="md5 is .* the official archive's is 6cd6e144f989b92b3379bac3b3de84fd"):
+        verify_md5(path, voc2012.ARCHIVE.md5)
+    from segmentnet.cli import run_main
+    assert run_main(DataExtract.main, ["--downloads", str(tmp_path), "--data-dir", str(tmp_path / "data")]) == 2
+    assert not (tmp_path / "data").exists()
+
+
+def test_no_verify_skips_the_checksum(tmp_path):
+    files = voc2012.synthetic_files(0, {"train": 2, "val": 1, "unlabelled": 0})
+    from segmentnet import synthetic
+    synthetic.write_tar(tmp_path / voc2012.ARCHIVE.filename, files)
+    with pytest.raises(DataError):
+        DataExtract.main(["--downloads", str(tmp_path), "--data-dir", str(tmp_path / "data")])
+    DataExtract.main(["--downloads", str(tmp_path), "--data-dir", str(tmp_path / "data"), "--no-verify"])
+    assert (tmp_path / "data/raw/VOCtrainval_11-May-2012/VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt").exists()
+
+
+def test_synthetic_archive_is_official_layout_deterministic_and_idempotent(tmp_path, capsys):
+    args = ["--synthetic", "--downloads", str(tmp_path / "dl"), "--data-dir", str(tmp_path / "data"), "--seed", "3"]
+    assert DataExtract.main(args) == 0
+    archive = tmp_path / "dl" / "synthetic" / "VOCtrainval_11-May-2012.tar"
+    first = hashlib.md5(archive.read_bytes()).hexdigest()
+    root = tmp_path / "data/raw/VOCtrainval_11-May-2012/VOCdevkit/VOC2012"
+    train = (root / "ImageSets/Segmentation/train.txt").read_text().split()
+    val = (root / "ImageSets/Segmentation/val.txt").read_text().split()
+    trainval = (root / "ImageSets/Segmentation/trainval.txt").read_text().split()
+    assert sorted(train + val) == trainval and not set(train) & set(val)
+    assert all((root / "JPEGImages" / f"{i}.jpg").exists() and (root / "SegmentationClass" / f"{i}.png").exists()
+               for i in trainval)
+    assert len(list((root / "JPEGImages").glob("*.jpg"))) > len(trainval)  # unlabelled images too
+    capsys.readouterr()
+    assert DataExtract.main(args) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert hashlib.md5(archive.read_bytes()).hexdigest() == first
+
+
+def test_interrupted_extraction_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
+    from segmentnet import archive as archive_module
+    from segmentnet import synthetic
+
+    path = synthetic.write_tar(tmp_path / "a.tar", voc2012.synthetic_files(0, {"train": 2, "val": 1, "unlabelled": 0}))
+
+    def boom(*args, **kwargs):
+        raise OSError("disk unplugged")
+
+    monkeypatch.setattr(archive_module, "_write_members", boom)
+    with pytest.raises(OSError):
+        extract(path, tmp_path / "raw" / "voc", voc2012.ARCHIVE)
+    assert not (tmp_path / "raw" / "voc").exists()
+    assert list((tmp_path / "raw").iterdir()) == []
+
+
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    payload = b""
+    fail_after: int | None = None  # close the connection after this many bytes (first request only)
+    requests: list = []
+
+    def do_GET(self):
+        start = 0
+        header = self.headers.get("Range")
+        self.requests.append(header)
+        if header:
+            start = int(header.split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(self.payload) - 1}/{len(self.payload)}")
+        else:
+            self.send_response(200)
+        body = self.payload[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.fail_after is not None and not header:
+            self.wfile.write(body[: self.fail_after])
+            self.wfile.flush()
+            self.connection.shutdown(2)
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_download_resumes_a_partial_file(tmp_path):
+    payload = bytes(range(256)) * 4096
+    RangeHandler.payload, RangeHandler.fail_after, RangeHandler.requests = payload, 100_000, []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/VOCtrainval_11-May-2012.tar"
+    dest = tmp_path / "dl" / "VOCtrainval_11-May-2012.tar"
+    try:
+        with pytest.raises(DataError):
+            download(url, dest)
+        part = dest.with_name(dest.name + ".part")
+        have = part.stat().st_size
+        assert 0 < have < len(payload) and not dest.exists()
+        download(url, dest)
+    finally:
+        server.shutdown()
+    assert dest.read_bytes() == payload
+    assert RangeHandler.requests == [None, f"bytes={have}-"]  # the second request asked only for the rest
