@@ -26,7 +26,8 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError
 from .data import EpochSampler, SegmentationDataset, collate_pairs, read_dataset_json
 from .datasets import DATASETS
-from .distributed import DistEnv, all_reduce_mean, cleanup_distributed, setup_distributed, unwrap
+from .distributed import (DistEnv, all_ranks_agree, all_reduce_mean, broadcast_buffers, broadcast_from_main,
+                          cleanup_distributed, setup_distributed, unwrap)
 from .losses import LOSSES, build_loss
 from .metrics import ConfusionMatrix
 from .models import MODELS, build_model
@@ -199,19 +200,24 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, run, cfg, env: 
         for group in optimizer.param_groups:
             group["lr"] = lr
         last_micro = (run["global_step"] + 1) % accum == 0
-        sync = nullcontext() if last_micro or not env.distributed else model.no_sync()
-        with sync, torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = compute_loss(model(images), masks, criterion, run["aux_weights"])
-        if not torch.isfinite(loss):
+        # Between optimiser steps DDP need not all-reduce gradients: forward and backward under no_sync.
+        with model.no_sync() if env.distributed and not last_micro else nullcontext():
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss = compute_loss(model(images), masks, criterion, run["aux_weights"])
+            # All ranks take the same decisions (skip the step, stop for a signal), or they would deadlock.
+            finite, keep_going = all_ranks_agree(
+                [torch.isfinite(loss.detach()), torch.tensor(stop.signum is None, device=device)], env)
+            if finite:
+                (scaler.scale(loss / accum) if scaler else loss / accum).backward()
+        if not finite:
             run["nonfinite_steps"] += 1
             if not cfg.skip_nonfinite:
                 raise FloatingPointError(
                     f"loss is {loss.item()} at step {run['global_step']} (epoch {run['epoch'] + 1}, batch "
-                    f"{run['step_in_epoch'] + 1}): lower lr, check the data, or set skip_nonfinite true")
+                    f"{run['step_in_epoch'] + 1}) in one of the processes: lower lr, check the data, or set "
+                    f"skip_nonfinite true")
             optimizer.zero_grad(set_to_none=True)
         else:
-            with sync:
-                (scaler.scale(loss / accum) if scaler else loss / accum).backward()
             if last_micro:
                 if scaler:
                     scaler.step(optimizer)
@@ -225,7 +231,8 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, run, cfg, env: 
         run["step_in_epoch"] += 1
         run["lr"] = lr
         bar.set_postfix(loss=f"{losses[-1] if losses else float('nan'):.4f}", lr=f"{lr:.2e}")
-        if stop.signum is not None:
+        if not keep_going:
+            stop.signum = stop.signum or signal.SIGTERM  # another rank got the signal
             return float(np.mean(losses)) if losses else float("nan"), seen, False
     return float(np.mean(losses)) if losses else float("nan"), seen, True
 
@@ -262,13 +269,21 @@ def evaluate(model, loader, num_classes: int, env: DistEnv, mean, std, criterion
 
 
 def prepare_run_dir(cfg, env: DistEnv) -> Path:
-    """The run folder: never silently reuse one that holds an earlier run."""
+    """The run folder: never silently reuse one that holds an earlier run.
+
+    Rank 0 names and checks it and tells the others, so that all agree (the default name holds
+    the time) and none sees the files rank 0 has just started writing.
+    """
     if cfg.resume and not cfg.out:
         return Path(cfg.resume).parent
+    problem = None
     out = Path(cfg.out) if cfg.out else Path("runs") / f"{cfg.dataset}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not cfg.resume and out.exists() and any(out.iterdir()):
-        raise ConfigError(f"run folder {out} already holds a run: pass a new --out, or --resume {out}/last.pt "
-                          f"to continue it")
+    if env.is_main and not cfg.resume and out.exists() and any(out.iterdir()):
+        problem = (f"run folder {out} already holds a run: pass a new --out, or --resume {out}/last.pt "
+                   f"to continue it")
+    out, problem = broadcast_from_main((out, problem), env)
+    if problem:
+        raise ConfigError(problem)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
     return out
@@ -353,6 +368,9 @@ def train(cfg) -> dict:
 
 
 def _train(cfg, env: DistEnv) -> dict:
+    if env.distributed and cfg.sync_bn and env.device.type != "cuda":
+        raise ConfigError("sync_bn needs CUDA devices: torch's SyncBatchNorm has no CPU implementation (gloo); "
+                          "set sync_bn false when training on CPUs")
     root = Path(cfg.data_dir) / cfg.dataset
     info = read_dataset_json(root)
     num_classes = info["num_classes"]
@@ -433,6 +451,7 @@ def _train(cfg, env: DistEnv) -> dict:
                 return {"run_dir": str(run_dir), "interrupted": stop.signum, **run_summary(run, last_scores)}
             elapsed = time.time() - started
             train_loss = all_reduce_mean(train_loss, env)
+            broadcast_buffers(model, env)  # every rank validates rank 0's model, the one checkpointed
             scores = evaluate(model, val_loader, num_classes, env, run["mean"], run["std"], criterion, cfg.amp)
             last_scores = scores
             run["epoch"] += 1
