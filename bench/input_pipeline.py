@@ -16,8 +16,10 @@ ours       segmentnet's train_transform through SegmentationDataset (the real __
            S this is the reference's range exactly: [scale_min*base_size/S, scale_max*base_size/S]),
            resampling only the region that survives the crop, uint8 out (normalised on the device).
 
-Only the first figure of each row (images/s) matters for the target; the phase columns say where
-the time goes (ms per image; collate is per image of a batch).
+Times are CPU time of this process (time.process_time), so images/s means images per CPU-second
+of one core, also on a machine busy with other work. Only the first figure of each row (images/s)
+matters for the target; the phase columns say where the time goes (ms per image; collate is per
+image of a batch).
 """
 from __future__ import annotations
 
@@ -135,107 +137,102 @@ def reference_to_tensor(image, mask):
 
 
 class Phases:
-    """Seconds spent per named phase."""
+    """CPU seconds of this process per named phase.
+
+    CPU time, not wall time: on a machine shared with other work a wall clock also counts the
+    time the process waited for a core, while the CPU time is what one worker core spends.
+    """
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
-        self._last = time.perf_counter()
+        self.count = 0
+        self._last = time.process_time()
 
     def start(self):
-        self._last = time.perf_counter()
+        self._last = time.process_time()
 
     def mark(self, name: str):
-        now = time.perf_counter()
+        now = time.process_time()
         self.seconds[name] = self.seconds.get(name, 0.0) + now - self._last
         self._last = now
 
 
-def run_reference(dataset: SegmentationDataset, cfg: Config, rng) -> tuple[dict, int]:
-    phases, batch, count = Phases(), [], 0
-    for _ in range(cfg.passes):
-        for index in range(len(dataset)):
-            phases.start()
-            image, mask = reference_decode(dataset.images[index], dataset.mask_path(index))
-            phases.mark("decode")
-            image, mask = reference_resize(image, mask, rng, cfg)
-            phases.mark("scale")
-            image, mask = reference_flip(image, mask, rng)
-            phases.mark("flip")
-            image, mask = reference_crop(image, mask, rng, cfg.crop_size)
-            phases.mark("crop")
-            batch.append(reference_to_tensor(image, mask))
-            phases.mark("to tensor+normalise")
-            count += 1
-            if len(batch) == cfg.batch_size:
-                collate_pairs(batch)
-                batch = []
-                phases.mark("collate")
-    return phases.seconds, count
+def collate_when_full(batch: list, batch_size: int, phases: Phases) -> None:
+    phases.count += 1
+    if len(batch) == batch_size:
+        collate_pairs(batch)
+        batch.clear()
+        phases.mark("collate")
 
 
-def run_ours_phases(dataset: SegmentationDataset, cfg: Config, scale_range) -> tuple[dict, int]:
-    """Our pieces one by one, to see where the time goes (decode here is the header read only,
-    the pixels are decoded inside scale+crop, at reduced size when that is allowed)."""
+def run_reference(dataset: SegmentationDataset, cfg: Config, rng, phases: Phases) -> None:
+    batch = []
+    for index in range(len(dataset)):
+        phases.start()
+        image, mask = reference_decode(dataset.images[index], dataset.mask_path(index))
+        phases.mark("decode")
+        image, mask = reference_resize(image, mask, rng, cfg)
+        phases.mark("scale")
+        image, mask = reference_flip(image, mask, rng)
+        phases.mark("flip")
+        image, mask = reference_crop(image, mask, rng, cfg.crop_size)
+        phases.mark("crop")
+        batch.append(reference_to_tensor(image, mask))
+        phases.mark("to tensor+normalise")
+        collate_when_full(batch, cfg.batch_size, phases)
+
+
+def run_ours_phases(dataset: SegmentationDataset, cfg: Config, scale_range, epoch: int, phases: Phases) -> None:
+    """Our pieces one by one, to see where the time goes (the image's pixels are decoded inside
+    scale+crop, at reduced size when that is allowed; open+mask is its header and the mask)."""
     scale_crop, flip, to_tensor = RandomScaleCrop(cfg.crop_size, scale_range), RandomHorizontalFlip(), ToTensor()
-    phases, batch, count = Phases(), [], 0
-    for epoch in range(cfg.passes):
-        for index in range(len(dataset)):
-            rng = np.random.default_rng([cfg.seed, epoch, index])
-            phases.start()
-            image, mask = dataset.load(index, decode=False)
-            phases.mark("open+mask")
-            image, mask = scale_crop(image, mask, rng)
-            phases.mark("decode+scale+crop")
-            image, mask = flip(image, mask, rng)
-            phases.mark("flip")
-            batch.append(to_tensor(image, mask))
-            phases.mark("to tensor")
-            count += 1
-            if len(batch) == cfg.batch_size:
-                collate_pairs(batch)
-                batch = []
-                phases.mark("collate")
-    return phases.seconds, count
+    batch = []
+    for index in range(len(dataset)):
+        rng = np.random.default_rng([cfg.seed, epoch, index])
+        phases.start()
+        image, mask = dataset.load(index, decode=False)
+        phases.mark("open+mask")
+        image, mask = scale_crop(image, mask, rng)
+        phases.mark("decode+scale+crop")
+        image, mask = flip(image, mask, rng)
+        phases.mark("flip")
+        batch.append(to_tensor(image, mask))
+        phases.mark("to tensor")
+        collate_when_full(batch, cfg.batch_size, phases)
 
 
-def run_ours(dataset: SegmentationDataset, cfg: Config) -> tuple[dict, int]:
+def run_ours(dataset: SegmentationDataset, cfg: Config, epoch: int, phases: Phases) -> None:
     """The real path: SegmentationDataset.__getitem__ with train_transform, then collate_pairs."""
-    phases, batch, count = Phases(), [], 0
-    for epoch in range(cfg.passes):
-        for index in range(len(dataset)):
-            phases.start()
-            batch.append(dataset[(epoch, index)])
-            phases.mark("__getitem__")
-            count += 1
-            if len(batch) == cfg.batch_size:
-                collate_pairs(batch)
-                batch = []
-                phases.mark("collate")
-    return phases.seconds, count
+    batch = []
+    for index in range(len(dataset)):
+        phases.start()
+        batch.append(dataset[(epoch, index)])
+        phases.mark("__getitem__")
+        collate_when_full(batch, cfg.batch_size, phases)
 
 
 def decode_only(dataset: SegmentationDataset, cfg: Config) -> float:
     """ms to decode one image fully (JPEG + mask), for scale: both pipelines pay about this."""
-    started = time.perf_counter()
+    started = time.process_time()
     for index in range(len(dataset)):
         decode_rgb(Image.open(dataset.images[index]))
         Image.open(dataset.mask_path(index)).load()
-    return 1000 * (time.perf_counter() - started) / len(dataset)
+    return 1000 * (time.process_time() - started) / len(dataset)
 
 
 def normalize_on_cpu_ms(cfg: Config) -> float:
     """What our normalise would cost per image if it ran in the worker instead of on the device."""
     images = torch.randint(0, 256, (cfg.batch_size, 3, cfg.crop_size, cfg.crop_size), dtype=torch.uint8)
-    started = time.perf_counter()
+    started = time.process_time()
     for _ in range(5):
         normalize(images, IMAGENET_MEAN, IMAGENET_STD)
-    return 1000 * (time.perf_counter() - started) / (5 * cfg.batch_size)
+    return 1000 * (time.process_time() - started) / (5 * cfg.batch_size)
 
 
-def row(name: str, seconds: dict, count: int) -> dict:
-    total = sum(seconds.values())
-    return {"pipeline": name, "images_per_second": count / total,
-            "ms_per_image": {k: 1000 * v / count for k, v in seconds.items()}, "total_ms": 1000 * total / count}
+def row(name: str, phases: Phases) -> dict:
+    total = sum(phases.seconds.values())
+    return {"pipeline": name, "images_per_second": phases.count / total, "total_ms": 1000 * total / phases.count,
+            "ms_per_image": {k: 1000 * v / phases.count for k, v in phases.seconds.items()}}
 
 
 def cpu_name() -> str:
@@ -259,11 +256,17 @@ def main(argv=None) -> int:
         scale_range = (cfg.scale_min * cfg.base_size / short, cfg.scale_max * cfg.base_size / short)
         dataset = SegmentationDataset(root, "train", train_transform(cfg.crop_size, scale_range), seed=cfg.seed)
         decode_only(dataset, cfg)  # warm the file cache
-        rows = [row("reference (torchvision-style, PIL)", *run_reference(dataset, cfg, np.random.default_rng(cfg.seed))),
-                row("ours, pieces one by one", *run_ours_phases(dataset, cfg, scale_range)),
-                row("ours (SegmentationDataset.__getitem__)", *run_ours(dataset, cfg))]
+        reference, pieces, ours = Phases(), Phases(), Phases()
+        reference_rng = np.random.default_rng(cfg.seed)
+        for epoch in range(cfg.passes):  # interleaved, so that all three meet the same machine load
+            run_reference(dataset, cfg, reference_rng, reference)
+            run_ours_phases(dataset, cfg, scale_range, epoch, pieces)
+            run_ours(dataset, cfg, epoch, ours)
+        rows = [row("reference (torchvision-style, PIL)", reference), row("ours, pieces one by one", pieces),
+                row("ours (SegmentationDataset.__getitem__)", ours)]
         full_decode = decode_only(dataset, cfg)
-    print(f"machine: {cpu_name()}, torch {torch.__version__}, Pillow {Image.__version__}, one thread")
+    print(f"machine: {cpu_name()}, torch {torch.__version__}, Pillow {Image.__version__}, one thread; "
+          f"images/s = images per CPU-second")
     print(f"{cfg.images} images {cfg.width}x{cfg.height} (JPEG q{cfg.quality}) x {cfg.passes} passes, crop "
           f"{cfg.crop_size}, short side {cfg.scale_min}-{cfg.scale_max} x {cfg.base_size} = factor "
           f"{scale_range[0]:.3f}-{scale_range[1]:.3f} of the original, batch {cfg.batch_size}")

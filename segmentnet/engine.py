@@ -152,6 +152,16 @@ def compute_loss(outputs, target: torch.Tensor, criterion: nn.Module, aux_weight
     return total
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler) -> None:
+    """Step (through the gradient scaler, when there is one) and clear the gradients."""
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 class StopRequest:
     """Set by SIGTERM or SIGINT; the loop finishes its step, saves a resumable checkpoint and exits."""
 
@@ -219,12 +229,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, run, cfg, env: 
             optimizer.zero_grad(set_to_none=True)
         else:
             if last_micro:
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer_step(optimizer, scaler)
             losses.append(loss.item())
         seen += images.shape[0]
         run["global_step"] += 1

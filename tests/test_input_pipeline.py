@@ -1,4 +1,5 @@
-"""The fast input path keeps augmentation semantics: reduced-size JPEG decoding, crop-only resampling."""
+"""The fast input path keeps augmentation semantics (reduced-size JPEG decoding, crop-only resampling);
+the benchmark scripts run."""
 from __future__ import annotations
 
 import importlib.util
@@ -8,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import ROOT
@@ -135,3 +137,17 @@ def test_input_pipeline_benchmark_runs(tmp_path, capsys, monkeypatch):
     assert [r["pipeline"].split(" ")[0] for r in figures["rows"]] == ["reference", "ours,", "ours"]
     assert all(r["images_per_second"] > 0 for r in figures["rows"])
     assert "ours / reference" in capsys.readouterr().out
+
+
+def test_train_step_benchmark_measures_both_paths_and_counts_flops(monkeypatch):
+    bench = load_bench("train_step", monkeypatch)
+    monkeypatch.setattr(torch, "get_num_threads", torch.get_num_threads)  # restored after the test
+    torch.set_num_threads(1)  # two threads on a crowded 2-core machine are many times slower
+    cfg = bench.Config(size=32, batch_size=1, steps=1, warmup=0, device="cpu")
+    eager = bench.measure(cfg, "segmentnet", "eager")
+    fast = bench.measure(cfg, "segmentnet", "optimised")
+    assert eager["options"] == ["none"] and "channels_last" in fast["options"]
+    assert eager["images_per_second"] > 0 and fast["images_per_second"] > 0
+    # Convolution FLOPs grow with the pixel count: twice the side, four times the FLOPs.
+    larger = bench.measure(bench.Config(size=64, batch_size=1, steps=1, warmup=0, device="cpu"), "segmentnet", "eager")
+    assert larger["flops_per_step"] == pytest.approx(4 * eager["flops_per_step"], rel=0.02)
