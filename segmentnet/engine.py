@@ -201,7 +201,10 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, run, cfg, env: 
     bar = tqdm(loader, desc=f"epoch {run['epoch'] + 1}/{cfg.epochs}", disable=not env.is_main or not cfg.progress,
                leave=False, initial=run["step_in_epoch"], total=run["step_in_epoch"] + len(loader))
     accum = cfg.grad_accum
+    fetch_started = time.perf_counter()
     for images, masks in bar:
+        # Time blocked here is time the device sat idle (loss.item() below waits for each step).
+        run["data_wait_seconds"] = run.get("data_wait_seconds", 0.0) + time.perf_counter() - fetch_started
         images = normalize(images.to(device, non_blocking=True), run["mean"], run["std"])
         masks = masks.to(device, non_blocking=True)
         if cfg.channels_last:
@@ -239,6 +242,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, run, cfg, env: 
         if not keep_going:
             stop.signum = stop.signum or signal.SIGTERM  # another rank got the signal
             return float(np.mean(losses)) if losses else float("nan"), seen, False
+        fetch_started = time.perf_counter()
     return float(np.mean(losses)) if losses else float("nan"), seen, True
 
 
@@ -444,7 +448,7 @@ def _train(cfg, env: DistEnv) -> dict:
     with StopRequest() as stop:
         while run["epoch"] < cfg.epochs:
             train_sampler.set_epoch(run["epoch"], start=run["step_in_epoch"] * cfg.batch_size)
-            started = time.time()
+            started, run["data_wait_seconds"] = time.time(), 0.0
             train_loss, seen, finished = train_one_epoch(train_model, train_loader, criterion, optimizer, scaler,
                                                          run, cfg, env, stop)
             if not finished:
@@ -470,7 +474,8 @@ def _train(cfg, env: DistEnv) -> dict:
                           "val_mean_class_acc": scores["mean_class_acc"], "val_per_class_iou": scores["per_class_iou"],
                           "lr": run["lr"], "epoch_seconds": elapsed,
                           "images_per_second": seen * env.world_size / max(elapsed, 1e-9),
-                          "nonfinite_steps": run["nonfinite_steps"]}
+                          "nonfinite_steps": run["nonfinite_steps"],
+                          "data_wait_fraction": run["data_wait_seconds"] / max(elapsed, 1e-9)}
                 with open(run_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
                 state = checkpoint_state(model, optimizer, scaler, run, cfg)

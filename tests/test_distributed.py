@@ -175,6 +175,7 @@ def test_torchrun_two_processes_validate_like_one(ddp_voc, tmp_path):
     # The run's validation (7 images sharded 4 + 3, confusion matrices all-reduced, batch-norm
     # statistics taken from rank 0) equals validating its checkpoint on all 7 in one process.
     record = records(out)[0]
+    assert 0 <= record["data_wait_fraction"] < 1
     scores = single_process_scores(ddp_voc, state)
     assert record["val_per_class_iou"] == scores["per_class_iou"]
     assert (record["val_miou"], record["val_pixel_acc"]) == (scores["miou"], scores["pixel_acc"])
@@ -187,3 +188,14 @@ def test_sync_bn_on_cpu_is_refused_with_a_reason(tmp_path):
     cfg = tiny_train_config(tmp_path, tmp_path / "run", sync_bn=True, device="cpu")
     with pytest.raises(ConfigError, match="sync_bn needs CUDA"):
         _train(cfg, DistEnv(rank=0, world_size=2))
+
+
+def test_checkpointed_weights_have_no_wrapper_prefixes():
+    from torch import nn
+
+    from segmentnet.distributed import unwrap
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    compiled = torch.compile(model)  # lazy: nothing is compiled until it is called
+    assert all(k.startswith("_orig_mod.") for k in compiled.state_dict())  # what a naive save would write
+    assert unwrap(compiled) is model and set(unwrap(compiled).state_dict()) == set(model.state_dict())
