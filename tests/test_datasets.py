@@ -356,11 +356,21 @@ def independent_weights(counts: list[int], rule: str) -> list[float]:
     return [w / (sum(raw) / len(present)) for w in raw]
 
 
-@pytest.mark.parametrize("loss", ["ce", "jaccard"])
-def test_class_weights_reach_the_loss(loss, prepared, tmp_path, monkeypatch):
+def test_class_weight_rules_match_their_definitions():
+    from segmentnet.engine import class_weights_from_counts
+
+    counts = [500, 0, 120, 30, 7, 2000]  # an absent class, and an even number of present ones
+    for rule in ("median_freq", "inverse_freq"):
+        expected = torch.tensor(independent_weights(counts, rule), dtype=torch.float32)
+        assert torch.allclose(class_weights_from_counts(counts, rule), expected, rtol=1e-5), rule
+    assert class_weights_from_counts(counts, "none") is None
+
+
+@pytest.mark.parametrize("loss,rule", [("ce", "median_freq"), ("jaccard", "inverse_freq")])
+def test_class_weights_reach_the_loss(loss, rule, prepared, tmp_path, monkeypatch):
     from segmentnet import engine
 
-    data = prepared("ade20k")  # an even number of classes present: the median is a mean of two
+    data = prepared("ade20k")
     counts = json.loads((data / "ade20k" / "dataset.json").read_text())["pixel_counts"]["train"]
     built = []
 
@@ -369,16 +379,14 @@ def test_class_weights_reach_the_loss(loss, prepared, tmp_path, monkeypatch):
         return built[-1]
 
     monkeypatch.setattr(engine, "build_loss", capture)
-    for rule in ("median_freq", "inverse_freq"):
-        train(tiny_train_config(data, tmp_path / rule, dataset="ade20k", loss=loss, class_weights=rule))
-        expected = torch.tensor(independent_weights(counts, rule), dtype=torch.float32)
-        assert torch.allclose(built[-1].weight, expected, rtol=1e-5), rule
-    assert not torch.allclose(built[0].weight, torch.ones_like(built[0].weight))
+    train(tiny_train_config(data, tmp_path / "run", dataset="ade20k", loss=loss, class_weights=rule))
+    weight = built[0].weight
+    assert torch.allclose(weight, torch.tensor(independent_weights(counts, rule), dtype=torch.float32), rtol=1e-5)
+    assert not torch.allclose(weight, torch.ones_like(weight))
 
     # and the weights change the loss as their definition says
     torch.manual_seed(0)
-    logits, target = torch.randn(2, 150, 4, 4), torch.tensor([[[0, 4, 7, 255]] * 4] * 2)
-    weight = built[0].weight
+    logits, target = torch.randn(2, 150, 4, 4), torch.tensor([[[0, 4, 7, 255]] * 4] * 2)  # classes the data has
     valid = target != 255
     if loss == "ce":
         nll = -torch.log_softmax(logits, 1).gather(1, target.clamp(max=149).unsqueeze(1)).squeeze(1)
