@@ -68,6 +68,10 @@ def list_pairs(raw_root: Path, val_fraction: float = DEFAULT_VAL_FRACTION, split
     if not images.is_dir():
         raise DataError(f"{images} not found: extract {ARCHIVE.filename} first (DataExtract.py --dataset kitti_road)")
     stems = [p.stem for p in sorted(images.glob("*.png"))]
+    odd = [s for s in stems if "_" not in s]
+    if odd:
+        raise DataError(f"{images}: {odd[0]}.png is not named <category>_NNNNNN.png as KITTI's images are "
+                        f"({len(odd)} such files); rename them, or move them out")
     train, val = split_by_category(stems, val_fraction, split_seed)
 
     def labelled(stem: str) -> Pair:
