@@ -103,7 +103,8 @@ def class_weights_from_counts(counts: list[int], rule: str) -> torch.Tensor | No
     freq = counts_t / counts_t.sum()
     weights = torch.zeros_like(freq)
     if rule == "median_freq":
-        weights[present] = freq[present].median() / freq[present]
+        # quantile, not median(): with an even number of classes torch's median is the lower middle value
+        weights[present] = freq[present].quantile(0.5) / freq[present]
     else:
         weights[present] = 1 / freq[present]
         weights[present] /= weights[present].mean()
