@@ -106,6 +106,14 @@ def test_resnet_models_have_torchvisions_parameter_count(name):
     assert sum(p.numel() for p in model.parameters()) == PUBLISHED_PARAMETERS[name]
 
 
+def test_resnet_models_use_torchvisions_module_names():
+    with torch.device("meta"):
+        keys = set(build_model("deeplabv3_resnet50", 21).state_dict()) | set(build_model("fcn_resnet50", 21).state_dict())
+    for key in ("backbone.layer4.2.conv3.weight", "classifier.0.convs.4.1.weight", "classifier.0.project.0.weight",
+                "classifier.1.weight", "classifier.4.weight", "aux_classifier.0.weight", "aux_classifier.4.bias"):
+        assert key in keys, key
+
+
 def test_segnet_parameter_count_matches_the_paper():
     with torch.device("meta"):
         model = build_model("segnet", 21)

@@ -70,6 +70,14 @@ def vgg16_bn(**options) -> VGG:
     return VGG(16, batch_norm=True, **options)
 
 
+def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, dilation: int = 1,
+            relu: bool = True) -> nn.Sequential:
+    """Convolution (no bias, "same" padding), batch norm and ReLU: the building block of the heads."""
+    layers = [nn.Conv2d(in_channels, out_channels, kernel_size, stride, dilation * (kernel_size // 2), dilation,
+                        bias=False), nn.BatchNorm2d(out_channels)]
+    return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
+
+
 class Bottleneck(nn.Module):
     """1x1 reduce, 3x3 (strided or dilated), 1x1 expand by 4, plus the shortcut."""
 

@@ -17,20 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import ResNet
+from .backbones import ResNet, conv_bn
 from .pretrained import load_pretrained_backbone
 
 AUX_WEIGHT = 0.5
 
 
-def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1) -> list[nn.Module]:
-    padding = dilation * (kernel_size // 2)
-    return [nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False),
-            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
-
-
 def fcn_head(in_channels: int, num_classes: int) -> nn.Sequential:
-    return nn.Sequential(*conv_bn_relu(in_channels, in_channels // 4, 3), nn.Dropout(0.1),
+    return nn.Sequential(*conv_bn(in_channels, in_channels // 4, 3), nn.Dropout(0.1),
                          nn.Conv2d(in_channels // 4, num_classes, 1))
 
 
@@ -44,18 +38,18 @@ class ASPPPooling(nn.Sequential):
 class ASPP(nn.Module):
     def __init__(self, in_channels: int, rates=(12, 24, 36), channels: int = 256):
         super().__init__()
-        branches = [nn.Sequential(*conv_bn_relu(in_channels, channels, 1))]
-        branches += [nn.Sequential(*conv_bn_relu(in_channels, channels, 3, rate)) for rate in rates]
-        branches.append(ASPPPooling(nn.AdaptiveAvgPool2d(1), *conv_bn_relu(in_channels, channels, 1)))
+        branches = [conv_bn(in_channels, channels, 1)]
+        branches += [conv_bn(in_channels, channels, 3, dilation=rate) for rate in rates]
+        branches.append(ASPPPooling(nn.AdaptiveAvgPool2d(1), *conv_bn(in_channels, channels, 1)))
         self.convs = nn.ModuleList(branches)
-        self.project = nn.Sequential(*conv_bn_relu(len(branches) * channels, channels, 1), nn.Dropout(0.5))
+        self.project = nn.Sequential(*conv_bn(len(branches) * channels, channels, 1), nn.Dropout(0.5))
 
     def forward(self, x):
         return self.project(torch.cat([branch(x) for branch in self.convs], dim=1))
 
 
 def deeplab_head(in_channels: int, num_classes: int, channels: int = 256) -> nn.Sequential:
-    return nn.Sequential(ASPP(in_channels, channels=channels), *conv_bn_relu(channels, channels, 3),
+    return nn.Sequential(ASPP(in_channels, channels=channels), *conv_bn(channels, channels, 3),
                          nn.Conv2d(channels, num_classes, 1))
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import ResNet
+from .backbones import ResNet, conv_bn
 from .pretrained import load_pretrained_backbone
 
 PYRAMID_BINS = (1, 2, 3, 6)
@@ -39,13 +39,6 @@ def upsample_to(x, size):
 
 def half_size(x):
     return (x.shape[-2] + 1) // 2, (x.shape[-1] + 1) // 2
-
-
-def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, dilation: int = 1,
-            relu: bool = True) -> nn.Sequential:
-    layers = [nn.Conv2d(in_channels, out_channels, kernel_size, stride, dilation * (kernel_size // 2), dilation,
-                        bias=False), nn.BatchNorm2d(out_channels)]
-    return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
 
 
 class PyramidPoolingSum(nn.Module):

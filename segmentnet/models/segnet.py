@@ -12,14 +12,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from .backbones import vgg16_bn
+from .backbones import conv_bn, vgg16_bn
 from .pretrained import load_pretrained_backbone
 from .segmentnet import pad_to_multiple
-
-
-def conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
 
 
 class SegNet(nn.Module):
@@ -36,7 +31,7 @@ class SegNet(nn.Module):
                 convs = []
         decoder = []
         for convs in reversed(stages):
-            decoder.append(nn.Sequential(*(conv_bn_relu(out, inp) for inp, out in reversed(convs))))
+            decoder.append(nn.Sequential(*(conv_bn(out, inp, 3) for inp, out in reversed(convs))))
         decoder[-1][-1] = nn.Conv2d(width, num_classes, 3, padding=1)  # the last layer: class logits
         self.decoder = nn.ModuleList(decoder)
         self.unpool = nn.MaxUnpool2d(2, 2)

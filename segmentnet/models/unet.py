@@ -14,14 +14,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .backbones import conv_bn
 from .segmentnet import pad_to_multiple
 
 
 def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
-                         nn.ReLU(inplace=True),
-                         nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
-                         nn.ReLU(inplace=True))
+    return nn.Sequential(*conv_bn(in_channels, out_channels, 3), *conv_bn(out_channels, out_channels, 3))
 
 
 class UNet(nn.Module):
