@@ -391,7 +391,7 @@ def _train(cfg, env: DistEnv) -> dict:
     run_dir = prepare_run_dir(cfg, env)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, num_classes, **cfg.model_options)
+    model = build_model(cfg.model, num_classes, pretrained=resume_state is None, **cfg.model_options)
     if resume_state is not None:
         load_model_state(model, resume_state, cfg.resume)
     model.to(env.device)
