@@ -19,12 +19,12 @@ demo: $(VENV)/.installed
 	$(PY) TrainSegmentNet.py --config configs/demo.json
 	$(PY) Predict.py demo/run/best.pt demo/data/voc2012/val/images --limit 6 \
 		--masks demo/data/voc2012/val/masks --out demo/predictions --no-progress
-	$(PY) Evaluate.py demo/run/best.pt --flip --no-progress
+	$(PY) Evaluate.py demo/run/best.pt --no-progress
 	$(PY) Report.py demo/run --out demo/report.html
 	@echo "demo finished: checkpoints in demo/run"
 	@echo "pictures: demo/run/curves.png, demo/run/samples/epoch_NNN.png (every epoch),"
 	@echo "  demo/predictions/{masks,overlays,panels}/, demo/report.html"
-	@echo "scores: demo/run/eval-best-val-flip.md (and .json)"
+	@echo "scores: demo/run/eval-best-val.md (and .json)"
 
 # The README's pictures (docs/images/) from the demo run; runs the demo first when there is none.
 readme-pictures: $(VENV)/.installed
