@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test clean
+.PHONY: demo test clean readme-pictures
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,19 @@ demo: $(VENV)/.installed
 	$(PY) DataExtract.py --synthetic --downloads demo/downloads --data-dir demo/data
 	$(PY) DataSeparate.py --data-dir demo/data
 	$(PY) TrainSegmentNet.py --config configs/demo.json
+	$(PY) Predict.py demo/run/best.pt demo/data/voc2012/val/images --limit 6 \
+		--masks demo/data/voc2012/val/masks --out demo/predictions --no-progress
+	$(PY) Evaluate.py demo/run/best.pt --no-progress
+	$(PY) Report.py demo/run --out demo/report.html
 	@echo "demo finished: checkpoints in demo/run"
+	@echo "pictures: demo/run/curves.png, demo/run/samples/epoch_NNN.png (every epoch),"
+	@echo "  demo/predictions/{masks,overlays,panels}/, demo/report.html"
+	@echo "scores: demo/run/eval-best-val.md (and .json)"
+
+# The README's pictures (docs/images/) from the demo run; runs the demo first when there is none.
+readme-pictures: $(VENV)/.installed
+	test -f demo/run/curves.png || $(MAKE) demo
+	$(PY) docs/readme_pictures.py demo/run docs/images
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests

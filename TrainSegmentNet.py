@@ -60,6 +60,7 @@ class Config:
     out: str = ""                     # run folder (default runs/<dataset>-<model>-<time>); never reused silently
     resume: str = ""                  # checkpoint (last.pt) to continue from
     progress: bool = True             # show progress bars
+    tensorboard: bool = False         # also write TensorBoard events (needs: pip install tensorboard; else a warning)
 
 
 def main(argv=None) -> int:

@@ -32,6 +32,7 @@ from .losses import LOSSES, build_loss
 from .metrics import ConfusionMatrix
 from .models import MODELS, build_model
 from .transforms import eval_transform, normalize, train_transform
+from .visualize import EpochPictures
 
 OPTIMIZERS = ("sgd", "adamw")
 CLASS_WEIGHTS = ("none", "median_freq", "inverse_freq")
@@ -446,6 +447,8 @@ def _train(cfg, env: DistEnv) -> dict:
               f"run folder {run_dir}")
 
     last_scores: dict = {}
+    if env.is_main:  # curves.png and samples/epoch_NNN.png after every epoch
+        pictures = EpochPictures(run_dir, train_loader.dataset, val_loader.dataset, run, cfg.tensorboard)
     with StopRequest() as stop:
         while run["epoch"] < cfg.epochs:
             train_sampler.set_epoch(run["epoch"], start=run["step_in_epoch"] * cfg.batch_size)
@@ -486,6 +489,7 @@ def _train(cfg, env: DistEnv) -> dict:
                 print(f"epoch {run['epoch']}/{cfg.epochs}: train loss {train_loss:.4f}, val loss {scores['loss']:.4f}, "
                       f"val mIoU {scores['miou']:.4f}, pixel acc {scores['pixel_acc']:.4f}, lr {run['lr']:.2e}, "
                       f"{elapsed:.1f}s")
+                pictures.write(model, run["epoch"], record)
     if env.is_main:
         print(f"final val mIoU {last_scores.get('miou', float('nan')):.4f} (best {run['best_miou']:.4f} at epoch "
               f"{run['best_epoch']}); checkpoints: {run_dir / 'last.pt'}, {run_dir / 'best.pt'}")

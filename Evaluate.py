@@ -1,0 +1,48 @@
+"""Step 4: score a checkpoint on a split of the dataset it was trained on.
+
+    python Evaluate.py runs/NAME/best.pt                        # val split, data dir of the training
+    python Evaluate.py runs/NAME/best.pt --flip --scales 0.75,1.0,1.25
+    python Evaluate.py runs/NAME/best.pt --window 512 --stride 341 --data-dir /data --out results/
+
+Prints mIoU, per-class IoU and accuracy, pixel accuracy, mean class accuracy and frequency-weighted
+IoU, and writes them with the confusion matrix to eval-<checkpoint>-<split>[-<tta>].json and .md
+next to the checkpoint (or in --out). A class absent from both truth and prediction has no IoU:
+it is left out of the mean and listed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from segmentnet.cli import run_main
+from segmentnet.inference import add_inference_arguments, evaluate_checkpoint, resolve_device, tta_from_args
+from segmentnet.report import evaluation_table, write_evaluation
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint written by TrainSegmentNet.py (best.pt, last.pt)")
+    parser.add_argument("--data-dir", default=None, help="folder of prepared datasets (default: the training's)")
+    parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the JSON and Markdown (default: the checkpoint's)")
+    parser.add_argument("--workers", type=int, default=2, help="data loader processes")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_inference_arguments(parser)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    tta = tta_from_args(args)
+    result = evaluate_checkpoint(args.checkpoint, args.data_dir, args.split, tta, resolve_device(args.device),
+                                 workers=args.workers, progress=not args.no_progress)
+    print(evaluation_table(result))
+    stem = f"eval-{args.checkpoint.stem}-{args.split}{tta.tag}"
+    json_path, md_path = write_evaluation(result, args.out or args.checkpoint.parent, stem)
+    print(f"\nwrote {json_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

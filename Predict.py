@@ -1,0 +1,114 @@
+"""Step 5: predict masks for images with a trained checkpoint.
+
+    python Predict.py runs/NAME/best.pt photo.jpg more/ 'shots/*.png' --out predictions/
+    python Predict.py runs/NAME/best.pt data/voc2012/val/images --masks data/voc2012/val/masks --out pred/
+    python Predict.py runs/NAME/best.pt big.jpg --out pred/ --window 512 --flip --scales 0.75,1.0,1.25
+
+Inputs are image files, folders (their .jpg/.jpeg/.png files) or glob patterns. For each image:
+  OUT/masks/<stem>.png     class indices as a palette PNG (mode 'P'), the format of VOC's SegmentationClass
+  OUT/overlays/<stem>.png  the prediction blended over the image
+  OUT/panels/<stem>.png    image | truth | prediction, when --masks DIR holds DIR/<stem>.png
+From Python: segmentnet.inference.run_model(checkpoint, images) returns the masks as arrays.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from pathlib import Path
+
+from segmentnet.archive import DataError
+from segmentnet.cli import run_main
+from segmentnet.data import IMAGE_SUFFIXES
+from segmentnet.datasets.common import read_index_mask
+from segmentnet.inference import (add_inference_arguments, load_model, predict_masks, read_rgb, resolve_device,
+                                  tta_from_args)
+from segmentnet.visualize import overlay, panel, save_mask_png, save_png
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint written by TrainSegmentNet.py")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (masks/, overlays/, panels/)")
+    parser.add_argument("--masks", type=Path, default=None, help="folder of ground-truth masks <stem>.png, for panels")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per forward pass (equal sizes only)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images (sorted by name)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_inference_arguments(parser)
+    return parser
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files, folders and globs -> image paths, sorted, each once; an input that matches nothing is an error."""
+    paths: list[Path] = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found = [path]
+        else:
+            found = sorted(Path(p) for p in glob.glob(text) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise DataError(f"input {text!r} is no image file, no folder holding images and no glob matching "
+                            f"any (image suffixes: {', '.join(IMAGE_SUFFIXES)})")
+        paths += found
+    unique = list(dict.fromkeys(paths))
+    stems: dict[str, Path] = {}
+    for path in unique:
+        if path.stem in stems:
+            raise DataError(f"{stems[path.stem]} and {path} have the same name {path.stem!r}: their outputs "
+                            f"would overwrite each other; predict them into separate --out folders")
+        stems[path.stem] = path
+    return unique
+
+
+def read_truth(masks_dir: Path | None, stem: str, num_classes: int, shape) -> object:
+    if masks_dir is None or not (masks_dir / f"{stem}.png").exists():
+        return None
+    path = masks_dir / f"{stem}.png"
+    truth = read_index_mask(path, num_classes)
+    if truth.shape != shape[:2]:
+        raise DataError(f"{path} is {truth.shape[1]}x{truth.shape[0]} but its image is {shape[1]}x{shape[0]}")
+    return truth
+
+
+def main(argv=None) -> int:
+    from tqdm import tqdm
+
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise DataError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.masks is not None and not args.masks.is_dir():
+        raise DataError(f"--masks {args.masks}: no such folder")
+    tta = tta_from_args(args)
+    paths = expand_inputs(args.inputs)[: args.limit]
+    device = resolve_device(args.device)
+    model, state = load_model(args.checkpoint, device)
+    palette = state["palette"]
+    panels = 0
+    bar = tqdm(total=len(paths), desc="predict", unit="image", disable=args.no_progress)
+    for start in range(0, len(paths), args.batch_size):
+        chunk = paths[start:start + args.batch_size]
+        images = [read_rgb(p) for p in chunk]
+        predictions = predict_masks(model, images, state["mean"], state["std"], tta, args.batch_size)
+        for path, image, prediction in zip(chunk, images, predictions):
+            save_mask_png(prediction, palette, args.out / "masks" / f"{path.stem}.png")
+            save_png(overlay(image, prediction, palette), args.out / "overlays" / f"{path.stem}.png")
+            truth = read_truth(args.masks, path.stem, state["num_classes"], image.shape)
+            if truth is not None:
+                save_png(panel(image, truth, prediction, palette), args.out / "panels" / f"{path.stem}.png")
+                panels += 1
+        bar.update(len(chunk))
+    bar.close()
+    print(f"predicted {len(paths)} image(s) on {device}: masks in {args.out / 'masks'}, overlays in "
+          f"{args.out / 'overlays'}" + (f", {panels} image|truth|prediction panels in {args.out / 'panels'}"
+                                        if panels else ""))
+    if args.masks is not None and panels == 0:
+        print(f"warning: no ground-truth mask <stem>.png for these images in {args.masks}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

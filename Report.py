@@ -1,0 +1,31 @@
+"""Step 6: compare training runs on one page.
+
+    python Report.py runs/voc2012-segmentnet-A runs/voc2012-segmentnet-B --out report.html
+
+Writes report.html (self-contained: the pictures are embedded) and its Markdown twin report.md
+(pictures in report_files/): a table of the runs (model, parameters, best val mIoU and its epoch,
+training time, images per second), their val mIoU and loss curves overlaid, per-class IoU side by
+side, and the latest sample grid of each run. Meant for runs trained on the same data.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from segmentnet.cli import run_main
+from segmentnet.report import build_report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR", help="run folders written by TrainSegmentNet.py")
+    parser.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML page (Markdown twin: .md)")
+    args = parser.parse_args(argv)
+    html_path, md_path = build_report(args.runs, args.out)
+    print(f"wrote {html_path} and {md_path} ({len(args.runs)} run(s))")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,313 @@
+"""Results as text: Evaluate's table, JSON and Markdown, and Report.py's comparison of runs (HTML + Markdown)."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from .archive import DataError
+from .visualize import atomic_path, epoch_axis, pyplot, read_metrics
+
+ABSENT_RULE = ("a class absent from both truth and prediction (union 0) has no IoU: it is left out of the mean "
+               "and listed as absent")
+
+
+# ----------------------------------------------------------------------------- one evaluation
+
+
+def class_rows(result: dict) -> list[dict]:
+    """Per class: name, IoU (None when absent), accuracy (None without truth pixels), pixel counts."""
+    confusion = np.asarray(result["confusion"], dtype=np.int64)
+    truth, predicted, correct = confusion.sum(1), confusion.sum(0), np.diag(confusion)
+    rows = []
+    for index, name in enumerate(result["classes"]):
+        rows.append({"index": index, "name": name, "iou": result["per_class_iou"][index],
+                     "acc": float(correct[index] / truth[index]) if truth[index] else None,
+                     "truth_pixels": int(truth[index]), "predicted_pixels": int(predicted[index])})
+    return rows
+
+
+def fmt(value, digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def describe_evaluation(result: dict) -> str:
+    tta = result["tta"]
+    views = ["flip"] if tta["flip"] else []
+    if tta["scales"] != [1.0]:
+        views.append("scales " + ",".join(f"{s:g}" for s in tta["scales"]))
+    if tta["window"]:
+        views.append(f"sliding window {tta['window']} stride {tta['stride']}")
+    return (f"{result['checkpoint']} ({result['model']}, epoch {result['epoch']}) on {result['dataset']} "
+            f"{result['split']}, {result['images']} images; test-time augmentation: {', '.join(views) or 'none'}")
+
+
+def summary_lines(result: dict) -> list[str]:
+    absent = [result["classes"][i] for i in result["absent_classes"]]
+    present = len(result["classes"]) - len(absent)
+    return [f"mIoU {result['miou']:.4f} (mean over the {present} present classes)",
+            f"pixel accuracy {result['pixel_acc']:.4f}, mean class accuracy {result['mean_class_acc']:.4f}, "
+            f"frequency-weighted IoU {result['fw_iou']:.4f}",
+            f"absent classes ({len(absent)}): {', '.join(absent) or 'none'}",
+            f"rule: {ABSENT_RULE}"]
+
+
+def evaluation_table(result: dict) -> str:
+    """The console table: one line per class, absent classes marked, then the summary."""
+    rows = class_rows(result)
+    width = max(len(r["name"]) for r in rows) + 2
+    lines = [describe_evaluation(result), "",
+             f"{'class':<{width}}{'IoU':>8}{'acc':>8}{'truth px':>12}{'predicted px':>14}"]
+    for r in rows:
+        iou = "absent" if r["iou"] is None else f"{r['iou']:.4f}"
+        lines.append(f"{r['name']:<{width}}{iou:>8}{fmt(r['acc']):>8}{r['truth_pixels']:>12}{r['predicted_pixels']:>14}")
+    return "\n".join(lines + [""] + summary_lines(result))
+
+
+def evaluation_markdown(result: dict) -> str:
+    rows = class_rows(result)
+    lines = ["# Evaluation", "", describe_evaluation(result), ""]
+    lines += [f"- {line}" for line in summary_lines(result)]
+    lines += ["", "| class | IoU | accuracy | truth pixels | predicted pixels |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        iou = "absent" if r["iou"] is None else f"{r['iou']:.4f}"
+        lines.append(f"| {r['name']} | {iou} | {fmt(r['acc'])} | {r['truth_pixels']} | {r['predicted_pixels']} |")
+    shown = [r["index"] for r in rows if r["iou"] is not None]
+    names = [result["classes"][i] for i in shown]
+    lines += ["", "Confusion matrix (pixels; rows: truth, columns: prediction; absent classes left out):", "",
+              "| truth \\ prediction | " + " | ".join(names) + " |", "|---" * (len(shown) + 1) + "|"]
+    for i in shown:
+        lines.append(f"| {result['classes'][i]} | " + " | ".join(str(result["confusion"][i][j]) for j in shown) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_text(text: str, path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_evaluation(result: dict, out_dir, stem: str) -> tuple[Path, Path]:
+    """out_dir/stem.json (everything, with the full confusion matrix) and out_dir/stem.md."""
+    out_dir = Path(out_dir)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    write_text(json.dumps(result | {"absent_rule": ABSENT_RULE}, indent=1), json_path)
+    write_text(evaluation_markdown(result), md_path)
+    return json_path, md_path
+
+
+# ----------------------------------------------------------------------------- comparing runs
+
+
+def load_run(run_dir) -> dict:
+    """What the report shows of one run folder: config, metrics, parameter count, classes, latest grid."""
+    from .checkpoint import load_checkpoint
+    from .inference import count_parameters, load_model
+
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir / "metrics.jsonl")
+    if not records:
+        raise DataError(f"{run_dir} is not a finished training run: no epochs in {run_dir / 'metrics.jsonl'} "
+                        f"(give the run folders that TrainSegmentNet.py wrote)")
+    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
+    checkpoint = next((run_dir / n for n in ("best.pt", "last.pt") if (run_dir / n).exists()), None)
+    parameters, classes = None, None
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint)
+        parameters = count_parameters(load_model(state)[0])
+        classes = state.get("classes")
+    best = max(records, key=lambda r: r["val_miou"])
+    grids = sorted((run_dir / "samples").glob("epoch_*.png"))
+    return {
+        "dir": run_dir, "config": config, "records": records, "best": best, "parameters": parameters,
+        "model": config.get("model", "?"), "model_options": config.get("model_options", {}),
+        "dataset": config.get("dataset", "?"), "data_dir": config.get("data_dir", "?"),
+        "classes": classes or [str(i) for i in range(len(best["val_per_class_iou"]))],
+        "train_seconds": sum(r.get("epoch_seconds", 0.0) for r in records),
+        "images_per_second": statistics.median(r.get("images_per_second", float("nan")) for r in records),
+        "grid": grids[-1] if grids else None,
+    }
+
+
+def run_labels(runs: list[dict]) -> list[str]:
+    """Folder names, or the whole paths when two folders share a name."""
+    names = [r["dir"].name for r in runs]
+    if len(set(names)) < len(names):
+        names = [str(r["dir"]) for r in runs]
+    if len(set(names)) < len(names):  # the same folder twice
+        names = [f"{name} ({k})" for k, name in enumerate(names, 1)]
+    return names
+
+
+def figure_bytes(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def comparison_curves(runs, labels) -> bytes:
+    plt = pyplot()
+    fig, (ax_miou, ax_loss) = plt.subplots(1, 2, figsize=(11, 3.6), dpi=80)
+    for run, label in zip(runs, labels):
+        epochs = [r["epoch"] for r in run["records"]]
+        line, = ax_miou.plot(epochs, [r["val_miou"] for r in run["records"]], marker=".", label=label)
+        ax_loss.plot(epochs, [r["val_loss"] for r in run["records"]], marker=".", color=line.get_color(),
+                     label=f"{label} val")
+        ax_loss.plot(epochs, [r["train_loss"] for r in run["records"]], linestyle="--", color=line.get_color(),
+                     label=f"{label} train")
+    ax_miou.set_title("val mIoU")
+    ax_loss.set_title("loss (solid: val, dashed: train)")
+    for ax in (ax_miou, ax_loss):
+        epoch_axis(ax)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return figure_bytes(fig)
+
+
+def per_class_table(runs) -> tuple[list[str], list[list], list[str]]:
+    """(class names shown, rows of best-epoch IoU per run, classes absent in every run)."""
+    classes = runs[0]["classes"]
+    shown, rows, absent = [], [], []
+    for index, name in enumerate(classes):
+        values = [r["best"]["val_per_class_iou"][index] if index < len(r["best"]["val_per_class_iou"]) else None
+                  for r in runs]
+        if all(v is None for v in values):
+            absent.append(name)
+            continue
+        shown.append(name)
+        rows.append(values)
+    return shown, rows, absent
+
+
+def per_class_chart(runs, labels) -> bytes:
+    shown, rows, _ = per_class_table(runs)
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(min(11, 2 + 0.5 * len(shown) * len(runs) ** 0.5), 3.4), dpi=80)
+    width = 0.8 / len(runs)
+    for k, label in enumerate(labels):
+        values = [row[k] if row[k] is not None else 0.0 for row in rows]
+        ax.bar(np.arange(len(shown)) + k * width - 0.4 + width / 2, values, width, label=label)
+    ax.set_xticks(np.arange(len(shown)), shown, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_title("per-class IoU at each run's best epoch")
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return figure_bytes(fig)
+
+
+def runs_table(runs, labels) -> tuple[list[str], list[list[str]]]:
+    header = ["run", "model", "options", "parameters", "best val mIoU", "best epoch", "epochs",
+              "training time", "images/s"]
+    rows = []
+    for run, label in zip(runs, labels):
+        params = "?" if run["parameters"] is None else f"{run['parameters'] / 1e6:.3f} M"
+        options = ", ".join(f"{k}={v}" for k, v in run["model_options"].items()) or "defaults"
+        rows.append([label, run["model"], options, params, f"{run['best']['val_miou']:.4f}", str(run["best"]["epoch"]),
+                     str(run["records"][-1]["epoch"]), f"{run['train_seconds'] / 60:.1f} min",
+                     f"{run['images_per_second']:.1f}"])
+    return header, rows
+
+
+def report_notes(runs) -> list[str]:
+    notes = ["Training time is the sum of the epochs' training phases (validation not included); images/s is "
+             "the median over epochs. Per-class IoU is that of each run's best epoch; '—' marks a class absent "
+             "from both truth and prediction (left out of that run's mean)."]
+    datasets = {(r["dataset"], str(r["data_dir"])) for r in runs}
+    if len(datasets) > 1:
+        notes.append("Warning: these runs were not trained on the same data: " +
+                     "; ".join(f"{d} in {p}" for d, p in sorted(datasets)) + ".")
+    _, _, absent = per_class_table(runs)
+    if absent:
+        notes.append(f"Classes absent in every run (not shown): {', '.join(absent)}.")
+    return notes
+
+
+def build_report(run_dirs, out_html) -> tuple[Path, Path]:
+    """Write out_html (self-contained: pictures as base64) and its Markdown twin (pictures in <stem>_files/)."""
+    runs = [load_run(d) for d in run_dirs]
+    labels = run_labels(runs)
+    out_html = Path(out_html)
+    out_md = out_html.with_suffix(".md")
+    files_dir = out_html.with_name(f"{out_html.stem}_files")
+    pictures = {"curves.png": comparison_curves(runs, labels), "per_class_iou.png": per_class_chart(runs, labels)}
+    for label, run in zip(labels, runs):
+        if run["grid"] is not None:
+            pictures[f"samples_{safe_name(label)}.png"] = run["grid"].read_bytes()
+    for name, data in pictures.items():
+        with atomic_path(files_dir / name) as tmp:
+            tmp.write_bytes(data)
+    write_text(report_html(runs, labels, pictures), out_html)
+    write_text(report_markdown(runs, labels, pictures, files_dir.name), out_md)
+    return out_html, out_md
+
+
+def safe_name(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+
+
+def report_markdown(runs, labels, pictures, files_dir: str) -> str:
+    header, rows = runs_table(runs, labels)
+    shown, iou_rows, _ = per_class_table(runs)
+    lines = ["# Training runs compared", ""] + [f"- {n}" for n in report_notes(runs)] + [""]
+    lines += markdown_table(header, rows) + ["", "## Curves", "", f"![curves]({files_dir}/curves.png)", "",
+                                            "## Per-class IoU (best epoch)", ""]
+    lines += markdown_table(["class"] + labels, [[n] + [fmt(v) for v in vals] for n, vals in zip(shown, iou_rows)])
+    lines += ["", f"![per-class IoU]({files_dir}/per_class_iou.png)", "", "## Latest sample grids", ""]
+    for label, run in zip(labels, runs):
+        name = f"samples_{safe_name(label)}.png"
+        grid = f"![{label}]({files_dir}/{name})" if name in pictures else "(no sample grid in this run)"
+        lines += [f"### {label}", "", f"{run['grid'].name if run['grid'] else ''}", "", grid, ""]
+    return "\n".join(lines)
+
+
+def markdown_table(header, rows) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
+            ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def html_table(header, rows) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def embedded(data: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+HTML_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1200px; }
+table { border-collapse: collapse; margin: 8px 0 16px; font-size: 14px; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f2f2f2; }
+img { max-width: 100%; }
+.grids { display: flex; flex-wrap: wrap; gap: 16px; }
+.grids figure { margin: 0; }
+.note { color: #555; font-size: 13px; }
+"""
+
+
+def report_html(runs, labels, pictures) -> str:
+    header, rows = runs_table(runs, labels)
+    shown, iou_rows, _ = per_class_table(runs)
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>Training runs compared</title>",
+             f"<style>{HTML_STYLE}</style></head><body><h1>Training runs compared</h1>"]
+    parts += [f"<p class='note'>{html.escape(n)}</p>" for n in report_notes(runs)]
+    parts += [html_table(header, rows), "<h2>Curves</h2>", embedded(pictures["curves.png"], "curves"),
+              "<h2>Per-class IoU (best epoch)</h2>",
+              html_table(["class"] + labels, [[n] + [fmt(v) for v in vals] for n, vals in zip(shown, iou_rows)]),
+              embedded(pictures["per_class_iou.png"], "per-class IoU"), "<h2>Latest sample grids</h2><div class='grids'>"]
+    for label, run in zip(labels, runs):
+        name = f"samples_{safe_name(label)}.png"
+        picture = embedded(pictures[name], label) if name in pictures else "<p>(no sample grid in this run)</p>"
+        caption = f"{label}: {run['grid'].name}" if run["grid"] else label
+        parts.append(f"<figure><figcaption>{html.escape(caption)}</figcaption>{picture}</figure>")
+    parts.append("</div></body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,65 @@
+"""Evaluate.py: its scores equal an independent computation from Predict.py's class-index PNGs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+import Evaluate
+import Predict
+from results_helpers import TwoConvNet, colour_classifier_checkpoint, tiny_segmentnet_checkpoint
+from segmentnet.models import MODELS
+
+
+def independent_ious(pred_dir, mask_dir, num_classes: int) -> dict[int, float]:
+    """IoU per class over all pixels, straight from the PNG files; classes with an empty union are left out."""
+    intersection = np.zeros(num_classes, np.int64)
+    union = np.zeros(num_classes, np.int64)
+    for mask_path in sorted(mask_dir.iterdir()):
+        truth = np.array(Image.open(mask_path))
+        prediction = np.array(Image.open(pred_dir / mask_path.name))
+        valid = truth != 255
+        for c in range(num_classes):
+            t, p = (truth == c) & valid, (prediction == c) & valid
+            intersection[c] += (t & p).sum()
+            union[c] += (t | p).sum()
+    return {c: intersection[c] / union[c] for c in range(num_classes) if union[c] > 0}
+
+
+def test_evaluate_equals_an_independent_computation_from_predict_pngs(small_voc, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(MODELS, "two_conv", TwoConvNet)
+    checkpoint = colour_classifier_checkpoint(tmp_path / "net.pt", small_voc)
+    val = small_voc / "voc2012" / "val"
+    assert Predict.main([str(checkpoint), str(val / "images"), "--out", str(tmp_path / "pred"), "--flip",
+                         "--no-progress"]) == 0
+    assert Evaluate.main([str(checkpoint), "--flip", "--no-progress", "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+
+    ious = independent_ious(tmp_path / "pred" / "masks", val / "masks", 21)
+    result = json.loads((tmp_path / "eval-net-val-flip.json").read_text())   # next to the checkpoint
+    assert len(ious) >= 4 and 0.2 < np.mean(list(ious.values())) < 0.99       # a non-trivial case
+    assert abs(result["miou"] - np.mean(list(ious.values()))) < 1e-12
+    for c in range(21):
+        assert (result["per_class_iou"][c] is None) == (c not in ious)
+        if c in ious:
+            assert abs(result["per_class_iou"][c] - ious[c]) < 1e-12
+    assert result["absent_classes"] == [c for c in range(21) if c not in ious]
+    confusion = np.array(result["confusion"])
+    assert confusion.shape == (21, 21) and confusion.sum() == sum(
+        (np.array(Image.open(p)) != 255).sum() for p in (val / "masks").iterdir())
+    assert abs(result["pixel_acc"] - np.trace(confusion) / confusion.sum()) < 1e-12
+    # The rule for absent classes is stated, and they are listed by name.
+    assert "left out of the mean" in printed and "absent classes" in printed
+    markdown = (tmp_path / "eval-net-val-flip.md").read_text()
+    assert f"{result['miou']:.4f}" in markdown and "| class | IoU |" in markdown
+
+
+def test_evaluate_out_folder_and_missing_split(small_voc, tmp_path, capsys):
+    from segmentnet.cli import run_main
+
+    checkpoint = tiny_segmentnet_checkpoint(tmp_path / "net.pt", small_voc)
+    assert run_main(Evaluate.main, [str(checkpoint), "--split", "test", "--no-progress"]) == 2
+    assert "split 'test'" in capsys.readouterr().err
+    assert run_main(Evaluate.main, [str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt not found" in capsys.readouterr().err

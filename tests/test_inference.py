@@ -1,0 +1,114 @@
+"""Inference: flip TTA on a mirror-symmetric model, sliding windows, multi-scale, run_model."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from results_helpers import TwoConvNet, save_model_checkpoint, tiny_segmentnet_checkpoint
+from segmentnet.inference import TTA, load_model, predict_probabilities, run_model, window_starts
+from segmentnet.models import MODELS
+
+
+@pytest.fixture
+def two_conv_registered(monkeypatch):
+    monkeypatch.setitem(MODELS, "two_conv", TwoConvNet)
+
+
+def two_conv_checkpoint(path, data_dir, symmetric: bool, kernel: int = 3):
+    torch.manual_seed(1)
+    model = TwoConvNet(21, kernel=kernel)
+    if symmetric:  # left-right symmetric kernels: the model commutes with a horizontal flip
+        with torch.no_grad():
+            for conv in (model.conv1, model.conv2):
+                conv.weight.copy_((conv.weight + conv.weight.flip(-1)) / 2)
+    return save_model_checkpoint(path, model, "two_conv", {"kernel": kernel}, data_dir)
+
+
+def random_images(n=2, h=37, w=53, seed=0) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, 3, h, w), dtype=np.uint8))
+
+
+def test_flip_tta_changes_nothing_on_a_mirror_symmetric_model(tmp_path, two_conv_registered):
+    images = random_images()
+    model, state = load_model(two_conv_checkpoint(tmp_path / "sym.pt", tmp_path, symmetric=True))
+    plain = predict_probabilities(model, images, state["mean"], state["std"], TTA())
+    flipped = predict_probabilities(model, images, state["mean"], state["std"], TTA(flip=True))
+    torch.testing.assert_close(flipped, plain, atol=1e-5, rtol=1e-5)
+    assert torch.equal(flipped.argmax(1), plain.argmax(1))
+    # The same model without symmetric kernels: flip TTA does change the output, so the check above can fail.
+    model, state = load_model(two_conv_checkpoint(tmp_path / "asym.pt", tmp_path, symmetric=False))
+    plain = predict_probabilities(model, images, state["mean"], state["std"], TTA())
+    flipped = predict_probabilities(model, images, state["mean"], state["std"], TTA(flip=True))
+    assert (flipped - plain).abs().max() > 1e-3
+
+
+def test_sliding_window_no_smaller_than_the_image_equals_whole_image(tmp_path, small_voc):
+    model, state = load_model(tiny_segmentnet_checkpoint(tmp_path / "net.pt", small_voc))
+    images = random_images(h=37, w=53)
+    whole = predict_probabilities(model, images, state["mean"], state["std"], TTA())
+    for window in (53, 64):
+        windowed = predict_probabilities(model, images, state["mean"], state["std"], TTA(window=window, stride=20))
+        assert torch.equal(windowed, whole), window
+    # A window smaller than the image really tiles it: SegmentNet sees less context, so the output differs.
+    tiled = predict_probabilities(model, images, state["mean"], state["std"], TTA(window=24, stride=16))
+    assert (tiled - whole).abs().max() > 1e-4
+
+
+def test_sliding_window_averages_tiles_correctly(tmp_path, two_conv_registered):
+    # A 1x1-kernel model has no context: any tiling must reproduce whole-image inference exactly,
+    # which holds only if every pixel is covered and overlaps are averaged.
+    model, state = load_model(two_conv_checkpoint(tmp_path / "pointwise.pt", tmp_path, symmetric=False, kernel=1))
+    images = random_images(h=45, w=70)
+    whole = predict_probabilities(model, images, state["mean"], state["std"], TTA())
+    for window, stride in ((16, 16), (20, 7), (32, 31)):
+        tiled = predict_probabilities(model, images, state["mean"], state["std"], TTA(window=window, stride=stride))
+        torch.testing.assert_close(tiled, whole, atol=1e-6, rtol=1e-5)
+
+
+def test_window_starts_cover_the_side():
+    assert window_starts(10, 16, 8) == [0]
+    assert window_starts(45, 16, 16) == [0, 16, 29]
+    for size, window, stride in ((45, 16, 16), (100, 32, 21), (33, 32, 1)):
+        starts = window_starts(size, window, stride)
+        covered = np.zeros(size, bool)
+        for s in starts:
+            covered[s:s + window] = True
+        assert covered.all() and starts[-1] + window == size
+
+
+def test_multi_scale_keeps_the_size_and_averages_views(tmp_path, small_voc):
+    model, state = load_model(tiny_segmentnet_checkpoint(tmp_path / "net.pt", small_voc))
+    images = random_images(h=40, w=56)
+    args = (model, images, state["mean"], state["std"])
+    multi = predict_probabilities(*args, TTA(scales=(0.5, 1.0)))
+    half = predict_probabilities(*args, TTA(scales=(0.5,)))
+    one = predict_probabilities(*args, TTA())
+    assert multi.shape == one.shape == (2, 21, 40, 56)
+    torch.testing.assert_close(multi, (half + one) / 2)
+    torch.testing.assert_close(multi.sum(1), torch.ones(2, 40, 56))
+
+
+def test_run_model_accepts_paths_pil_and_arrays(tmp_path, small_voc):
+    from PIL import Image
+
+    checkpoint = tiny_segmentnet_checkpoint(tmp_path / "net.pt", small_voc)
+    paths = sorted((small_voc / "voc2012" / "val" / "images").iterdir())[:3]
+    from_paths = run_model(checkpoint, paths, device="cpu")
+    from_arrays = run_model(checkpoint, [np.asarray(Image.open(p).convert("RGB")) for p in paths], device="cpu")
+    from_pil = run_model(checkpoint, [Image.open(p) for p in paths], device="cpu", batch_size=1)
+    for a, b, c, path in zip(from_paths, from_arrays, from_pil, paths):
+        width, height = Image.open(path).size
+        assert a.shape == (height, width) and a.dtype == np.uint8
+        assert np.array_equal(a, b) and np.array_equal(a, c)
+
+
+def test_bad_tta_options_are_refused():
+    from segmentnet.cli import UsageError
+
+    with pytest.raises(UsageError, match="scales"):
+        TTA(scales=(0.0, 1.0))
+    with pytest.raises(UsageError, match="stride"):
+        TTA(stride=8)
+    with pytest.raises(UsageError, match="stride"):
+        TTA(window=16, stride=32)
