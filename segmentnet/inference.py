@@ -105,7 +105,8 @@ def load_model(checkpoint, device="cpu") -> tuple[nn.Module, dict]:
     if missing:
         raise DataError(f"checkpoint {checkpoint if not isinstance(checkpoint, dict) else ''} lacks "
                         f"{', '.join(missing)}: it was not written by TrainSegmentNet.py")
-    model = build_model(state["model_name"], state["num_classes"], **state.get("model_options", {}))
+    model = build_model(state["model_name"], state["num_classes"], pretrained=False,
+                        **state.get("model_options", {}))
     try:
         model.load_state_dict(clean_state_dict(state["model"]))
     except RuntimeError as exc:
