@@ -11,10 +11,13 @@ import inspect
 
 from torch import nn
 
+from .hypercolumns import hypercolumn_squeezenet, hypercolumn_vgg16
 from .segmentnet import SegmentNet
 
 MODELS: dict[str, type[nn.Module]] = {
     "segmentnet": SegmentNet,
+    "hypercolumn_vgg16": hypercolumn_vgg16,
+    "hypercolumn_squeezenet": hypercolumn_squeezenet,
 }
 
 
