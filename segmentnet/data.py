@@ -11,6 +11,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from .archive import DataError
+from .transforms import decode_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -48,13 +49,17 @@ class SegmentationDataset(Dataset):
     def mask_path(self, index: int) -> Path:
         return self.root / self.split / "masks" / f"{self.images[index].stem}.png"
 
-    def load(self, index: int):
-        """The untransformed pair as PIL images (mask in mode 'P' or 'L': class indices)."""
+    def load(self, index: int, decode: bool = True):
+        """The untransformed pair as PIL images (mask in mode 'P' or 'L': class indices).
+
+        decode=False leaves an RGB image opened but not decoded (only its header is read), so that
+        the transform can decode a JPEG at reduced size when it will shrink it anyway.
+        """
         path = self.images[index]
         try:
             image = Image.open(path)
-            image.draft("RGB", image.size)  # JPEG: decode straight to RGB, no extra conversion
-            image = image.convert("RGB")
+            if decode or image.mode != "RGB":
+                image, _ = decode_rgb(image)
             mask = Image.open(self.mask_path(index)) if self.with_masks else None
             if mask is not None:
                 mask.load()
@@ -64,11 +69,15 @@ class SegmentationDataset(Dataset):
 
     def __getitem__(self, index):
         epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
-        image, mask = self.load(index)
-        if self.transform is not None:
-            rng = np.random.default_rng([self.seed, epoch, index])
-            image, mask = self.transform(image, mask, rng)
-        return image, mask
+        if self.transform is None:
+            return self.load(index)
+        image, mask = self.load(index, decode=False)
+        rng = np.random.default_rng([self.seed, epoch, index])
+        try:
+            return self.transform(image, mask, rng)
+        except (OSError, SyntaxError) as exc:  # the image is decoded inside the transform
+            raise DataError(f"sample {index} of {self.root / self.split}: cannot decode "
+                            f"{self.images[index].name} ({exc})") from None
 
 
 class EpochSampler(Sampler):

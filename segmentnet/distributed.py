@@ -72,3 +72,27 @@ def all_reduce_mean(value: float, env: DistEnv) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=env.device)
     dist.all_reduce(t)
     return float(t) / env.world_size
+
+
+def all_ranks_agree(flags: list[torch.Tensor], env: DistEnv) -> list[bool]:
+    """For each flag (a one-element bool tensor), whether it is true on every rank; one all-reduce."""
+    t = torch.stack([f.reshape(()).to(device=env.device, dtype=torch.int32) for f in flags])
+    if env.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return [bool(v) for v in t.tolist()]
+
+
+def broadcast_from_main(value, env: DistEnv):
+    """Rank 0's value (any picklable object) on every rank."""
+    if not env.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, device=env.device if env.device.type == "cuda" else None)
+    return box[0]
+
+
+def broadcast_buffers(model: nn.Module, env: DistEnv) -> None:
+    """Give every rank rank 0's buffers (batch-norm running statistics, which each rank updates itself)."""
+    if env.distributed:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)

@@ -26,7 +26,8 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError
 from .data import EpochSampler, SegmentationDataset, collate_pairs, read_dataset_json
 from .datasets import DATASETS
-from .distributed import DistEnv, all_reduce_mean, cleanup_distributed, setup_distributed, unwrap
+from .distributed import (DistEnv, all_ranks_agree, all_reduce_mean, broadcast_buffers, broadcast_from_main,
+                          cleanup_distributed, setup_distributed, unwrap)
 from .losses import LOSSES, build_loss
 from .metrics import ConfusionMatrix
 from .models import MODELS, build_model
@@ -102,7 +103,8 @@ def class_weights_from_counts(counts: list[int], rule: str) -> torch.Tensor | No
     freq = counts_t / counts_t.sum()
     weights = torch.zeros_like(freq)
     if rule == "median_freq":
-        weights[present] = freq[present].median() / freq[present]
+        # quantile, not median(): with an even number of classes torch's median is the lower middle value
+        weights[present] = freq[present].quantile(0.5) / freq[present]
     else:
         weights[present] = 1 / freq[present]
         weights[present] /= weights[present].mean()
@@ -151,6 +153,16 @@ def compute_loss(outputs, target: torch.Tensor, criterion: nn.Module, aux_weight
     return total
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler) -> None:
+    """Step (through the gradient scaler, when there is one) and clear the gradients."""
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 class StopRequest:
     """Set by SIGTERM or SIGINT; the loop finishes its step, saves a resumable checkpoint and exits."""
 
@@ -190,7 +202,10 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, run, cfg, env: 
     bar = tqdm(loader, desc=f"epoch {run['epoch'] + 1}/{cfg.epochs}", disable=not env.is_main or not cfg.progress,
                leave=False, initial=run["step_in_epoch"], total=run["step_in_epoch"] + len(loader))
     accum = cfg.grad_accum
+    fetch_started = time.perf_counter()
     for images, masks in bar:
+        # Time blocked here is time the device sat idle (loss.item() below waits for each step).
+        run["data_wait_seconds"] = run.get("data_wait_seconds", 0.0) + time.perf_counter() - fetch_started
         images = normalize(images.to(device, non_blocking=True), run["mean"], run["std"])
         masks = masks.to(device, non_blocking=True)
         if cfg.channels_last:
@@ -199,34 +214,36 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, run, cfg, env: 
         for group in optimizer.param_groups:
             group["lr"] = lr
         last_micro = (run["global_step"] + 1) % accum == 0
-        sync = nullcontext() if last_micro or not env.distributed else model.no_sync()
-        with sync, torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss = compute_loss(model(images), masks, criterion, run["aux_weights"])
-        if not torch.isfinite(loss):
+        # Between optimiser steps DDP need not all-reduce gradients: forward and backward under no_sync.
+        with model.no_sync() if env.distributed and not last_micro else nullcontext():
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss = compute_loss(model(images), masks, criterion, run["aux_weights"])
+            # All ranks take the same decisions (skip the step, stop for a signal), or they would deadlock.
+            finite, keep_going = all_ranks_agree(
+                [torch.isfinite(loss.detach()), torch.tensor(stop.signum is None, device=device)], env)
+            if finite:
+                (scaler.scale(loss / accum) if scaler else loss / accum).backward()
+        if not finite:
             run["nonfinite_steps"] += 1
             if not cfg.skip_nonfinite:
                 raise FloatingPointError(
                     f"loss is {loss.item()} at step {run['global_step']} (epoch {run['epoch'] + 1}, batch "
-                    f"{run['step_in_epoch'] + 1}): lower lr, check the data, or set skip_nonfinite true")
+                    f"{run['step_in_epoch'] + 1}) in one of the processes: lower lr, check the data, or set "
+                    f"skip_nonfinite true")
             optimizer.zero_grad(set_to_none=True)
         else:
-            with sync:
-                (scaler.scale(loss / accum) if scaler else loss / accum).backward()
             if last_micro:
-                if scaler:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer_step(optimizer, scaler)
             losses.append(loss.item())
         seen += images.shape[0]
         run["global_step"] += 1
         run["step_in_epoch"] += 1
         run["lr"] = lr
         bar.set_postfix(loss=f"{losses[-1] if losses else float('nan'):.4f}", lr=f"{lr:.2e}")
-        if stop.signum is not None:
+        if not keep_going:
+            stop.signum = stop.signum or signal.SIGTERM  # another rank got the signal
             return float(np.mean(losses)) if losses else float("nan"), seen, False
+        fetch_started = time.perf_counter()
     return float(np.mean(losses)) if losses else float("nan"), seen, True
 
 
@@ -262,13 +279,21 @@ def evaluate(model, loader, num_classes: int, env: DistEnv, mean, std, criterion
 
 
 def prepare_run_dir(cfg, env: DistEnv) -> Path:
-    """The run folder: never silently reuse one that holds an earlier run."""
+    """The run folder: never silently reuse one that holds an earlier run.
+
+    Rank 0 names and checks it and tells the others, so that all agree (the default name holds
+    the time) and none sees the files rank 0 has just started writing.
+    """
     if cfg.resume and not cfg.out:
         return Path(cfg.resume).parent
+    problem = None
     out = Path(cfg.out) if cfg.out else Path("runs") / f"{cfg.dataset}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not cfg.resume and out.exists() and any(out.iterdir()):
-        raise ConfigError(f"run folder {out} already holds a run: pass a new --out, or --resume {out}/last.pt "
-                          f"to continue it")
+    if env.is_main and not cfg.resume and out.exists() and any(out.iterdir()):
+        problem = (f"run folder {out} already holds a run: pass a new --out, or --resume {out}/last.pt "
+                   f"to continue it")
+    out, problem = broadcast_from_main((out, problem), env)
+    if problem:
+        raise ConfigError(problem)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
     return out
@@ -353,6 +378,9 @@ def train(cfg) -> dict:
 
 
 def _train(cfg, env: DistEnv) -> dict:
+    if env.distributed and cfg.sync_bn and env.device.type != "cuda":
+        raise ConfigError("sync_bn needs CUDA devices: torch's SyncBatchNorm has no CPU implementation (gloo); "
+                          "set sync_bn false when training on CPUs")
     root = Path(cfg.data_dir) / cfg.dataset
     info = read_dataset_json(root)
     num_classes = info["num_classes"]
@@ -363,7 +391,7 @@ def _train(cfg, env: DistEnv) -> dict:
     run_dir = prepare_run_dir(cfg, env)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, num_classes, **cfg.model_options)
+    model = build_model(cfg.model, num_classes, pretrained=resume_state is None, **cfg.model_options)
     if resume_state is not None:
         load_model_state(model, resume_state, cfg.resume)
     model.to(env.device)
@@ -421,7 +449,7 @@ def _train(cfg, env: DistEnv) -> dict:
     with StopRequest() as stop:
         while run["epoch"] < cfg.epochs:
             train_sampler.set_epoch(run["epoch"], start=run["step_in_epoch"] * cfg.batch_size)
-            started = time.time()
+            started, run["data_wait_seconds"] = time.time(), 0.0
             train_loss, seen, finished = train_one_epoch(train_model, train_loader, criterion, optimizer, scaler,
                                                          run, cfg, env, stop)
             if not finished:
@@ -433,6 +461,7 @@ def _train(cfg, env: DistEnv) -> dict:
                 return {"run_dir": str(run_dir), "interrupted": stop.signum, **run_summary(run, last_scores)}
             elapsed = time.time() - started
             train_loss = all_reduce_mean(train_loss, env)
+            broadcast_buffers(model, env)  # every rank validates rank 0's model, the one checkpointed
             scores = evaluate(model, val_loader, num_classes, env, run["mean"], run["std"], criterion, cfg.amp)
             last_scores = scores
             run["epoch"] += 1
@@ -446,7 +475,8 @@ def _train(cfg, env: DistEnv) -> dict:
                           "val_mean_class_acc": scores["mean_class_acc"], "val_per_class_iou": scores["per_class_iou"],
                           "lr": run["lr"], "epoch_seconds": elapsed,
                           "images_per_second": seen * env.world_size / max(elapsed, 1e-9),
-                          "nonfinite_steps": run["nonfinite_steps"]}
+                          "nonfinite_steps": run["nonfinite_steps"],
+                          "data_wait_fraction": run["data_wait_seconds"] / max(elapsed, 1e-9)}
                 with open(run_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
                 state = checkpoint_state(model, optimizer, scaler, run, cfg)

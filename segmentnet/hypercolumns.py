@@ -48,7 +48,6 @@ HYPERCOLUMNS_FILE = "hypercolumns.bin"
 CLASSIFIER_FILE = "classifier.pt"
 SPLITS = ("train", "val")
 CNN_ALIASES = {"sqn": "squeezenet", "vgg": "vgg16"}
-INIT_OPTIONS = ("pretrained_backbone", "classifier_init")  # only used to build a model before training
 RESERVED_TRAIN_FLAGS = ("dataset", "data_dir", "model", "model_options")
 
 
@@ -447,9 +446,8 @@ def load_trained_model(path: Path, device):
     if not str(state.get("model_name", "")).startswith("hypercolumn_"):
         raise DataError(f"{path} holds a {state.get('model_name')!r} model, not a hypercolumn model; give the "
                         f"best.pt or last.pt of 'Hypercolumns.py train'")
-    # The checkpoint holds every weight: skip the options that only initialise.
-    options = {k: v for k, v in state["model_options"].items() if k not in INIT_OPTIONS}
-    model = build_model(state["model_name"], state["num_classes"], **options)
+    # The checkpoint holds every weight: pretrained=False skips the options that only initialise.
+    model = build_model(state["model_name"], state["num_classes"], pretrained=False, **state["model_options"])
     model.load_state_dict(state["model"])
     return model.to(device).eval(), state
 

@@ -6,9 +6,12 @@ Generators turn scenes into each dataset's exact official files and label encodi
 """
 from __future__ import annotations
 
+import gzip
 import io
+import stat
 import tarfile
 import zipfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,21 +138,30 @@ def palette_png(label: np.ndarray, palette: list[tuple[int, int, int]]) -> bytes
 
 
 def write_tar(path: Path, files: dict[str, bytes], compression: str = "") -> Path:
-    """Write files (name -> bytes) as a deterministic tar, through a temporary name."""
+    """Write files (name -> bytes) as a deterministic tar (compression "" or "gz"), through a temporary name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with tarfile.open(tmp, "w:" + compression, format=tarfile.GNU_FORMAT) as tar:
-        dirs = sorted({str(Path(n).parent) for n in files} - {"."})
-        for name in _with_parents(dirs):
-            info = tarfile.TarInfo(name)
-            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, ARCHIVE_MTIME
-            tar.addfile(info)
-        for name in sorted(files):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(files[name]), 0o644, ARCHIVE_MTIME
-            tar.addfile(info, io.BytesIO(files[name]))
+    if compression not in ("", "gz"):
+        raise ValueError(f"compression must be '' or 'gz', got {compression!r}")
+    with open(tmp, "wb") as raw:
+        # gzip's header holds a time and a name: fixed here, so the bytes depend on the files alone
+        stream = gzip.GzipFile("", "wb", fileobj=raw, mtime=ARCHIVE_MTIME) if compression else nullcontext(raw)
+        with stream as out, tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            _add_members(tar, files)
     tmp.replace(path)
     return path
+
+
+def _add_members(tar: tarfile.TarFile, files: dict[str, bytes]) -> None:
+    dirs = sorted({str(Path(n).parent) for n in files} - {"."})
+    for name in _with_parents(dirs):
+        info = tarfile.TarInfo(name)
+        info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, ARCHIVE_MTIME
+        tar.addfile(info)
+    for name in sorted(files):
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = len(files[name]), 0o644, ARCHIVE_MTIME
+        tar.addfile(info, io.BytesIO(files[name]))
 
 
 def write_zip(path: Path, files: dict[str, bytes]) -> Path:
@@ -158,7 +170,7 @@ def write_zip(path: Path, files: dict[str, bytes]) -> Path:
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
         for name in sorted(files):
             info = zipfile.ZipInfo(name, date_time=(2016, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
+            info.external_attr = (stat.S_IFREG | 0o644) << 16  # a regular file, as zip -r records it
             zf.writestr(info, files[name])
     tmp.replace(path)
     return path

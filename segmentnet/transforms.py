@@ -27,11 +27,27 @@ class Compose:
         return image, mask
 
 
+def decode_rgb(image: Image.Image, size=None) -> tuple[Image.Image, float]:
+    """Decode a lazily opened image as RGB; returns (image, decoded width / header width).
+
+    A JPEG that is only needed at `size` (w, h) or smaller is decoded by libjpeg at 1/2, 1/4 or
+    1/8 scale (DCT scaling, Image.draft), which skips most of the decoding work; the reduced
+    image is still at least `size`, so what follows only ever shrinks it. Other formats, and
+    images already decoded, come back as they are (factor 1).
+    """
+    width = image.size[0]
+    drafted = image.draft("RGB", size) if size is not None else None
+    image = image if image.mode == "RGB" else image.convert("RGB")
+    image.load()
+    return image, (drafted[1][2] / width if drafted else 1.0)
+
+
 class RandomScaleCrop:
     """Random scale, then a random crop_size crop, padding (image 0, mask 255) where too small.
 
     Done as one step: only the region of the original that survives the crop is resampled,
-    so a large image scaled up costs no more than the crop itself.
+    so a large image scaled up costs no more than the crop itself; and a lazily opened JPEG
+    that is scaled down by half or more is decoded at reduced size (see decode_rgb).
     """
 
     def __init__(self, crop_size: int, scale_range=(0.5, 2.0), pad: bool = True,
@@ -45,7 +61,7 @@ class RandomScaleCrop:
 
     def __call__(self, image: Image.Image, mask: Image.Image, rng: np.random.Generator):
         scale = float(rng.uniform(*self.scale_range))
-        w, h = image.size
+        w, h = image.size  # known from the header: a lazily opened image is not decoded yet
         sw, sh = max(1, round(w * scale)), max(1, round(h * scale))  # size after scaling
         if not self.pad and (sw < self.crop or sh < self.crop):
             raise ValueError(f"image of {w}x{h} scaled by {scale:.2f} is smaller than crop_size {self.crop} "
@@ -55,7 +71,8 @@ class RandomScaleCrop:
         top = int(rng.integers(0, sh - ch + 1))
         sx, sy = sw / w, sh / h  # the exact factors after rounding the size
         box = (left / sx, top / sy, min(w, (left + cw) / sx), min(h, (top + ch) / sy))
-        image = image.resize((cw, ch), Image.BILINEAR, box=box)
+        image, factor = decode_rgb(image, (sw, sh))
+        image = image.resize((cw, ch), Image.BILINEAR, box=tuple(c * factor for c in box))
         mask = mask.resize((cw, ch), Image.NEAREST, box=box)
         if (cw, ch) != (self.crop, self.crop):
             # Where the scaled image is smaller than the crop, put it at a random place on the canvas.

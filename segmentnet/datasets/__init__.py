@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from .common import IGNORE_INDEX, DatasetInfo, Pair
-from . import voc2012
+from . import ade20k, cityscapes, kitti_road, voc2012, voc2012_aug
 
 DATASETS: dict[str, DatasetInfo] = {
-    voc2012.DATASET.name: voc2012.DATASET,
+    module.DATASET.name: module.DATASET for module in (voc2012, voc2012_aug, cityscapes, ade20k, kitti_road)
 }
 
 

@@ -47,6 +47,9 @@ class DatasetInfo:
     read_label: Callable[[Path], np.ndarray]
     # downloads folder, seed -> paths of synthetic archives in the official layout
     make_synthetic: Callable[[Path, int], list[Path]]
+    # keyword options list_pairs takes, set from DataSeparate flags (e.g. val_fraction where no
+    # official validation split exists)
+    options: tuple[str, ...] = ()
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     notes: dict = field(default_factory=dict)
@@ -63,11 +66,21 @@ def raw_dir(data_dir: Path, archive: Archive) -> Path:
 # ----------------------------------------------------------------------------- label checks
 
 
-def read_index_mask(path: Path, num_classes: int, binary: bool = False) -> np.ndarray:
+def read_index_mask(path: Path, num_classes: int, binary: bool = False, hint: str = "") -> np.ndarray:
     """Read a mask whose pixel values are class indices (palette or greyscale PNG), and check it.
 
     Says what is wrong and how to fix it for the common mistakes: colour masks, 0/255 masks where
     0/1 are expected, values out of range.
+    """
+    array = read_index_array(path, hint)
+    check_label_values(array, num_classes, path, binary=binary, hint=hint)
+    return array.astype(np.uint8)
+
+
+def read_index_array(path: Path, hint: str = "") -> np.ndarray:
+    """The raw pixel values of a palette or greyscale mask; a colour mask is refused, saying so.
+
+    `hint` (what the dataset's masks should be) is added to the error messages.
     """
     try:
         with Image.open(path) as image:
@@ -79,33 +92,33 @@ def read_index_mask(path: Path, num_classes: int, binary: bool = False) -> np.nd
     if mode in ("RGB", "RGBA"):
         rgb = array[..., :3]
         if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
-            array = rgb[..., 0]
-        else:
-            raise DataError(
-                f"{path}: this is a colour (RGB) mask, but class indices are expected (a palette 'P' or "
-                f"greyscale 'L' PNG whose pixel values are the class numbers). Convert each colour to its "
-                f"class index with the dataset's palette, and save as mode 'P' or 'L'."
-            )
-    elif mode not in ("P", "L", "I;16", "I"):
-        raise DataError(f"{path}: mask mode {mode!r}; expected a palette or greyscale PNG of class indices")
-    check_label_values(array, num_classes, path, binary=binary)
-    return array.astype(np.uint8)
+            return rgb[..., 0]
+        raise DataError(
+            f"{path}: this is a colour (RGB) mask, but class indices are expected (a palette 'P' or "
+            f"greyscale 'L' PNG whose pixel values are the class numbers). Convert each colour to its "
+            f"class index with the dataset's palette, and save as mode 'P' or 'L'.{hint}"
+        )
+    if mode not in ("P", "L", "I;16", "I"):
+        raise DataError(f"{path}: mask mode {mode!r}; expected a palette or greyscale PNG of class indices.{hint}")
+    return array
 
 
-def check_label_values(array: np.ndarray, num_classes: int, path: Path, binary: bool = False) -> None:
+def check_label_values(array: np.ndarray, num_classes: int, path: Path, binary: bool = False,
+                       hint: str = "") -> None:
+    """Values must be class indices or 255; binary (two-class) masks must not be stored as 0/255."""
     values = np.unique(array)
+    if binary and values.size and set(values.tolist()) <= {0, IGNORE_INDEX} and IGNORE_INDEX in values:
+        raise DataError(
+            f"{path}: a binary mask stored as 0/255 (no pixel is class 1), but 0/1 are expected and 255 "
+            f"means 'ignore'. Divide the mask by 255 before saving it.{hint}"
+        )
     bad = values[(values >= num_classes) & (values != IGNORE_INDEX)]
     if bad.size == 0:
         return
-    if binary and set(values.tolist()) <= {0, 255}:
-        raise DataError(
-            f"{path}: a binary mask stored as 0/255, but 0/1 are expected (255 means 'ignore'). "
-            f"Divide the mask by 255 before saving it."
-        )
     raise DataError(
         f"{path}: label values {bad.tolist()[:10]} are outside the {num_classes} classes "
         f"(0..{num_classes - 1}, or {IGNORE_INDEX} for 'ignore'). Check that this mask belongs to this "
-        f"dataset and stores class indices."
+        f"dataset and stores class indices.{hint}"
     )
 
 
@@ -149,25 +162,38 @@ def _convert_pair(info: DatasetInfo, out: Path, split: str, pair: Pair):
 
 
 def separate(info: DatasetInfo, data_dir: Path, skip_bad: bool = False, workers: int | None = None,
-             force: bool = False, progress: bool = True) -> dict:
+             force: bool = False, progress: bool = True, options: dict | None = None) -> dict:
     """Convert the extracted raw files into data/<name>/ (see the module docstring).
 
-    Returns the dataset.json contents. Writes into a temporary folder renamed at the end, so an
-    interrupted run leaves nothing that looks complete.
+    `options` are passed to info.list_pairs (only names in info.options). Returns the dataset.json
+    contents. Writes into a temporary folder renamed at the end, so an interrupted run leaves
+    nothing that looks complete.
     """
     data_dir = Path(data_dir)
     final = data_dir / info.name
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(info.options))
+    if unknown:
+        raise DataError(f"{info.name} takes no option {', '.join(unknown)} "
+                        f"(its options: {', '.join(info.options) or 'none'})")
     if (final / "dataset.json").exists() and not force:
-        return json.loads((final / "dataset.json").read_text()) | {"already_done": True}
-    splits = info.list_pairs(data_dir / "raw")
+        done = json.loads((final / "dataset.json").read_text())
+        changed = {k: v for k, v in options.items() if done.get("options", {}).get(k) != v}
+        if changed:
+            raise DataError(f"{final} was made with options {done.get('options', {})}, not {changed}: "
+                            f"pass --force to redo it")
+        return done | {"already_done": True}
+    splits = info.list_pairs(data_dir / "raw", **options)
     empty = [s for s, pairs in splits.items() if not pairs]
     if empty:
         raise DataError(f"{info.name}: split(s) {', '.join(empty)} have no images in {data_dir / 'raw'}; "
                         f"the extraction is incomplete or of another dataset")
+    if not skip_bad:
+        check_masks_present(splits)
     data_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{info.name}.partial-", dir=data_dir))
     try:
-        summary = _separate_into(info, splits, tmp, skip_bad, workers, progress)
+        summary = _separate_into(info, splits, tmp, skip_bad, workers, progress) | {"options": options}
         (tmp / "dataset.json").write_text(json.dumps(summary, indent=1))
         if final.exists():
             shutil.rmtree(final)
@@ -176,6 +202,21 @@ def separate(info: DatasetInfo, data_dir: Path, skip_bad: bool = False, workers:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
+
+
+def check_masks_present(splits: dict[str, list[Pair]]) -> None:
+    """Images without masks, counted per split and named before any work, rather than one by one."""
+    problems = []
+    for split, pairs in splits.items():
+        missing = [p for p in pairs if p.mask is not None and not p.mask.exists()]
+        if missing:
+            examples = "; ".join(f"{p.image.name} -> {p.mask}" for p in missing[:3])
+            problems.append(f"{len(missing)} of {len(pairs)} images in split {split!r} have no mask "
+                            f"(e.g. {examples})")
+    if problems:
+        raise DataError("images without masks: " + "; ".join(problems) + ". The mask archive is not extracted "
+                        "(or only partly), or the masks are named differently from the official layout. "
+                        "Extract every archive of the dataset, or pass --skip-bad to leave these images out.")
 
 
 def _separate_into(info, splits, tmp, skip_bad, workers, progress) -> dict:

@@ -83,30 +83,40 @@ SYNTHETIC_STYLES = [
 SYNTHETIC_COUNTS = {"train": 160, "val": 48, "unlabelled": 12}
 
 
-def synthetic_files(seed: int, counts: dict[str, int] = SYNTHETIC_COUNTS) -> dict[str, bytes]:
-    """The members of a synthetic VOCtrainval archive: ids, JPEGs and palette PNGs."""
-    from PIL import Image
-
+def synthetic_scenes(seed: int, counts: dict[str, int] = SYNTHETIC_COUNTS):
+    """(split, image id, RGB image, label with 255 borders) of each synthetic scene, in order."""
     rng = np.random.default_rng(seed)
-    files: dict[str, bytes] = {}
-    ids: dict[str, list[str]] = {"train": [], "val": []}
     serial = 0
     for split, count in counts.items():
         for _ in range(count):
             serial += 1
-            image_id = f"{2007 + serial % 6}_{serial:06d}"
             h, w = synthetic.scene_size(rng)
             image, label = synthetic.draw_scene(rng, h, w, SYNTHETIC_STYLES, border_label=255)
-            files[f"{ROOT}/JPEGImages/{image_id}.jpg"] = synthetic.encode(Image.fromarray(image), "JPEG", quality=92)
-            if split == "unlabelled":  # JPEGImages holds many images that have no segmentation
-                continue
-            files[f"{ROOT}/SegmentationClass/{image_id}.png"] = synthetic.palette_png(label, list(PALETTE))
-            ids[split].append(image_id)
+            yield split, f"{2007 + serial % 6}_{serial:06d}", image, label
+
+
+def voc_files(scenes) -> dict[str, bytes]:
+    """The members of a VOCtrainval archive holding these scenes: ids, JPEGs and palette PNGs."""
+    from PIL import Image
+
+    files: dict[str, bytes] = {}
+    ids: dict[str, list[str]] = {"train": [], "val": []}
+    for split, image_id, image, label in scenes:
+        files[f"{ROOT}/JPEGImages/{image_id}.jpg"] = synthetic.encode(Image.fromarray(image), "JPEG", quality=92)
+        if split == "unlabelled":  # JPEGImages holds many images that have no segmentation
+            continue
+        files[f"{ROOT}/SegmentationClass/{image_id}.png"] = synthetic.palette_png(label, list(PALETTE))
+        ids[split].append(image_id)
     sets = f"{ROOT}/ImageSets/Segmentation"
     for split in ("train", "val"):
         files[f"{sets}/{split}.txt"] = ("\n".join(sorted(ids[split])) + "\n").encode()
     files[f"{sets}/trainval.txt"] = ("\n".join(sorted(ids["train"] + ids["val"])) + "\n").encode()
     return files
+
+
+def synthetic_files(seed: int, counts: dict[str, int] = SYNTHETIC_COUNTS) -> dict[str, bytes]:
+    """The members of a synthetic VOCtrainval archive: ids, JPEGs and palette PNGs."""
+    return voc_files(synthetic_scenes(seed, counts))
 
 
 def make_synthetic(downloads: Path, seed: int) -> list[Path]:

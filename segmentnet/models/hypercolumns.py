@@ -34,16 +34,12 @@ from torch import nn
 
 from ..archive import DataError
 from ..checkpoint import load_checkpoint
+from .backbones import vgg16
+from .pretrained import load_pretrained_backbone
 from .squeezenet import Fire, squeezenet1_1
 
 DEFAULT_HIDDEN = 512
 CLASSIFIER_KIND = "hypercolumn_classifier"
-
-
-def _vgg16(**options) -> nn.Module:
-    from .backbones import vgg16  # the models branch's VGG (torchvision's key layout)
-
-    return vgg16(**options)
 
 
 @dataclass(frozen=True)
@@ -58,7 +54,7 @@ CNNS = {
     # SqueezeNet 1.1: conv1's ReLU (stride 2), fire3 (stride 4), fire5 (stride 8), fire9 (stride 16).
     "squeezenet": CNNSpec(squeezenet1_1, (1, 4, 7, 12), "squeezenet1_1"),
     # VGG16: relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 (strides 1 to 16).
-    "vgg16": CNNSpec(_vgg16, (3, 8, 15, 22, 29), "vgg16", ignore=("classifier.",)),
+    "vgg16": CNNSpec(vgg16, (3, 8, 15, 22, 29), "vgg16", ignore=("classifier.",)),
 }
 
 
@@ -223,8 +219,6 @@ class Hypercolumns(nn.Module):
 
 
 def load_cnn_weights(full: nn.Module, spec, cnn: CNNSpec) -> None:
-    from .pretrained import load_pretrained_backbone
-
     load_pretrained_backbone(spec, cnn.arch, dict(full.state_dict()), ignore=cnn.ignore)
 
 
