@@ -317,11 +317,17 @@ def pretrain(cfg) -> dict:
     header, vectors, labels = open_hypercolumns(path)
     check_features_fit(cfg, header, path)
     out = stage_dir(cfg) / CLASSIFIER_FILE
+    hidden = cfg.model_options.get("hidden", DEFAULT_HIDDEN)
+    settings = {"epochs": cfg.pretrain_epochs, "lr": cfg.pretrain_lr, "batch_size": cfg.pretrain_batch_size,
+                "seed": cfg.seed, "hidden": hidden}
     if out.exists() and not cfg.force:
         kept = load_checkpoint(out)
         if kept.get("features_created") != header["created"] or kept.get("cnn_fingerprint") != header["cnn_fingerprint"]:
             raise DataError(f"{out} was pre-trained on an earlier extraction than {path}: pass --force to "
                             f"pre-train again on the present one")
+        if kept.get("settings") != settings:
+            raise DataError(f"{out} was pre-trained with other settings ({kept.get('settings')}, now {settings}): "
+                            f"pass --force to pre-train again (it replaces the file)")
         print(f"kept {out}: already pre-trained on {path} (val pixel accuracy {kept['scores']['pixel_acc']:.4f}); "
               f"--force redoes it")
         return kept["scores"]
@@ -333,7 +339,7 @@ def pretrain(cfg) -> dict:
     rng = np.random.default_rng(cfg.seed)
     (train_start, train_stop), (val_start, val_stop) = header["splits"]["train"], header["splits"]["val"]
     num_classes = header["num_classes"]
-    classifier = PixelMLP(header["dim"], num_classes, cfg.model_options.get("hidden", DEFAULT_HIDDEN))
+    classifier = PixelMLP(header["dim"], num_classes, hidden)
     classifier.mean, classifier.std = column_statistics(vectors, train_start, train_stop)
     classifier.to(device)
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=cfg.pretrain_lr, weight_decay=1e-4)
@@ -364,9 +370,8 @@ def pretrain(cfg) -> dict:
     state = {"model": {k: v.cpu() for k, v in classifier.state_dict().items()}, "kind": CLASSIFIER_KIND,
              **{k: header[k] for k in ("cnn", "layers", "width", "dim", "cnn_fingerprint", "dataset", "classes",
                                       "num_classes")},
-             "hidden": cfg.model_options.get("hidden", DEFAULT_HIDDEN), "features_file": str(path),
-             "features_created": header["created"], "scores": scores,
-             "settings": {"epochs": cfg.pretrain_epochs, "lr": cfg.pretrain_lr, "batch_size": batch, "seed": cfg.seed}}
+             "hidden": hidden, "features_file": str(path), "features_created": header["created"], "scores": scores,
+             "settings": settings}
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(state, out)
     print(f"wrote {out}: val pixel accuracy {scores['pixel_acc']:.4f} on {val_stop - val_start} sampled val pixels "

@@ -184,14 +184,17 @@ def test_a_second_extract_and_pretrain_reuse_their_outputs(chained, small_voc, m
     monkeypatch.setattr(HypercolumnModel, "hypercolumns_at", must_not_run)
     monkeypatch.setattr(HypercolumnModel, "taps", must_not_run)
     assert stage("extract", small_voc, work, "--samples-per-image", "64", "--balanced", "false") == 0
-    assert stage("pretrain", small_voc, work) == 0
+    assert stage("pretrain", small_voc, work, "--pretrain-epochs", "8", "--pretrain-lr", "0.003",
+                 "--pretrain-batch-size", "256") == 0
     assert (features.stat().st_mtime_ns, classifier.stat().st_mtime_ns) == stamps
     assert capsys.readouterr().out.count("kept") == 2
     # Other settings are never a silent redo: the stage stops and asks for --force.
     code = run_main(Hypercolumns.main, ["extract", "--data-dir", str(small_voc), "--work-dir", str(work), *SQN,
                                         "--samples-per-image", "32", "--balanced", "false"])
     assert code == 2 and "--force" in capsys.readouterr().err
-    assert features.stat().st_mtime_ns == stamps[0]
+    with pytest.raises(DataError, match="other settings"):
+        stage("pretrain", small_voc, work, "--pretrain-epochs", "2")
+    assert (features.stat().st_mtime_ns, classifier.stat().st_mtime_ns) == stamps
 
 
 def test_a_mismatched_cnn_or_layer_set_is_refused(chained, small_voc):
@@ -211,3 +214,16 @@ def test_a_mismatched_cnn_or_layer_set_is_refused(chained, small_voc):
     with pytest.raises(DataError, match="another CNN"):
         stage("train", small_voc, work, "--model-options", json.dumps({"width": 16, "hidden": 64, "cnn_seed": 3}),
               "--out", str(work / "never"))
+
+
+def test_script_imports_without_side_effects_and_needs_a_stage(tmp_path, monkeypatch, capsys):
+    import importlib
+    import os
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    sys.modules.pop("Hypercolumns", None)
+    module = importlib.import_module("Hypercolumns")
+    assert os.listdir(tmp_path) == []
+    assert run_main(module.main, ["fit"]) == 2 and "extract, pretrain, train, run" in capsys.readouterr().err
+    assert run_main(module.main, ["extract", "--", "--epochs", "2"]) == 2
