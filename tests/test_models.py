@@ -24,6 +24,8 @@ SMALL_OPTIONS = {
     "fcn_resnet101": {"width": 8},
     "deeplabv3_resnet50": {"width": 8},
     "deeplabv3_resnet101": {"width": 8, "aux": False},
+    "hypercolumn_vgg16": {"width": 8, "hidden": 16},
+    "hypercolumn_squeezenet": {"width": 16, "hidden": 16},
 }
 NUM_CLASSES = 5
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from .deeplab import deeplabv3_resnet50, deeplabv3_resnet101, fcn_resnet50, fcn_resnet101
 from .fcn import fcn8s, fcn16s, fcn32s
+from .hypercolumns import hypercolumn_squeezenet, hypercolumn_vgg16
 from .icnet import ICNet
 from .segmentnet import SegmentNet
 from .segnet import SegNet
@@ -35,11 +36,13 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "fcn_resnet101": fcn_resnet101,
     "deeplabv3_resnet50": deeplabv3_resnet50,
     "deeplabv3_resnet101": deeplabv3_resnet101,
+    "hypercolumn_vgg16": hypercolumn_vgg16,
+    "hypercolumn_squeezenet": hypercolumn_squeezenet,
 }
 
 
 def build_model(name: str, num_classes: int, pretrained: bool = True, **options) -> nn.Module:
-    """pretrained=False skips the pretrained_backbone option (restoring from a checkpoint)."""
+    """pretrained=False skips the options that only initialise (restoring from a checkpoint)."""
     try:
         constructor = MODELS[name]
     except KeyError:
@@ -49,7 +52,8 @@ def build_model(name: str, num_classes: int, pretrained: bool = True, **options)
     if unknown:
         raise KeyError(f"model {name!r} has no option(s) {', '.join(unknown)}; its options: {', '.join(accepted)}")
     if not pretrained:
-        options.pop("pretrained_backbone", None)
+        for option in ("pretrained_backbone", "classifier_init"):
+            options.pop(option, None)
     return constructor(num_classes=num_classes, **options)
 
 

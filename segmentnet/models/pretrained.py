@@ -26,6 +26,7 @@ BACKBONE_FILES = {
     "vgg16_bn": "vgg16_bn-6c64b313.pth",
     "resnet50": "resnet50-0676ba61.pth",
     "resnet101": "resnet101-63fe2227.pth",
+    "squeezenet1_1": "squeezenet1_1-b8a52dc0.pth",
 }
 
 

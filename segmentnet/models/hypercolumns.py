@@ -1,0 +1,236 @@
+"""Hypercolumns (Hariharan, Arbelaez, Girshick and Malik, CVPR 2015) on VGG16 or SqueezeNet 1.1.
+
+The hypercolumn of a pixel is the vector of the features at that place from several layers of a
+CNN, each layer's map upsampled (bilinearly) to the input size, concatenated. A per-pixel MLP of
+1x1 convolutions classifies it.
+
+cnn         `features` of torchvision's layout (state_dict keys features.N...), kept only up to the
+            last tapped layer; frozen (no gradients, eval mode) unless finetune is true
+layers      indices into `features` whose outputs are tapped (see DEFAULT_LAYERS); ReLUs run out of
+            place so that a tapped convolution's output is not overwritten
+classifier  PixelMLP: standardise (per-channel mean and std, set by the pre-training stage), 1x1
+            conv to `hidden` channels, ReLU, 1x1 conv to class logits (hidden 0: a linear classifier)
+
+The first classifier layer is linear, and so is bilinear upsampling, so they commute: forward applies
+each tap's slice of the first layer at the tap's own resolution and upsamples `hidden` channels
+instead of the whole hypercolumn (the paper's trick). The result equals classifying the upsampled,
+concatenated hypercolumn exactly; `hypercolumns_at` samples that hypercolumn at given pixels, which
+is what the extraction stage stores (see segmentnet/hypercolumns.py).
+
+Options: layers, hidden, finetune, pretrained_backbone (path, or true for torchvision's file through
+torch.hub), classifier_init (a classifier.pt of the pre-training stage; refused unless it was trained
+on this CNN's hypercolumns), width (64; smaller only for tests), cnn_seed (random CNN weights are drawn
+from this seed, so that every stage builds the same random CNN).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..archive import DataError
+from ..checkpoint import load_checkpoint
+from .backbones import vgg16
+from .pretrained import load_pretrained_backbone
+from .squeezenet import Fire, squeezenet1_1
+
+DEFAULT_HIDDEN = 512
+CLASSIFIER_KIND = "hypercolumn_classifier"
+
+
+@dataclass(frozen=True)
+class CNNSpec:
+    build: Callable[..., nn.Module]     # (width=...) -> a module with `features`
+    default_layers: tuple[int, ...]     # indices into features
+    arch: str                           # name of its torchvision file in pretrained.BACKBONE_FILES
+    ignore: tuple[str, ...] = ()        # file keys the module does not have (ImageNet's classifier)
+
+
+CNNS = {
+    # SqueezeNet 1.1: conv1's ReLU (stride 2), fire3 (stride 4), fire5 (stride 8), fire9 (stride 16).
+    "squeezenet": CNNSpec(squeezenet1_1, (1, 4, 7, 12), "squeezenet1_1"),
+    # VGG16: relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 (strides 1 to 16).
+    "vgg16": CNNSpec(vgg16, (3, 8, 15, 22, 29), "vgg16", ignore=("classifier.",)),
+}
+
+
+def check_layers(layers, cnn: str, count: int) -> tuple[int, ...]:
+    layers = tuple(sorted(set(int(i) for i in layers)))
+    if not layers or layers[0] < 0 or layers[-1] >= count:
+        raise ValueError(f"layers {list(layers)} for {cnn}: give indices into its features, 0 to {count - 1} "
+                         f"(default {list(CNNS[cnn].default_layers)})")
+    return layers
+
+
+def output_channels(layer: nn.Module, channels: int) -> int:
+    if isinstance(layer, nn.Conv2d):
+        return layer.out_channels
+    if isinstance(layer, Fire):
+        return layer.out_channels
+    return channels
+
+
+def fingerprint(module: nn.Module) -> str:
+    """SHA-1 of a module's weights: identifies the CNN that hypercolumns were computed with."""
+    digest = hashlib.sha1()
+    for key, tensor in module.state_dict().items():
+        digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def mismatches(expected: dict, found: dict, keys=("cnn", "layers", "width", "cnn_fingerprint")) -> list[str]:
+    """What differs between two records of a CNN (a model's identity, a file's header)."""
+    out = []
+    for key in keys:
+        a, b = expected.get(key), found.get(key)
+        if key == "layers":
+            a, b = list(a or []), list(b or [])
+        if a != b:
+            what = "weights" if key == "cnn_fingerprint" else key
+            out.append(f"{what} {b!r} (expected {a!r})" if key != "cnn_fingerprint" else
+                       f"its CNN has other weights (fingerprint {str(b)[:12]}, expected {str(a)[:12]})")
+    return out
+
+
+class PixelMLP(nn.Module):
+    """Per-pixel classifier: standardisation, then 1x1 convolutions with ReLUs between them."""
+
+    def __init__(self, in_channels: int, num_classes: int, hidden: int = DEFAULT_HIDDEN):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(in_channels))
+        self.register_buffer("std", torch.ones(in_channels))
+        widths = [in_channels] + ([hidden] if hidden else []) + [num_classes]
+        self.layers = nn.ModuleList(nn.Conv2d(a, b, 1) for a, b in zip(widths, widths[1:]))
+
+    def first_layer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first convolution with the standardisation folded in: (weight [out, in], bias [out])."""
+        weight = self.layers[0].weight.flatten(1) / self.std
+        return weight, self.layers[0].bias - weight @ self.mean
+
+    def rest(self, y: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[1:]:
+            y = layer(F.relu(y))
+        return y
+
+    def classify_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
+        """(N, in_channels) hypercolumns -> (N, num_classes) logits."""
+        weight, bias = self.first_layer()
+        y = F.linear(vectors, weight, bias)[..., None, None]
+        return self.rest(y).flatten(1)
+
+
+class Hypercolumns(nn.Module):
+    def __init__(self, num_classes: int, cnn: str = "squeezenet", layers=None, hidden: int = DEFAULT_HIDDEN,
+                 finetune: bool = False, pretrained_backbone=None, classifier_init=None, width: int = 64,
+                 cnn_seed: int = 0):
+        super().__init__()
+        if cnn not in CNNS:
+            raise KeyError(f"unknown hypercolumn CNN {cnn!r}; choices: {', '.join(sorted(CNNS))}")
+        spec = CNNS[cnn]
+        with torch.random.fork_rng(devices=[]):  # the same random CNN in every stage, whatever the global seed
+            torch.manual_seed(cnn_seed)
+            full = spec.build(width=width)
+        if pretrained_backbone:
+            load_cnn_weights(full, pretrained_backbone, spec)
+        self.cnn_name, self.width, self.finetune = cnn, width, finetune
+        self.layers = check_layers(spec.default_layers if layers is None else layers, cnn, len(full.features))
+        self.features = nn.Sequential(*list(full.features)[: self.layers[-1] + 1])
+        self.slices, channels, start = [], 3, 0
+        for i, layer in enumerate(self.features):
+            for m in layer.modules():
+                if isinstance(m, nn.ReLU):
+                    m.inplace = False
+            channels = output_channels(layer, channels)
+            if i in self.layers:
+                self.slices.append((start, start + channels))
+                start += channels
+        self.dim = start
+        self.features.requires_grad_(finetune)
+        self.classifier = PixelMLP(self.dim, num_classes, hidden)
+        self._fingerprint = fingerprint(self.features)  # of the weights it starts from
+        if classifier_init:
+            self.load_classifier(classifier_init)
+
+    def identity(self) -> dict:
+        """What hypercolumns computed by this model depend on (recorded by each stage's output)."""
+        return {"cnn": self.cnn_name, "layers": list(self.layers), "width": self.width, "dim": self.dim,
+                "cnn_fingerprint": self._fingerprint}
+
+    def load_classifier(self, path) -> None:
+        state = load_checkpoint(path)
+        if state.get("kind") != CLASSIFIER_KIND:
+            raise DataError(f"classifier_init {path} is not a pre-trained hypercolumn classifier (classifier.pt "
+                            f"written by 'Hypercolumns.py pretrain')")
+        problems = mismatches(self.identity(), state)
+        if problems:
+            raise DataError(f"classifier_init {path} was pre-trained on the hypercolumns of another CNN or layer "
+                            f"set: {'; '.join(problems)}. Run the extract and pretrain stages with this model's "
+                            f"cnn, layers and weights, or train with the settings it was made with.")
+        try:
+            self.classifier.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise DataError(f"classifier_init {path} does not fit: {str(exc).splitlines()[0]} (other hidden width "
+                            f"or number of classes?)") from None
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if not self.finetune:
+            self.features.eval()
+        return self
+
+    def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        with torch.set_grad_enabled(self.finetune and torch.is_grad_enabled()):
+            for i, layer in enumerate(self.features):
+                x = layer(x)
+                if i in self.layers:
+                    out.append(x)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        weight, bias = self.classifier.first_layer()
+        y = bias.view(1, -1, 1, 1)
+        for feature, (start, stop) in zip(self.taps(x), self.slices):
+            z = F.conv2d(feature, weight[:, start:stop, None, None])
+            if z.shape[-2:] != size:
+                z = F.interpolate(z, size=size, mode="bilinear", align_corners=False)
+            y = y + z
+        return self.classifier.rest(y)
+
+    @torch.no_grad()
+    def hypercolumns_at(self, image: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """(n, dim) hypercolumns of one normalised image (1, 3, H, W) at pixels (rows[i], cols[i]).
+
+        Samples each tap where F.interpolate(bilinear, align_corners=False) to (H, W) would: pixel
+        centre (i + 0.5) in input units, border values beyond the edge.
+        """
+        h, w = image.shape[-2:]
+        grid = torch.stack([(2 * cols.float() + 1) / w - 1, (2 * rows.float() + 1) / h - 1], dim=-1)
+        grid = grid.to(image.device).view(1, 1, -1, 2)
+        columns = [F.grid_sample(f, grid, mode="bilinear", padding_mode="border", align_corners=False)
+                   for f in self.taps(image)]
+        return torch.cat(columns, dim=1)[0, :, 0].T
+
+
+def load_cnn_weights(full: nn.Module, spec, cnn: CNNSpec) -> None:
+    load_pretrained_backbone(spec, cnn.arch, dict(full.state_dict()), ignore=cnn.ignore)
+
+
+def hypercolumn_squeezenet(num_classes: int, layers=None, hidden: int = DEFAULT_HIDDEN, finetune: bool = False,
+                           pretrained_backbone=None, classifier_init=None, width: int = 64,
+                           cnn_seed: int = 0) -> Hypercolumns:
+    return Hypercolumns(num_classes, "squeezenet", layers, hidden, finetune, pretrained_backbone, classifier_init,
+                        width, cnn_seed)
+
+
+def hypercolumn_vgg16(num_classes: int, layers=None, hidden: int = DEFAULT_HIDDEN, finetune: bool = False,
+                      pretrained_backbone=None, classifier_init=None, width: int = 64,
+                      cnn_seed: int = 0) -> Hypercolumns:
+    return Hypercolumns(num_classes, "vgg16", layers, hidden, finetune, pretrained_backbone, classifier_init,
+                        width, cnn_seed)
