@@ -31,7 +31,7 @@ from segmentnet.losses import build_loss
 from segmentnet.models import MODELS, build_model
 from segmentnet.transforms import eval_transform
 
-RUN_FILES = {"config.json", "metrics.jsonl", "last.pt", "best.pt"}
+RUN_FILES = {"config.json", "metrics.jsonl", "last.pt", "best.pt", "curves.png", "samples"}  # rank 0 only
 
 
 @pytest.fixture(scope="module")
