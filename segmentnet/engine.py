@@ -189,14 +189,18 @@ def out_of_memory_advice(cfg, run, during: str):
     try:
         yield
     except torch.OutOfMemoryError as exc:
+        settings = [f"lower batch_size {cfg.batch_size} (and raise grad_accum, now {cfg.grad_accum}, by the same "
+                    f"factor to keep the effective batch)", f"lower crop_size {cfg.crop_size}"]
+        if not cfg.amp:
+            settings.append("set amp true (half-precision activations)")
+        if not cfg.channels_last:
+            settings.append("set channels_last true")
+        settings.append("choose a smaller model (model_options)")
         raise ConfigError(
             f"out of GPU memory during {during} in epoch {run['epoch'] + 1}, after {run['global_step']} steps: "
-            f"{str(exc).splitlines()[0]}\nLower the memory needed: batch_size {cfg.batch_size} -> smaller "
-            f"(raise grad_accum, now {cfg.grad_accum}, by the same factor to keep the effective batch), "
-            f"crop_size {cfg.crop_size} -> smaller, amp {cfg.amp} -> true (half-precision activations), "
-            f"channels_last {cfg.channels_last} -> true, or a smaller model (model_options). Validation runs "
-            f"whole images one at a time, so only amp or a smaller model helps there. Then continue from "
-            f"the last finished epoch with --resume <run folder>/last.pt"
+            f"{str(exc).splitlines()[0]}\nTo need less memory: {'; '.join(settings)}. Validation runs whole images "
+            f"one at a time, so there only amp or a smaller model helps. Then continue from the last finished "
+            f"epoch with --resume <run folder>/last.pt"
         ) from exc
 
 

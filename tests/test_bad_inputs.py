@@ -432,6 +432,15 @@ def test_resume_refuses_another_model_or_class_count(capsys, tmp_path, tiny_voc,
     assert not (tmp_path / "run").exists()
 
 
+def test_resume_refuses_another_dataset_or_a_mid_epoch_batch_size_change(capsys, tmp_path, tiny_voc, trained):
+    other = edited_checkpoint(trained, tmp_path / "other.pt", dataset="cityscapes", step_in_epoch=1)
+    status, err = main_exit(capsys, TrainSegmentNet.main,
+                            *train_args(tiny_voc, tmp_path / "run", resume=other, epochs=2, batch_size=4))
+    assert status == 2, err
+    assert "it was trained on 'cityscapes', this run uses 'voc2012'" in err
+    assert "it stopped inside an epoch with batch_size 2, this run's is 4" in err
+
+
 def test_resume_refuses_other_model_options(capsys, tmp_path, tiny_voc, trained):
     args = train_args(tiny_voc, tmp_path / "run", resume=trained, epochs=2,
                       model_options={"width": 4, "depth": 2, "blocks": 1})

@@ -23,7 +23,7 @@ import torch
 import TrainSegmentNet
 from conftest import ROOT, config_args, make_small_voc, tiny_train_config
 from segmentnet import engine
-from segmentnet.checkpoint import CheckpointWriteError, load_checkpoint
+from segmentnet.checkpoint import load_checkpoint
 from segmentnet.cli import run_main
 from segmentnet.engine import train
 
@@ -238,7 +238,7 @@ SMALL_DISK_CHILD = """
 import json, os, sys
 sys.path.insert(0, {root!r})
 import torch
-from segmentnet.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
+from segmentnet.checkpoint import load_checkpoint, save_checkpoint
 
 folder = sys.argv[1]
 last = os.path.join(folder, "last.pt")
@@ -318,21 +318,42 @@ def test_out_of_memory_says_which_settings_to_lower(capsys, tiny_voc, tmp_path, 
                                      "of 15.77 GiB of which 1.02 GiB is free.\nmore details")
 
     monkeypatch.setattr(engine, "compute_loss", out_of_memory)
-    status = run_main(TrainSegmentNet.main, config_args(config(tiny_voc, tmp_path / "a")))
+    status = run_main(TrainSegmentNet.main, config_args(config(tiny_voc, tmp_path / "a", amp=False)))
     err = capsys.readouterr().err
     assert status == 2, err
     assert err.startswith("error: out of GPU memory during training in epoch 1, after 0 steps: CUDA out of memory. "
                           "Tried to allocate 2.00 GiB")
-    for advice in ("batch_size 2 -> smaller", "raise grad_accum, now 1,", "crop_size 48 -> smaller",
-                   "amp True -> true", "channels_last False -> true"):
+    for advice in ("lower batch_size 2 (and raise grad_accum, now 1, by the same factor", "lower crop_size 48",
+                   "set amp true", "set channels_last true", "smaller model"):
         assert advice in err
 
     monkeypatch.undo()
     monkeypatch.setattr(engine, "evaluate", out_of_memory)
-    status = run_main(TrainSegmentNet.main, config_args(config(tiny_voc, tmp_path / "b")))
+    status = run_main(TrainSegmentNet.main, config_args(config(tiny_voc, tmp_path / "b", amp=True)))
     err = capsys.readouterr().err
     assert status == 2 and "out of GPU memory during validation in epoch 1, after 4 steps" in err, err
-    assert "only amp or a smaller model helps there" in err
+    assert "there only amp or a smaller model helps" in err
+    assert "set amp true" not in err  # (it is on already)
+
+
+def test_signal_during_validation_stops_at_the_epoch_end(capsys, tiny_voc, tmp_path, monkeypatch):
+    real_evaluate = engine.evaluate
+
+    def evaluate_then_signal(*args, **kwargs):
+        handler = signal.getsignal(signal.SIGTERM)
+        # Only while the training's own handler is installed: otherwise SIGTERM would end pytest itself.
+        assert isinstance(getattr(handler, "__self__", None), engine.StopRequest), handler
+        signal.raise_signal(signal.SIGTERM)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "evaluate", evaluate_then_signal)
+    run = tmp_path / "run"
+    status = run_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
+    assert status == 128 + signal.SIGTERM
+    assert f"stopped by signal {int(signal.SIGTERM)} at epoch 2, batch 0" in capsys.readouterr().err
+    state = load_checkpoint(run / "last.pt")  # epoch 1 whole, validated and recorded; not a step of epoch 2
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 0)
+    assert [record["epoch"] for record in metrics(run)] == [1]
 
 
 def test_failing_loader_worker_names_the_sample(capsys, tiny_voc, tmp_path):
