@@ -238,7 +238,7 @@ SMALL_DISK_CHILD = """
 import json, os, sys
 sys.path.insert(0, {root!r})
 import torch
-from segmentnet.checkpoint import load_checkpoint, save_checkpoint
+from segmentnet.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
 
 folder = sys.argv[1]
 last = os.path.join(folder, "last.pt")
