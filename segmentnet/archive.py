@@ -130,17 +130,28 @@ def _normalise(name: str, archive: Path) -> str:
     return "/".join(parts)
 
 
-def _inside(path: str) -> bool:
-    """True when a relative path, resolved lexically, stays within the target."""
-    depth = 0
+def _resolve(path: str, links: set[str]) -> str | None:
+    """A relative path with '..' resolved lexically; None when it climbs out of the target or
+    passes through a symlink member (where the lexical answer and the real one can differ)."""
+    if PurePosixPath(path).is_absolute():
+        return None
+    parts: list[str] = []
     for part in PurePosixPath(path).parts:
+        if parts and "/".join(parts) in links:
+            return None
         if part == "..":
-            depth -= 1
+            if not parts:
+                return None
+            parts.pop()
         elif part not in ("", "."):
-            depth += 1
-        if depth < 0:
-            return False
-    return not PurePosixPath(path).is_absolute()
+            parts.append(part)
+    return "/".join(parts)
+
+
+def _link_under(name: str, links: set[str]) -> str | None:
+    """The symlink member that a member's own path passes through, if any."""
+    parts = name.split("/")
+    return next((p for p in ("/".join(parts[:i]) for i in range(1, len(parts))) if p in links), None)
 
 
 def _open(archive: Path):
@@ -162,13 +173,13 @@ def list_members(archive: Path) -> list[Member]:
     try:
         if isinstance(handle, zipfile.ZipFile):
             for info in handle.infolist():
-                mode = info.external_attr >> 16
+                file_type = stat.S_IFMT(info.external_attr >> 16)  # 0 where the zip tool wrote none
                 name = _normalise(info.filename, archive)
-                if stat.S_ISLNK(mode):
+                if file_type == stat.S_IFLNK:
                     kind = "symlink"
                 elif info.is_dir():
                     kind = "dir"
-                elif mode and not stat.S_ISREG(mode):
+                elif file_type not in (0, stat.S_IFREG):
                     kind = "special"
                 else:
                     kind = "file"
@@ -188,6 +199,12 @@ def list_members(archive: Path) -> list[Member]:
                 else:
                     kind = "special"
                 members.append(Member(name, kind, info.size, info.linkname))
+            # A tar cut at a member boundary reads as a shorter archive: only the end-of-archive
+            # block (zeros) that every tar writer appends tells the two apart.
+            handle.fileobj.seek(handle.offset)
+            if len(handle.fileobj.read(tarfile.BLOCKSIZE)) < tarfile.BLOCKSIZE:
+                raise DataError(f"{archive}: the archive stops after {len(members)} members without tar's "
+                                f"end-of-archive block; it is truncated: delete it and download it again.")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
         raise DataError(
             f"{archive}: the archive is truncated or corrupt ({exc}); delete it and download it again."
@@ -199,17 +216,18 @@ def list_members(archive: Path) -> list[Member]:
 
 def check_members(archive: Path, members: list[Member], spec: Archive) -> None:
     seen: set[str] = set()
+    links = {m.name for m in members if m.kind == "symlink"}
     for m in members:
         where = f"{archive}: member {m.name!r}"
         if m.kind == "special":
             raise DataError(f"{where} is a device, fifo or other special file; refusing to extract this archive")
-        if m.kind == "symlink":
-            target = m.link
-            if PurePosixPath(target).is_absolute() or not _inside(str(PurePosixPath(m.name).parent / target)):
-                raise DataError(f"{where} is a link pointing outside the target ({target!r}); refusing to extract")
-        if m.kind == "hardlink":
-            if PurePosixPath(m.link).is_absolute() or not _inside(m.link):
-                raise DataError(f"{where} is a hard link to {m.link!r} outside the target; refusing to extract")
+        if _link_under(m.name, links):
+            raise DataError(f"{where} lies beneath the symlink {_link_under(m.name, links)!r}, so it could be "
+                            f"written anywhere; refusing to extract this archive")
+        if m.kind == "symlink" and _resolve(str(PurePosixPath(m.name).parent / m.link), links) is None:
+            raise DataError(f"{where} is a link pointing outside the target ({m.link!r}); refusing to extract")
+        if m.kind == "hardlink" and _resolve(m.link, links) is None:
+            raise DataError(f"{where} is a hard link to {m.link!r} outside the target; refusing to extract")
         if m.kind != "dir":
             if m.name in seen:
                 raise DataError(f"{where} appears twice; a genuine archive names each file once. Refusing to extract")

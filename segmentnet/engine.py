@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .archive import DataError
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .config import ConfigError
 from .data import EpochSampler, SegmentationDataset, collate_pairs, read_dataset_json
 from .datasets import DATASETS
@@ -189,6 +189,34 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
+def ignore_ctrl_c(worker_id: int) -> None:
+    """Loader worker init: Ctrl-C in a terminal reaches every process of the group, and a worker that
+    died of it would break the main process's orderly stop. (SIGTERM stays: it is how the loader and
+    multiprocessing end their workers.)"""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextmanager
+def out_of_memory_advice(cfg, run, during: str):
+    """Turn CUDA's out-of-memory error into one that names the settings to lower."""
+    try:
+        yield
+    except torch.OutOfMemoryError as exc:
+        settings = [f"lower batch_size {cfg.batch_size} (and raise grad_accum, now {cfg.grad_accum}, by the same "
+                    f"factor to keep the effective batch)", f"lower crop_size {cfg.crop_size}"]
+        if not cfg.amp:
+            settings.append("set amp true (half-precision activations)")
+        if not cfg.channels_last:
+            settings.append("set channels_last true")
+        settings.append("choose a smaller model (model_options)")
+        raise ConfigError(
+            f"out of GPU memory during {during} in epoch {run['epoch'] + 1}, after {run['global_step']} steps: "
+            f"{str(exc).splitlines()[0]}\nTo need less memory: {'; '.join(settings)}. Validation runs whole images "
+            f"one at a time, so there only amp or a smaller model helps. Then continue from the last finished "
+            f"epoch with --resume <run folder>/last.pt"
+        ) from exc
+
+
 # ----------------------------------------------------------------------------- the two loops
 
 
@@ -199,7 +227,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, run, cfg, env: 
     model.train()
     device = env.device
     dtype, _ = autocast_settings(device, cfg.amp)
-    losses, seen = [], 0
+    losses, seen = run.setdefault("epoch_losses", []), 0  # carried in the checkpoint across a stop
     bar = tqdm(loader, desc=f"epoch {run['epoch'] + 1}/{cfg.epochs}", disable=not env.is_main or not cfg.progress,
                leave=False, initial=run["step_in_epoch"], total=run["step_in_epoch"] + len(loader))
     accum = cfg.grad_accum
@@ -228,9 +256,10 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, run, cfg, env: 
             run["nonfinite_steps"] += 1
             if not cfg.skip_nonfinite:
                 raise FloatingPointError(
-                    f"loss is {loss.item()} at step {run['global_step']} (epoch {run['epoch'] + 1}, batch "
+                    f"loss is {loss.item()} at step {run['global_step'] + 1} (epoch {run['epoch'] + 1}, batch "
                     f"{run['step_in_epoch'] + 1}) in one of the processes: lower lr, check the data, or set "
-                    f"skip_nonfinite true")
+                    f"skip_nonfinite true, then continue from the last finished epoch with --resume "
+                    f"<run folder>/last.pt")
             optimizer.zero_grad(set_to_none=True)
         else:
             if last_micro:
@@ -243,6 +272,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, run, cfg, env: 
         bar.set_postfix(loss=f"{losses[-1] if losses else float('nan'):.4f}", lr=f"{lr:.2e}")
         if not keep_going:
             stop.signum = stop.signum or signal.SIGTERM  # another rank got the signal
+        if stop.signum is not None and last_micro:  # a whole optimiser step: nothing half-accumulated
             return float(np.mean(losses)) if losses else float("nan"), seen, False
         fetch_started = time.perf_counter()
     return float(np.mean(losses)) if losses else float("nan"), seen, True
@@ -316,6 +346,7 @@ def build_loaders(cfg, env: DistEnv, root: Path):
                   persistent_workers=cfg.workers > 0)
     if cfg.workers > 0:
         common["prefetch_factor"] = 4
+        common["worker_init_fn"] = ignore_ctrl_c
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=train_sampler, drop_last=True, **common)
     val_loader = DataLoader(val_set, batch_size=1, sampler=val_sampler, **common)
     return train_loader, val_loader, train_sampler
@@ -343,6 +374,7 @@ def checkpoint_state(model, optimizer, scaler, run, cfg) -> dict:
         "best_miou": run["best_miou"],
         "best_epoch": run["best_epoch"],
         "nonfinite_steps": run["nonfinite_steps"],
+        "epoch_losses": list(run.get("epoch_losses", [])),  # train losses of the epoch's steps done so far
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }
@@ -356,16 +388,19 @@ def check_compatible(state: dict, cfg, num_classes: int, path) -> None:
         problems.append(f"it has {state.get('num_classes')} classes, the dataset {cfg.dataset!r} has {num_classes}")
     if state.get("model_options", {}) != dict(cfg.model_options):
         problems.append(f"its model_options are {state.get('model_options')}, this run's are {cfg.model_options}")
+    if state.get("dataset", cfg.dataset) != cfg.dataset:
+        problems.append(f"it was trained on {state.get('dataset')!r}, this run uses {cfg.dataset!r}")
+    trained_batch = state.get("config", {}).get("batch_size", cfg.batch_size)
+    if state.get("step_in_epoch") and trained_batch != cfg.batch_size:
+        problems.append(f"it stopped inside an epoch with batch_size {trained_batch}, this run's is "
+                        f"{cfg.batch_size} (the batches already done would not line up)")
     if problems:
         raise DataError(f"checkpoint {path} does not fit this run: " + "; ".join(problems) +
                         ". Resume with the settings it was trained with (see its config.json), or start a new run.")
 
 
 def load_model_state(model: nn.Module, state: dict, path) -> None:
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        raise DataError(f"checkpoint {path} does not fit the model: {str(exc).splitlines()[0]} ...") from None
+    load_weights(model, state["model"], path)
 
 
 def train(cfg) -> dict:
@@ -430,6 +465,7 @@ def _train(cfg, env: DistEnv) -> dict:
             scaler.load_state_dict(resume_state["scaler"])
         for key in ("epoch", "step_in_epoch", "best_miou", "best_epoch", "nonfinite_steps"):
             run[key] = resume_state[key]
+        run["epoch_losses"] = list(resume_state.get("epoch_losses", []))
         run["global_step"] = resume_state["scheduler"]["global_step"]
         torch.set_rng_state(resume_state["rng"]["torch"])
         if resume_state["rng"]["cuda"] and torch.cuda.is_available():
@@ -451,24 +487,26 @@ def _train(cfg, env: DistEnv) -> dict:
         pictures = EpochPictures(run_dir, train_loader.dataset, val_loader.dataset, run, cfg.tensorboard)
     with StopRequest() as stop:
         while run["epoch"] < cfg.epochs:
+            if stop.signum is not None:  # it came during validation or a save: last.pt is already current
+                return stopped_by_signal(stop, run, run_dir, env, last_scores)
             train_sampler.set_epoch(run["epoch"], start=run["step_in_epoch"] * cfg.batch_size)
             started, run["data_wait_seconds"] = time.time(), 0.0
-            train_loss, seen, finished = train_one_epoch(train_model, train_loader, criterion, optimizer, scaler,
-                                                         run, cfg, env, stop)
+            with out_of_memory_advice(cfg, run, "training"):
+                train_loss, seen, finished = train_one_epoch(train_model, train_loader, criterion, optimizer,
+                                                             scaler, run, cfg, env, stop)
             if not finished:
                 if env.is_main:
                     save_checkpoint(checkpoint_state(model, optimizer, scaler, run, cfg), run_dir / "last.pt")
-                    print(f"stopped by signal {stop.signum} at epoch {run['epoch'] + 1}, batch "
-                          f"{run['step_in_epoch']}; resumable checkpoint {run_dir / 'last.pt'} "
-                          f"(continue with --resume {run_dir / 'last.pt'})", file=sys.stderr)
-                return {"run_dir": str(run_dir), "interrupted": stop.signum, **run_summary(run, last_scores)}
+                return stopped_by_signal(stop, run, run_dir, env, last_scores)
             elapsed = time.time() - started
             train_loss = all_reduce_mean(train_loss, env)
             broadcast_buffers(model, env)  # every rank validates rank 0's model, the one checkpointed
-            scores = evaluate(model, val_loader, num_classes, env, run["mean"], run["std"], criterion, cfg.amp)
+            with out_of_memory_advice(cfg, run, "validation"):
+                scores = evaluate(model, val_loader, num_classes, env, run["mean"], run["std"], criterion, cfg.amp)
             last_scores = scores
             run["epoch"] += 1
             run["step_in_epoch"] = 0
+            run["epoch_losses"] = []
             improved = scores["miou"] > run["best_miou"]
             if improved:
                 run["best_miou"], run["best_epoch"] = scores["miou"], run["epoch"]
@@ -494,6 +532,14 @@ def _train(cfg, env: DistEnv) -> dict:
         print(f"final val mIoU {last_scores.get('miou', float('nan')):.4f} (best {run['best_miou']:.4f} at epoch "
               f"{run['best_epoch']}); checkpoints: {run_dir / 'last.pt'}, {run_dir / 'best.pt'}")
     return {"run_dir": str(run_dir), "interrupted": None, **run_summary(run, last_scores)}
+
+
+def stopped_by_signal(stop: StopRequest, run: dict, run_dir: Path, env: DistEnv, scores: dict) -> dict:
+    if env.is_main:
+        print(f"stopped by signal {stop.signum} at epoch {run['epoch'] + 1}, batch {run['step_in_epoch']}; "
+              f"resumable checkpoint {run_dir / 'last.pt'} (continue with --resume {run_dir / 'last.pt'})",
+              file=sys.stderr)
+    return {"run_dir": str(run_dir), "interrupted": stop.signum, **run_summary(run, scores)}
 
 
 def drop_metrics_after(path: Path, epoch: int) -> None:

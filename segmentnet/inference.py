@@ -22,7 +22,7 @@ from PIL import Image
 from torch import nn
 
 from .archive import DataError
-from .checkpoint import clean_state_dict, load_checkpoint
+from .checkpoint import load_checkpoint, load_weights
 from .cli import UsageError
 from .distributed import pick_device
 from .models import build_model
@@ -107,11 +107,7 @@ def load_model(checkpoint, device="cpu") -> tuple[nn.Module, dict]:
                         f"{', '.join(missing)}: it was not written by TrainSegmentNet.py")
     model = build_model(state["model_name"], state["num_classes"], pretrained=False,
                         **state.get("model_options", {}))
-    try:
-        model.load_state_dict(clean_state_dict(state["model"]))
-    except RuntimeError as exc:
-        raise DataError(f"checkpoint does not fit its own model description ({state['model_name']}, "
-                        f"{state.get('model_options')}): {str(exc).splitlines()[0]}") from None
+    load_weights(model, state["model"], checkpoint if not isinstance(checkpoint, dict) else "(given as a dict)")
     return model.to(device).eval(), state
 
 

@@ -52,3 +52,15 @@ def tiny_train_config(data_dir: Path, out: Path, **overrides):
                   crop_size=48, epochs=1, batch_size=4, workers=0, lr=0.01, progress=False)
     values.update(overrides)
     return Config(**values)
+
+
+def config_args(cfg) -> list[str]:
+    """The command-line flags that give TrainSegmentNet.py the same Config as cfg."""
+    import dataclasses
+    import json
+
+    args = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        args += [f"--{f.name}", json.dumps(value) if isinstance(value, (bool, dict)) else str(value)]
+    return args

@@ -1,0 +1,504 @@
+"""Bad inputs: each gets a specific message, a non-zero exit, and leaves no output that looks complete.
+
+The scripts are run through their own `main` (in-process with run_main, which is what
+`python Script.py` calls), and a representative few as real subprocesses to prove the exit codes.
+Malicious archives and checkpoints are built here, by hand, with tarfile, zipfile and pickle.
+"""
+from __future__ import annotations
+
+import io
+import json
+import stat
+import struct
+import subprocess
+import sys
+import tarfile
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import DataExtract
+import DataSeparate
+import TrainSegmentNet
+from conftest import ROOT, config_args, make_small_voc, tiny_train_config
+from segmentnet import synthetic
+from segmentnet.archive import DataError
+from segmentnet.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from segmentnet.cli import run_main
+from segmentnet.datasets import voc2012
+from segmentnet.engine import train
+from segmentnet.models import build_model
+
+VOC = voc2012.ARCHIVE
+SETS = f"{voc2012.ROOT}/ImageSets/Segmentation"
+TINY_COUNTS = {"train": 3, "val": 1, "unlabelled": 0}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, above all on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def run_script(script: str, *args, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def main_exit(capsys, main, *args) -> tuple[int, str]:
+    """(exit status, stderr) of a script's main called as `python Script.py args` would call it."""
+    capsys.readouterr()
+    status = run_main(main, [str(a) for a in args])
+    return status, capsys.readouterr().err
+
+
+def leftovers(data: Path) -> list[str]:
+    """What an extraction left under data/: any file or link, or the target folder itself."""
+    if not data.exists():
+        return []
+    found = [p for p in data.rglob("*") if p.is_file() or p.is_symlink() or p == data / "raw" / VOC.stem]
+    return sorted(str(p.relative_to(data)) for p in found)
+
+
+# ----------------------------------------------------------------------------- archives
+
+
+def assert_extract_refused(capsys, tmp_path, archive: Path, message: str, *extra) -> str:
+    data = tmp_path / "data"
+    status, err = main_exit(capsys, DataExtract.main, "--archive", archive, "--data-dir", data, *extra)
+    assert status == 2, err
+    assert err.startswith("error: ") and str(archive) in err, err
+    assert message in err, err
+    assert leftovers(data) == [], "a refused archive must leave nothing under data/"
+    return err
+
+
+def test_missing_archive_says_where_to_put_it(tmp_path):
+    result = run_script("DataExtract.py", "--downloads", tmp_path / "dl", "--data-dir", tmp_path / "data",
+                        cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert f"{tmp_path / 'dl' / VOC.filename} not found" in result.stderr
+    assert VOC.url in result.stderr and "--download" in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.fixture(scope="module")
+def voc_tar(tmp_path_factory) -> Path:
+    """A small synthetic archive in VOC's official layout (its md5 is not the official one)."""
+    folder = tmp_path_factory.mktemp("voc_tar")
+    return synthetic.write_tar(folder / VOC.filename, voc2012.synthetic_files(0, TINY_COUNTS))
+
+
+def test_wrong_checksum(capsys, tmp_path, voc_tar):
+    err = assert_extract_refused(capsys, tmp_path, voc_tar, f"the official archive's is {VOC.md5}")
+    assert "download it again" in err
+
+
+def test_corrupt_archive(capsys, tmp_path):
+    junk = tmp_path / VOC.filename
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
+    assert_extract_refused(capsys, tmp_path, junk, "not a readable tar or zip archive", "--no-verify")
+
+
+def member_offsets(archive: Path) -> list[int]:
+    with tarfile.open(archive) as tar:
+        return [m.offset for m in tar]
+
+
+@pytest.mark.parametrize("where", ["inside a member", "at a member boundary"])
+def test_truncated_tar(capsys, tmp_path, voc_tar, where):
+    data = voc_tar.read_bytes()
+    offsets = member_offsets(voc_tar)
+    # A cut exactly where a member's header starts reads like a complete, shorter tar.
+    cut = offsets[len(offsets) // 2] + (700 if where == "inside a member" else 0)
+    truncated = tmp_path / VOC.filename
+    truncated.write_bytes(data[:cut])
+    assert_extract_refused(capsys, tmp_path, truncated, "truncated", "--no-verify")
+
+
+def test_truncated_zip(capsys, tmp_path):
+    archive = synthetic.write_zip(tmp_path / "voc.zip", voc2012.synthetic_files(0, TINY_COUNTS))
+    archive.write_bytes(archive.read_bytes()[:-300])
+    assert_extract_refused(capsys, tmp_path, archive, "truncated or corrupt", "--no-verify")
+
+
+def test_archive_of_another_dataset(capsys, tmp_path):
+    other = synthetic.write_tar(tmp_path / VOC.filename, {"ADEChallengeData2016/images/training/a.jpg": b"x"})
+    assert_extract_refused(capsys, tmp_path, other, f"no member under {SETS + '/'!r}", "--no-verify")
+
+
+# Each case: (name of the member to look for in the message, what the message says, members).
+# A member is (name, kind, payload): kind is file, symlink, hardlink, fifo or device.
+GENUINE = (f"{SETS}/train.txt", "file", b"2007_000001\n")
+ESCAPES = {
+    "absolute path": ("/tmp/segmentnet-evil", "has an absolute path",
+                      [GENUINE, ("/tmp/segmentnet-evil", "file", b"x")]),
+    "dot-dot": ("VOCdevkit/../../evil", "climbs out with '..'",
+                [GENUINE, ("VOCdevkit/../../evil", "file", b"x")]),
+    "symlink out": ("VOCdevkit/link", "link pointing outside",
+                    [GENUINE, ("VOCdevkit/link", "symlink", "../../outside"), ("VOCdevkit/link/evil", "file", b"x")]),
+    "absolute symlink": ("VOCdevkit/passwd", "link pointing outside",
+                         [GENUINE, ("VOCdevkit/passwd", "symlink", "/etc/passwd")]),
+    # Each link stays inside when read on its own; followed one after the other they climb out.
+    "symlink chain": ("VOCdevkit/a/up/up2", "lies beneath the symlink 'VOCdevkit/a/up'",
+                      [GENUINE, ("VOCdevkit/a/up", "symlink", ".."), ("VOCdevkit/a/up/up2", "symlink", ".."),
+                       ("VOCdevkit/a/up/up2/evil", "file", b"x")]),
+    "hardlink out": ("VOCdevkit/hard", "hard link to '../../etc/passwd' outside",
+                     [GENUINE, ("VOCdevkit/hard", "hardlink", "../../etc/passwd")]),
+    "absolute hardlink": ("VOCdevkit/hard", "hard link to '/etc/passwd' outside",
+                          [GENUINE, ("VOCdevkit/hard", "hardlink", "/etc/passwd")]),
+    "fifo": ("VOCdevkit/pipe", "is a device, fifo or other special file", [GENUINE, ("VOCdevkit/pipe", "fifo", b"")]),
+    "device": ("VOCdevkit/sda", "is a device, fifo or other special file", [GENUINE, ("VOCdevkit/sda", "device", b"")]),
+    "same name twice": (f"{SETS}/train.txt", "appears twice", [GENUINE, (f"{SETS}/train.txt", "file", b"other\n")]),
+}
+
+
+def write_tar_members(path: Path, members) -> Path:
+    kinds = {"file": tarfile.REGTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE,
+             "fifo": tarfile.FIFOTYPE, "device": tarfile.CHRTYPE}
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        for name, kind, payload in members:
+            info = tarfile.TarInfo(name)
+            info.type = kinds[kind]
+            if kind == "file":
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+            else:
+                info.linkname = payload if isinstance(payload, str) else ""
+                tar.addfile(info)
+    return path
+
+
+def write_zip_members(path: Path, members) -> Path:
+    types = {"file": stat.S_IFREG, "symlink": stat.S_IFLNK, "fifo": stat.S_IFIFO, "device": stat.S_IFCHR}
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, kind, payload in members:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (types[kind] | 0o644) << 16
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # zipfile warns of a duplicate name, and writes it
+                zf.writestr(info, payload.encode() if isinstance(payload, str) else payload)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["tar", "zip"])
+@pytest.mark.parametrize("case", sorted(ESCAPES))
+def test_escaping_members_are_refused(capsys, tmp_path, fmt, case):
+    member, message, members = ESCAPES[case]
+    if fmt == "zip" and any(kind == "hardlink" for _, kind, _ in members):
+        pytest.skip("zip has no hard links: a zip cannot hold this member")
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    writer = write_tar_members if fmt == "tar" else write_zip_members
+    archive = writer(downloads / (VOC.filename if fmt == "tar" else "VOCtrainval.zip"), members)
+    err = assert_extract_refused(capsys, tmp_path, archive, message, "--no-verify")
+    assert f"member {member!r}" in err, err
+    # Nothing was written anywhere: refused before a single member is.
+    assert sorted(p.name for p in tmp_path.rglob("*")) == [archive.name, "downloads"]
+    assert not Path("/tmp/segmentnet-evil").exists()
+
+
+def test_symlinks_inside_the_target_are_kept(capsys, tmp_path):
+    """The checks refuse escapes only: a link between two members of the archive is extracted."""
+    members = [GENUINE, ("VOCdevkit/alias.txt", "symlink", "VOC2012/ImageSets/Segmentation/train.txt")]
+    for writer, name in ((write_tar_members, VOC.filename), (write_zip_members, "voc.zip")):
+        data = tmp_path / f"data-{name}"
+        status, err = main_exit(capsys, DataExtract.main, "--archive", writer(tmp_path / name, members),
+                                "--data-dir", data, "--no-verify")
+        assert status == 0, err
+        assert (data / "raw" / VOC.stem / "VOCdevkit" / "alias.txt").read_bytes() == GENUINE[2]
+
+
+def test_zip_written_without_file_types_extracts(capsys, tmp_path):
+    """Python's zipfile (and Windows tools) record no file type in a member's mode: still a plain file."""
+    archive = synthetic.write_zip(tmp_path / "voc.zip", voc2012.synthetic_files(0, TINY_COUNTS))
+    with zipfile.ZipFile(archive) as zf:
+        assert all(stat.S_IFMT(info.external_attr >> 16) == 0 for info in zf.infolist())
+    status, err = main_exit(capsys, DataExtract.main, "--archive", archive, "--data-dir", tmp_path / "data",
+                            "--no-verify")
+    assert status == 0, err
+    assert (tmp_path / "data" / "raw" / VOC.stem / SETS / "train.txt").exists()
+
+
+def test_member_larger_than_the_dataset_allows(capsys, tmp_path):
+    big = bytes(VOC.max_member_bytes + 1)  # zeros: a few kB once compressed, as in a zip bomb
+    tar_path = tmp_path / "dl" / (VOC.filename + ".gz")
+    tar_path.parent.mkdir()
+    with tarfile.open(tar_path, "w:gz", compresslevel=1) as tar:
+        for name, payload in ((GENUINE[0], GENUINE[2]), ("VOCdevkit/VOC2012/JPEGImages/bomb.jpg", big)):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    zip_path = tmp_path / "dl" / "VOCtrainval.zip"
+    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        zf.writestr(GENUINE[0], GENUINE[2])
+        zf.writestr("VOCdevkit/VOC2012/JPEGImages/bomb.jpg", big)
+    for archive in (tar_path, zip_path):
+        assert archive.stat().st_size < 200_000
+        assert_extract_refused(capsys, tmp_path, archive, f"more than any file of this dataset "
+                                                          f"({VOC.max_member_bytes} bytes)", "--no-verify")
+
+
+def test_zip_whose_header_lies_about_a_member_size(capsys, tmp_path):
+    """The sizes in the headers say 1 kB; the data inflates to 17 MB. Extraction writes at most the
+    stated size, then finds the data does not match and refuses the archive."""
+    path = tmp_path / "VOCtrainval.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        zf.writestr(GENUINE[0], GENUINE[2])
+        zf.writestr("VOCdevkit/VOC2012/JPEGImages/liar.jpg", bytes(VOC.max_member_bytes + 1))
+    data = bytearray(path.read_bytes())
+    name = b"VOCdevkit/VOC2012/JPEGImages/liar.jpg"
+    with zipfile.ZipFile(path) as zf:
+        local = zf.getinfo(name.decode()).header_offset
+    central = data.index(name, local + 30 + len(name)) - 46  # the name's second copy, in the central directory
+    assert data[central: central + 4] == b"PK\x01\x02"
+    struct.pack_into("<I", data, local + 22, 1000)    # the local header's uncompressed size
+    struct.pack_into("<I", data, central + 24, 1000)  # the central directory's uncompressed size
+    path.write_bytes(bytes(data))
+    with zipfile.ZipFile(path) as zf:
+        assert zf.getinfo("VOCdevkit/VOC2012/JPEGImages/liar.jpg").file_size == 1000
+    assert_extract_refused(capsys, tmp_path, path, "extraction failed (Bad CRC-32", "--no-verify")
+
+
+# ----------------------------------------------------------------------------- images and masks
+
+
+def broken(kind: str, files: dict[str, bytes], stem: str) -> dict[str, bytes]:
+    """A copy of the synthetic VOC files with one pair spoiled in the given way."""
+    jpg, png = f"{voc2012.ROOT}/JPEGImages/{stem}.jpg", f"{voc2012.ROOT}/SegmentationClass/{stem}.png"
+    files = dict(files)
+    label = np.array(Image.open(io.BytesIO(files[png])))
+    if kind == "corrupt JPEG":
+        files[jpg] = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8
+    elif kind == "truncated JPEG":
+        files[jpg] = files[jpg][: len(files[jpg]) // 2]
+    elif kind == "truncated PNG":
+        files[png] = files[png][: len(files[png]) // 2]
+    elif kind == "corrupt PNG":
+        spoiled = bytearray(files[png])
+        spoiled[spoiled.index(b"IDAT") + 10] ^= 0xFF  # the chunk's checksum no longer matches
+        files[png] = bytes(spoiled)
+    elif kind == "sizes differ":
+        files[png] = synthetic.palette_png(label[:-7, :-5].copy(), list(voc2012.PALETTE))
+    elif kind == "colour mask":
+        rgb = np.array(voc2012.PALETTE + ((224, 224, 192),) * 235, dtype=np.uint8)[label]
+        files[png] = synthetic.encode(Image.fromarray(rgb, "RGB"), "PNG")
+    elif kind == "label out of range":
+        label[:4, :4] = 30
+        files[png] = synthetic.palette_png(label, list(voc2012.PALETTE))
+    elif kind == "empty split":
+        files[f"{SETS}/train.txt"] = b""
+    return files
+
+
+PAIR_PROBLEMS = {
+    "corrupt JPEG": ("{jpg}", "the image cannot be decoded"),
+    "truncated JPEG": ("{jpg}", "truncated"),
+    "truncated PNG": ("{png}", "the mask cannot be decoded"),
+    "corrupt PNG": ("{png}", "the mask cannot be decoded"),
+    "sizes differ": ("{png}", "they must be the same size"),
+    "colour mask": ("{png}", "colour (RGB) mask, but class indices are expected"),
+    "label out of range": ("{png}", "label values [30] are outside the 21 classes"),
+    "empty split": ("", "split(s) train have no images"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PAIR_PROBLEMS))
+def test_bad_pairs_stop_separation(capsys, tmp_path, kind):
+    files = voc2012.synthetic_files(0, TINY_COUNTS)
+    stem = sorted(f for f in files if f.startswith(f"{voc2012.ROOT}/JPEGImages/"))[0].rsplit("/", 1)[1][:-4]
+    raw = tmp_path / "data" / "raw" / VOC.stem
+    for name, payload in broken(kind, files, stem).items():
+        (raw / name).parent.mkdir(parents=True, exist_ok=True)
+        (raw / name).write_bytes(payload)
+    where, message = PAIR_PROBLEMS[kind]
+    where = where.format(jpg=raw / voc2012.ROOT / "JPEGImages" / f"{stem}.jpg",
+                         png=raw / voc2012.ROOT / "SegmentationClass" / f"{stem}.png")
+    status, err = main_exit(capsys, DataSeparate.main, "--data-dir", tmp_path / "data", "--workers", 1)
+    assert status == 2, err
+    assert f"error: {where}" in err and message in err, err
+    # Nothing but the raw files: no data/voc2012, no half-written temporary folder.
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]
+
+
+def test_skip_bad_skips_and_lists_the_pair(capsys, tmp_path):
+    files = voc2012.synthetic_files(0, TINY_COUNTS)
+    stem = sorted(f for f in files if f.startswith(f"{voc2012.ROOT}/JPEGImages/"))[0].rsplit("/", 1)[1][:-4]
+    raw = tmp_path / "data" / "raw" / VOC.stem
+    for name, payload in broken("colour mask", files, stem).items():
+        (raw / name).parent.mkdir(parents=True, exist_ok=True)
+        (raw / name).write_bytes(payload)
+    status, _ = main_exit(capsys, DataSeparate.main, "--data-dir", tmp_path / "data", "--workers", 1, "--skip-bad")
+    assert status == 0
+    info = json.loads((tmp_path / "data" / "voc2012" / "dataset.json").read_text())
+    assert [s["stem"] for s in info["skipped"]] == [stem]
+    assert sum(info["counts"].values()) == TINY_COUNTS["train"] + TINY_COUNTS["val"] - 1
+
+
+def test_corrupt_image_through_the_script(tmp_path):
+    files = broken("truncated JPEG", voc2012.synthetic_files(0, TINY_COUNTS), "2008_000001")
+    synthetic.write_tar(tmp_path / "downloads" / VOC.filename, files)
+    extracted = run_script("DataExtract.py", "--no-verify", cwd=tmp_path)
+    assert extracted.returncode == 0, extracted.stderr
+    result = run_script("DataSeparate.py", "--workers", "1", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "\nerror: " in result.stderr and "2008_000001.jpg: the image cannot be decoded" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]
+
+
+# ----------------------------------------------------------------------------- names and hyperparameters
+
+
+def test_unknown_dataset_lists_the_choices(capsys, tmp_path):
+    for main in (DataExtract.main, DataSeparate.main):
+        status, err = main_exit(capsys, main, "--dataset", "vocc", "--data-dir", tmp_path / "data")
+        assert status == 2 and err.strip() == "error: unknown dataset 'vocc'; choices: voc2012", err
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_voc(tmp_path_factory) -> Path:
+    return make_small_voc(tmp_path_factory.mktemp("tiny_voc"), counts={"train": 4, "val": 1, "unlabelled": 0})
+
+
+def train_args(data: Path, out: Path, **overrides) -> list[str]:
+    return config_args(tiny_train_config(data, out, **{"batch_size": 2, **overrides}))
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"dataset": "kitty"}, "dataset 'kitty' is unknown; choices: voc2012"),
+    ({"model": "unet2"}, "model 'unet2' is unknown; choices: segmentnet"),
+    ({"loss": "dice"}, "loss 'dice' is unknown; choices: ce, ce+jaccard, jaccard"),
+    ({"lr": -0.1}, "lr must be a positive number, got -0.1"),
+    ({"lr": float("nan")}, "lr must be a positive number, got nan"),
+    ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+    ({"crop_size": 4}, "crop_size must be >= 8 pixels, got 4"),
+    ({"scale_min": 2.0, "scale_max": 1.0}, "need 0 < scale_min <= scale_max"),
+    ({"grad_accum": 0}, "grad_accum must be >= 1, got 0"),
+    ({"crop_size": 400, "pad": False}, "crop_size 400 is larger than"),
+    ({"batch_size": 5}, "the train split has 4 images, fewer than one batch of 5"),
+    ({"model_options": {"widht": 8}}, "model 'segmentnet' has no option(s) widht"),
+])
+def test_impossible_settings_rejected_before_any_work(capsys, tmp_path, tiny_voc, overrides, message):
+    status, err = main_exit(capsys, TrainSegmentNet.main, *train_args(tiny_voc, tmp_path / "run", **overrides))
+    assert status == 2 and err.startswith("error: ") and message in err, err
+    if "crop_size 400" in message:
+        assert "lower crop_size, raise scale_min or set pad true" in err
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+def test_missing_prepared_dataset(capsys, tmp_path):
+    status, err = main_exit(capsys, TrainSegmentNet.main, *train_args(tmp_path / "nothing", tmp_path / "run"))
+    assert status == 2 and "dataset.json not found: run DataSeparate.py first" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_voc, tmp_path_factory) -> Path:
+    """last.pt of a one-epoch run on the tiny dataset."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    train(tiny_train_config(tiny_voc, run, batch_size=2))
+    return run / "last.pt"
+
+
+def edited_checkpoint(source: Path, dest: Path, **changes) -> Path:
+    state = load_checkpoint(source)
+    state.update(changes)
+    save_checkpoint(state, dest)
+    return dest
+
+
+def test_resume_refuses_another_model_or_class_count(capsys, tmp_path, tiny_voc, trained):
+    state = load_checkpoint(trained)
+    five = {k: (v[:5] if k.startswith("head.") else v) for k, v in state["model"].items()}
+    other = edited_checkpoint(trained, tmp_path / "other.pt", model_name="unet", num_classes=5, model=five)
+    status, err = main_exit(capsys, TrainSegmentNet.main,
+                            *train_args(tiny_voc, tmp_path / "run", resume=other, epochs=2))
+    assert status == 2, err
+    assert "it is a 'unet' model, this run trains 'segmentnet'" in err
+    assert "it has 5 classes, the dataset 'voc2012' has 21" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_another_dataset_or_a_mid_epoch_batch_size_change(capsys, tmp_path, tiny_voc, trained):
+    other = edited_checkpoint(trained, tmp_path / "other.pt", dataset="cityscapes", step_in_epoch=1)
+    status, err = main_exit(capsys, TrainSegmentNet.main,
+                            *train_args(tiny_voc, tmp_path / "run", resume=other, epochs=2, batch_size=4))
+    assert status == 2, err
+    assert "it was trained on 'cityscapes', this run uses 'voc2012'" in err
+    assert "it stopped inside an epoch with batch_size 2, this run's is 4" in err
+
+
+def test_resume_refuses_other_model_options(capsys, tmp_path, tiny_voc, trained):
+    args = train_args(tiny_voc, tmp_path / "run", resume=trained, epochs=2,
+                      model_options={"width": 4, "depth": 2, "blocks": 1})
+    status, err = main_exit(capsys, TrainSegmentNet.main, *args)
+    assert status == 2 and "its model_options are {'width': 8, 'depth': 2, 'blocks': 1}" in err, err
+
+
+def test_loading_weights_into_another_model_spells_out_the_mismatch(trained):
+    weights = load_checkpoint(trained)["model"]
+    with pytest.raises(DataError) as info:
+        load_weights(build_model("segmentnet", 5, width=8, depth=2, blocks=1), weights, trained)
+    assert "head.weight is (21, 8, 1, 1) in the checkpoint but (5, 8, 1, 1) in the model" in str(info.value)
+    assert "head.bias is (21,) in the checkpoint but (5,) in the model" in str(info.value)
+    with pytest.raises(DataError) as info:
+        load_weights(build_model("segmentnet", 21, width=8, depth=3, blocks=1), weights, trained)
+    assert "missing from the checkpoint: encoder.2." in str(info.value)
+    assert "differ in shape" in str(info.value)  # the decoder of a deeper net takes other widths
+    model = build_model("segmentnet", 21, width=8, depth=2, blocks=1)
+    load_weights(model, {"module." + k: v for k, v in weights.items()}, trained)  # DDP's prefix is fine
+    assert torch.equal(model.head.weight, weights["head.weight"])
+
+
+class MakesAFile:
+    """Unpickling this calls open(path, 'w'): the file appears if and only if the pickle's code ran."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_malicious_checkpoint_is_refused_and_its_code_never_runs(capsys, tmp_path, tiny_voc):
+    def payload(path: Path) -> Path:
+        checkpoint = tmp_path / f"{path.stem}.pt"
+        torch.save({"model": MakesAFile(path), "model_name": "segmentnet"}, checkpoint)
+        return checkpoint
+
+    # The payload is live: an unguarded load runs it and the file appears.
+    control = tmp_path / "control-was-run"
+    torch.load(payload(control), weights_only=False)
+    assert control.exists()
+
+    target = tmp_path / "payload-was-run"
+    evil = payload(target)
+    with pytest.raises(DataError, match="was refused: it holds objects other than tensors"):
+        load_checkpoint(evil)
+    result = run_script("TrainSegmentNet.py", *train_args(tiny_voc, tmp_path / "run", resume=evil), cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"error: checkpoint {evil} was refused")
+    assert not target.exists(), "the checkpoint's code ran"
+    assert not (tmp_path / "run").exists()
+
+
+def test_truncated_checkpoint(capsys, tmp_path, tiny_voc, trained):
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(trained.read_bytes()[: trained.stat().st_size // 2])
+    with pytest.raises(DataError, match="is truncated or corrupt"):
+        load_checkpoint(cut)
+    status, err = main_exit(capsys, TrainSegmentNet.main, *train_args(tiny_voc, tmp_path / "run", resume=cut))
+    assert status == 2 and f"checkpoint {cut} is truncated or corrupt" in err and "last.pt or best.pt" in err, err
