@@ -257,9 +257,9 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, run, cfg, env: 
             if not cfg.skip_nonfinite:
                 raise FloatingPointError(
                     f"loss is {loss.item()} at step {run['global_step'] + 1} (epoch {run['epoch'] + 1}, batch "
-                    f"{run['step_in_epoch'] + 1}) in one of the processes: lower lr, check the data, or set "
-                    f"skip_nonfinite true, then continue from the last finished epoch with --resume "
-                    f"<run folder>/last.pt")
+                    f"{run['step_in_epoch'] + 1}){' in one of the processes' if env.distributed else ''}: lower lr, "
+                    f"check the data, or set skip_nonfinite true, then continue from the last finished epoch with "
+                    f"--resume <run folder>/last.pt")
             optimizer.zero_grad(set_to_none=True)
         else:
             if last_micro:

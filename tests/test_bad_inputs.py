@@ -23,6 +23,8 @@ import torch
 from PIL import Image
 
 import DataExtract
+from segmentnet.datasets import DATASETS
+from segmentnet.models import MODELS
 import DataSeparate
 import TrainSegmentNet
 from conftest import ROOT, config_args, make_small_voc, tiny_train_config
@@ -220,7 +222,10 @@ def test_symlinks_inside_the_target_are_kept(capsys, tmp_path):
 
 def test_zip_written_without_file_types_extracts(capsys, tmp_path):
     """Python's zipfile (and Windows tools) record no file type in a member's mode: still a plain file."""
-    archive = synthetic.write_zip(tmp_path / "voc.zip", voc2012.synthetic_files(0, TINY_COUNTS))
+    archive = tmp_path / "voc.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, payload in voc2012.synthetic_files(0, TINY_COUNTS).items():
+            zf.writestr(zipfile.ZipInfo(name), payload)  # a bare ZipInfo: no file-type bits at all
     with zipfile.ZipFile(archive) as zf:
         assert all(stat.S_IFMT(info.external_attr >> 16) == 0 for info in zf.infolist())
     status, err = main_exit(capsys, DataExtract.main, "--archive", archive, "--data-dir", tmp_path / "data",
@@ -361,7 +366,7 @@ def test_corrupt_image_through_the_script(tmp_path):
 def test_unknown_dataset_lists_the_choices(capsys, tmp_path):
     for main in (DataExtract.main, DataSeparate.main):
         status, err = main_exit(capsys, main, "--dataset", "vocc", "--data-dir", tmp_path / "data")
-        assert status == 2 and err.strip() == "error: unknown dataset 'vocc'; choices: voc2012", err
+        assert status == 2 and err.strip() == f"error: unknown dataset 'vocc'; choices: {', '.join(sorted(DATASETS))}", err
     assert not (tmp_path / "data").exists()
 
 
@@ -375,8 +380,8 @@ def train_args(data: Path, out: Path, **overrides) -> list[str]:
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"dataset": "kitty"}, "dataset 'kitty' is unknown; choices: voc2012"),
-    ({"model": "unet2"}, "model 'unet2' is unknown; choices: segmentnet"),
+    ({"dataset": "kitty"}, f"dataset 'kitty' is unknown; choices: {', '.join(sorted(DATASETS))}"),
+    ({"model": "unet2"}, f"model 'unet2' is unknown; choices: {', '.join(sorted(MODELS))}"),
     ({"loss": "dice"}, "loss 'dice' is unknown; choices: ce, ce+jaccard, jaccard"),
     ({"lr": -0.1}, "lr must be a positive number, got -0.1"),
     ({"lr": float("nan")}, "lr must be a positive number, got nan"),
