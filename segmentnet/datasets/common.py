@@ -77,18 +77,22 @@ def read_index_mask(path: Path, num_classes: int, binary: bool = False, hint: st
     return array.astype(np.uint8)
 
 
+def decode_mask(path: Path) -> tuple[str, np.ndarray]:
+    """(PIL mode, pixel array) of a mask file; DataError when it cannot be decoded."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.mode, np.array(image)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: the mask cannot be decoded ({exc}); the file is truncated or corrupt")
+
+
 def read_index_array(path: Path, hint: str = "") -> np.ndarray:
     """The raw pixel values of a palette or greyscale mask; a colour mask is refused, saying so.
 
     `hint` (what the dataset's masks should be) is added to the error messages.
     """
-    try:
-        with Image.open(path) as image:
-            image.load()
-            mode = image.mode
-            array = np.array(image)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: the mask cannot be decoded ({exc}); the file is truncated or corrupt")
+    mode, array = decode_mask(path)
     if mode in ("RGB", "RGBA"):
         rgb = array[..., :3]
         if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():

@@ -18,7 +18,7 @@ import numpy as np
 from .. import synthetic
 from ..archive import Archive, DataError
 from ..cli import UsageError
-from .common import IGNORE_INDEX, DatasetInfo, Pair, read_index_mask
+from .common import IGNORE_INDEX, DatasetInfo, Pair, decode_mask, read_index_mask
 
 CLASSES = ("non-road", "road")
 PALETTE = ((255, 0, 0), (255, 0, 255))
@@ -86,15 +86,7 @@ def read_label(path: Path) -> np.ndarray:
     if "_lane_" in Path(path).name:
         raise DataError(f"{path}: a lane file (ego-lane labels), not the road ground truth; use the "
                         f"matching *_road_* file")
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            mode = image.mode
-            array = np.array(image)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: the mask cannot be decoded ({exc}); the file is truncated or corrupt")
+    mode, array = decode_mask(path)
     if mode not in ("RGB", "RGBA"):
         return read_index_mask(path, len(CLASSES), binary=True, hint=LABEL_HINT)
     rgb = array[..., :3].astype(np.int32)
