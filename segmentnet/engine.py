@@ -399,10 +399,6 @@ def check_compatible(state: dict, cfg, num_classes: int, path) -> None:
                         ". Resume with the settings it was trained with (see its config.json), or start a new run.")
 
 
-def load_model_state(model: nn.Module, state: dict, path) -> None:
-    load_weights(model, state["model"], path)
-
-
 def train(cfg) -> dict:
     """Run a whole training; returns a summary (run_dir, best and final validation scores)."""
     check_config(cfg)
@@ -423,13 +419,13 @@ def _train(cfg, env: DistEnv) -> dict:
     resume_state = load_checkpoint(cfg.resume, map_location="cpu") if cfg.resume else None
     if resume_state is not None:
         check_compatible(resume_state, cfg, num_classes, cfg.resume)
-    train_loader, val_loader, train_sampler = build_loaders(cfg, env, root)
-    run_dir = prepare_run_dir(cfg, env)
-
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, num_classes, pretrained=resume_state is None, **cfg.model_options)
     if resume_state is not None:
-        load_model_state(model, resume_state, cfg.resume)
+        load_weights(model, resume_state["model"], cfg.resume)
+    train_loader, val_loader, train_sampler = build_loaders(cfg, env, root)
+    run_dir = prepare_run_dir(cfg, env)
+
     model.to(env.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
