@@ -40,7 +40,7 @@ from segmentnet.models import MODELS, build_model  # noqa: E402
 
 @dataclass
 class Config:
-    models: str = ""              # comma-separated model names (default: all of MODELS)
+    models: str = ""              # comma-separated model names; empty means every model in MODELS
     size: int = 512               # square input size in pixels
     batch_size: int = 16          # images per step
     num_classes: int = 21         # classes of the random labels (VOC's 21)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import stat
 import struct
 import subprocess
@@ -484,9 +485,10 @@ def test_malicious_checkpoint_is_refused_and_its_code_never_runs(capsys, tmp_pat
         torch.save({"model": MakesAFile(path), "model_name": "segmentnet"}, checkpoint)
         return checkpoint
 
-    # The payload is live: an unguarded load runs it and the file appears.
+    # The payload is live: plain unpickling of the checkpoint's data.pkl runs it and the file appears.
     control = tmp_path / "control-was-run"
-    torch.load(payload(control), weights_only=False)
+    with zipfile.ZipFile(payload(control)) as zf:
+        pickle.loads(zf.read(next(n for n in zf.namelist() if n.endswith("/data.pkl"))))
     assert control.exists()
 
     target = tmp_path / "payload-was-run"
