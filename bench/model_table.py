@@ -34,6 +34,8 @@ PAPERS = {
     "fcn_resnet101": ("resnet101", "Long et al. 2015 head on a dilated ResNet-101, as torchvision"),
     "deeplabv3_resnet50": ("resnet50", "Chen, Papandreou, Schroff, Adam: Rethinking Atrous Convolution (DeepLabV3), 2017"),
     "deeplabv3_resnet101": ("resnet101", "Chen et al. 2017 (DeepLabV3)"),
+    "hypercolumn_vgg16": ("vgg16", "Hariharan, Arbelaez, Girshick, Malik: Hypercolumns, CVPR 2015"),
+    "hypercolumn_squeezenet": ("squeezenet1_1", "Hariharan et al. 2015 on SqueezeNet 1.1 (Iandola et al. 2016)"),
 }
 
 

@@ -79,7 +79,8 @@ def fingerprint(module: nn.Module) -> str:
     digest = hashlib.sha1()
     for key, tensor in module.state_dict().items():
         digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        if not tensor.is_meta:  # a model built on the meta device (for counting) has no values yet
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 
