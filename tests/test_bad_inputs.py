@@ -42,15 +42,6 @@ SETS = f"{voc2012.ROOT}/ImageSets/Segmentation"
 TINY_COUNTS = {"train": 3, "val": 1, "unlabelled": 0}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, above all on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def run_script(script: str, *args, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True,
                           text=True, timeout=300)

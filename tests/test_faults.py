@@ -77,14 +77,6 @@ sys.exit(run_main(TrainSegmentNet.main, sys.argv[1:]))
 """
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_voc(tmp_path_factory) -> Path:
     """8 train images: 4 steps of 2 per epoch."""
