@@ -50,7 +50,8 @@ class Config:
     skip_nonfinite: bool = False      # skip (and count) steps whose loss is NaN or inf instead of stopping
     # hardware
     device: str = "auto"              # auto (CUDA when present, else CPU), cpu, cuda or cuda:N
-    amp: bool = True                  # CUDA only: bf16 autocast, or fp16 with a gradient scaler
+    amp: bool = True                  # half-precision autocast: on CUDA by default, on CPU only with amp_dtype set
+    amp_dtype: str = "auto"           # auto (bf16 where the GPU has it, else fp16 + gradient scaler), bfloat16, float16
     channels_last: bool = False       # NHWC memory layout (faster convolutions on tensor cores)
     compile: bool = False             # torch.compile the model
     cudnn_benchmark: bool = True      # let cuDNN pick the fastest convolution algorithms

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from segmentnet.cli import run_main  # noqa: E402
 from segmentnet.config import ConfigError, parse_config  # noqa: E402
-from segmentnet.engine import autocast_settings, compute_loss, optimizer_step  # noqa: E402
+from segmentnet.engine import autocast_settings, compile_model, compute_loss, make_scaler, optimizer_step  # noqa: E402
 from segmentnet.losses import build_loss  # noqa: E402
 from segmentnet.models import MODELS, build_model  # noqa: E402
 
@@ -116,10 +116,10 @@ def measure(cfg: Config, name: str, path: str) -> dict:
             torch.backends.cudnn.benchmark = True
             options.append("cudnn.benchmark")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
+    scaler = make_scaler(device, amp=optimised)
     train_model = model
     if optimised and (device.type == "cuda" or cfg.compile_on_cpu):
-        train_model = torch.compile(model)
+        train_model = compile_model(model, device)
         options.append("compile")
 
     def step():

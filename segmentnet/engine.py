@@ -66,6 +66,7 @@ def check_config(cfg) -> None:
     need(0 < cfg.scale_min <= cfg.scale_max, f"need 0 < scale_min <= scale_max, got {cfg.scale_min}, {cfg.scale_max}")
     need(0 <= cfg.flip <= 1, f"flip is a probability in [0, 1], got {cfg.flip}")
     need(cfg.workers >= 0, f"workers must be >= 0, got {cfg.workers}")
+    need(cfg.amp_dtype in AMP_DTYPES, f"amp_dtype {cfg.amp_dtype!r} is unknown; choices: {', '.join(AMP_DTYPES)}")
     need(cfg.grad_accum >= 1, f"grad_accum must be >= 1, got {cfg.grad_accum}")
     need(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"),
          f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
@@ -130,13 +131,43 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
 
 
-def autocast_settings(device: torch.device, amp: bool):
-    """(dtype or None, needs GradScaler): bf16 where the GPU has it, else fp16 with a scaler."""
-    if not amp or device.type != "cuda":
+AMP_DTYPES = ("auto", "bfloat16", "float16")
+
+
+def autocast_settings(device: torch.device, amp: bool, amp_dtype: str = "auto"):
+    """(dtype or None, needs GradScaler).
+
+    auto: bf16 on GPUs that have it, else fp16 with a gradient scaler; off on CPUs (slower there on
+    most). bfloat16 or float16 force that autocast on any device (float16 always with a scaler).
+    """
+    if not amp or (amp_dtype == "auto" and device.type != "cuda"):
         return None, False
-    if torch.cuda.is_bf16_supported():
+    if amp_dtype == "auto":
+        amp_dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if amp_dtype == "bfloat16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError(f"amp_dtype bfloat16: {torch.cuda.get_device_name(device)} does not support bf16; "
+                              f"set amp_dtype auto or float16")
         return torch.bfloat16, False
     return torch.float16, True
+
+
+def make_scaler(device: torch.device, amp: bool, amp_dtype: str = "auto"):
+    """The gradient scaler fp16 needs (small gradients would flush to zero), or None."""
+    return torch.amp.GradScaler(device.type) if autocast_settings(device, amp, amp_dtype)[1] else None
+
+
+def compile_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """torch.compile; on CPUs with inductor's NHWC layout choice off.
+
+    That choice reaches a oneDNN crash (segfault, torch 2.13 CPU) in the backward of strided 1x1
+    convolutions with few channels, e.g. the residual UNet at width 8.
+    """
+    if device.type == "cpu":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.layout_optimization = False
+    return torch.compile(model)
 
 
 def compute_loss(outputs, target: torch.Tensor, criterion: nn.Module, aux_weights: dict):
@@ -226,7 +257,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, run, cfg, env: 
 
     model.train()
     device = env.device
-    dtype, _ = autocast_settings(device, cfg.amp)
+    dtype, _ = autocast_settings(device, cfg.amp, cfg.amp_dtype)
     losses, seen = run.setdefault("epoch_losses", []), 0  # carried in the checkpoint across a stop
     bar = tqdm(loader, desc=f"epoch {run['epoch'] + 1}/{cfg.epochs}", disable=not env.is_main or not cfg.progress,
                leave=False, initial=run["step_in_epoch"], total=run["step_in_epoch"] + len(loader))
@@ -280,12 +311,12 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, run, cfg, env: 
 
 @torch.no_grad()
 def evaluate(model, loader, num_classes: int, env: DistEnv, mean, std, criterion=None, amp: bool = True,
-             progress: bool = False) -> dict:
+             progress: bool = False, amp_dtype: str = "auto") -> dict:
     """Full-size validation: confusion matrix (all-reduced across ranks) and mean loss."""
     from tqdm import tqdm
 
     model.eval()
-    dtype, _ = autocast_settings(env.device, amp)
+    dtype, _ = autocast_settings(env.device, amp, amp_dtype)
     cm = ConfusionMatrix(num_classes, device=env.device)
     loss_sum, count = 0.0, 0
     for images, masks in tqdm(loader, desc="val", disable=not (progress and env.is_main), leave=False):
@@ -426,6 +457,12 @@ def _train(cfg, env: DistEnv) -> dict:
     train_loader, val_loader, train_sampler = build_loaders(cfg, env, root)
     run_dir = prepare_run_dir(cfg, env)
 
+    if cfg.channels_last and env.device.type != "cuda":
+        if env.is_main:
+            print("warning: channels_last is ignored on CPUs: it speeds up tensor-core GPUs, measured nothing on a "
+                  "CPU (bench/RESULTS.md), and torch's oneDNN crashes in the backward of NHWC strided 1x1 "
+                  "convolutions with few channels", file=sys.stderr)
+        cfg = dataclasses.replace(cfg, channels_last=False)
     model.to(env.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -438,13 +475,12 @@ def _train(cfg, env: DistEnv) -> dict:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
     if cfg.compile:
-        train_model = torch.compile(train_model)
+        train_model = compile_model(train_model, env.device)
 
     weights = class_weights_from_counts(info["pixel_counts"]["train"], cfg.class_weights)
     criterion = build_loss(cfg.loss, ignore_index=info["ignore_index"], weight=weights).to(env.device)
     optimizer = build_optimizer(model, cfg)
-    _, needs_scaler = autocast_settings(env.device, cfg.amp)
-    scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
+    scaler = make_scaler(env.device, cfg.amp, cfg.amp_dtype)
 
     steps_per_epoch = len(train_loader)
     run = {
@@ -498,7 +534,8 @@ def _train(cfg, env: DistEnv) -> dict:
             train_loss = all_reduce_mean(train_loss, env)
             broadcast_buffers(model, env)  # every rank validates rank 0's model, the one checkpointed
             with out_of_memory_advice(cfg, run, "validation"):
-                scores = evaluate(model, val_loader, num_classes, env, run["mean"], run["std"], criterion, cfg.amp)
+                scores = evaluate(model, val_loader, num_classes, env, run["mean"], run["std"], criterion, cfg.amp,
+                                  amp_dtype=cfg.amp_dtype)
             last_scores = scores
             run["epoch"] += 1
             run["step_in_epoch"] = 0

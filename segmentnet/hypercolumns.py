@@ -401,7 +401,8 @@ def evaluate_initial_model(train_cfg) -> dict:
     model = build_model(train_cfg.model, info["num_classes"], **train_cfg.model_options).to(env.device)
     loader = torch.utils.data.DataLoader(SegmentationDataset(root, "val", eval_transform()), batch_size=1,
                                          collate_fn=collate_pairs)
-    return evaluate(model, loader, info["num_classes"], env, info["mean"], info["std"], amp=train_cfg.amp)
+    return evaluate(model, loader, info["num_classes"], env, info["mean"], info["std"], amp=train_cfg.amp,
+                    amp_dtype=train_cfg.amp_dtype)
 
 
 def train(cfg, train_cfg, user_flags: list[str] = ()) -> dict:

@@ -33,10 +33,11 @@ def test_out_folder_is_never_silently_reused(small_voc, tmp_path):
         train(tiny_train_config(small_voc, tmp_path / "run"))
 
 
-def test_interrupted_and_resumed_equals_uninterrupted(small_voc, tmp_path, monkeypatch):
+@pytest.mark.parametrize("amp_dtype", ["auto", "float16"])  # fp32 on CPU; fp16 autocast with a gradient scaler
+def test_interrupted_and_resumed_equals_uninterrupted(small_voc, tmp_path, monkeypatch, amp_dtype):
     from segmentnet import engine
 
-    train(tiny_train_config(small_voc, tmp_path / "full", epochs=3))
+    train(tiny_train_config(small_voc, tmp_path / "full", epochs=3, amp_dtype=amp_dtype))
     full = load_checkpoint(tmp_path / "full" / "last.pt")
 
     # A crash during epoch 2 (in its validation): last.pt still holds the end of epoch 1.
@@ -50,13 +51,15 @@ def test_interrupted_and_resumed_equals_uninterrupted(small_voc, tmp_path, monke
 
     monkeypatch.setattr(engine, "evaluate", crash_on_second_call)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_train_config(small_voc, tmp_path / "part", epochs=3))
+        train(tiny_train_config(small_voc, tmp_path / "part", epochs=3, amp_dtype=amp_dtype))
     monkeypatch.setattr(engine, "evaluate", real_evaluate)
     assert load_checkpoint(tmp_path / "part" / "last.pt")["epoch"] == 1
 
-    train(tiny_train_config(small_voc, "", epochs=3, resume=str(tmp_path / "part" / "last.pt")))
+    train(tiny_train_config(small_voc, "", epochs=3, amp_dtype=amp_dtype, resume=str(tmp_path / "part" / "last.pt")))
     resumed = load_checkpoint(tmp_path / "part" / "last.pt")
     assert resumed["epoch"] == 3
+    # fp16: the scaler's state (scale, steps since the last overflow) continues too, else it would restart.
+    assert resumed["scaler"] == full["scaler"] and (full["scaler"] is None) == (amp_dtype == "auto")
     assert full["model"].keys() == resumed["model"].keys()
     for key in full["model"]:
         assert torch.equal(full["model"][key], resumed["model"][key]), key
@@ -77,6 +80,7 @@ def test_resume_refuses_a_checkpoint_of_another_model(small_voc, tmp_path):
 @pytest.mark.parametrize("field,value,message", [
     ("lr", 0.0, "lr must be"), ("batch_size", 0, "batch_size must be"), ("model", "nope", "choices"),
     ("loss", "dice?", "choices"), ("epochs", 0, "epochs must be"),
+    ("amp_dtype", "fp8", "amp_dtype 'fp8' is unknown; choices: auto, bfloat16, float16"),
 ])
 def test_impossible_hyperparameters_rejected_before_work(tmp_path, field, value, message):
     cfg = tiny_train_config(tmp_path / "no-data-here", tmp_path / "run", **{field: value})

@@ -1,0 +1,99 @@
+"""Mixed precision and torch.compile, checked on the CPU (CI has no GPU).
+
+CPU autocast runs the same models in bf16/fp16 that CUDA autocast runs on a GPU; its op lists differ
+in detail, but a layer that breaks in half precision (a dtype mismatch, an overflow, a dead gradient)
+breaks here too. The fp16 path's GradScaler is torch's device-generic one, the same code on both.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, config_args, tiny_train_config
+from segmentnet.checkpoint import load_checkpoint, load_weights
+from segmentnet.engine import autocast_settings, compute_loss, make_scaler, train
+from segmentnet.losses import build_loss
+from segmentnet.models import MODELS, build_model
+from test_models import NUM_CLASSES, SMALL_OPTIONS, small_model
+
+HALF = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def randomise_zero_weights(model: torch.nn.Module) -> None:
+    """FCN's score layers start at zero (all logits 0): give them values so outputs can be compared."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim > 1 and not p.any():
+                p.normal_(0, 0.01)
+
+
+@pytest.mark.parametrize("amp_dtype", sorted(HALF))
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_trains_under_half_precision_autocast(name, amp_dtype):
+    model = small_model(name).train()
+    images, target = torch.randn(2, 3, 45, 61), torch.randint(0, NUM_CLASSES, (2, 45, 61))
+    target[:, :4] = 255
+    with torch.autocast("cpu", dtype=HALF[amp_dtype]):
+        outputs = model(images)
+        loss = compute_loss(outputs, target, build_loss("ce+jaccard"), getattr(model, "aux_weights", {}))
+    main = outputs["out"] if isinstance(outputs, dict) else outputs
+    assert main.dtype == HALF[amp_dtype] and main.shape == (2, NUM_CLASSES, 45, 61)  # autocast did apply
+    assert torch.isfinite(loss)
+    loss.backward()
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    missing = [n for n, p in trainable.items() if p.grad is None]
+    assert not missing, f"no gradient under {amp_dtype} for {missing[:5]}"
+    for n, p in trainable.items():  # master weights and their gradients stay fp32
+        assert p.dtype == p.grad.dtype == torch.float32, n
+        assert torch.isfinite(p.grad).all(), n
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_bf16_logits_agree_with_fp32(name):
+    model = small_model(name).eval()
+    randomise_zero_weights(model)
+    images = torch.randn(2, 3, 45, 61)
+    with torch.no_grad():
+        full = model(images)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = model(images).float()
+    assert full.abs().max() > 0
+    relative = ((half - full).norm() / full.norm()).item()
+    agree = (half.argmax(1) == full.argmax(1)).float().mean().item()
+    # bf16 keeps 8 bits of mantissa (0.4 %); measured 0.7-1.2 % here, SegNet 7 % (near-equal values
+    # inside a pooling window pick other unpooling positions). A broken layer gives ~100 %.
+    assert relative < 0.15 and agree > 0.9, (relative, agree)
+
+
+def test_autocast_settings():
+    cpu = torch.device("cpu")
+    assert autocast_settings(cpu, amp=True) == (None, False)  # auto: CPUs run fp32
+    assert autocast_settings(cpu, amp=False, amp_dtype="bfloat16") == (None, False)
+    assert autocast_settings(cpu, amp=True, amp_dtype="bfloat16") == (torch.bfloat16, False)
+    assert autocast_settings(cpu, amp=True, amp_dtype="float16") == (torch.float16, True)
+    assert make_scaler(cpu, True, "bfloat16") is None
+    scaler = make_scaler(cpu, True, "float16")
+    assert isinstance(scaler, torch.amp.GradScaler) and scaler.is_enabled()
+
+
+def test_compile_and_channels_last_on_cpu_train_and_write_plain_checkpoints(small_voc, tmp_path):
+    # In a child process: the oneDNN crash these settings once reached here is a segfault, not an exception.
+    # Width 8 is the size at which it crashed (torch 2.13 CPU, NHWC strided 1x1 convolution backward).
+    cfg = tiny_train_config(small_voc, tmp_path / "run", compile=True, channels_last=True)
+    child = subprocess.run([sys.executable, str(ROOT / "TrainSegmentNet.py"), *config_args(cfg)],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert "warning: channels_last is ignored on CPUs" in child.stderr
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["epoch"] == 1 and state["config"]["compile"] is True
+    plain = build_model(cfg.model, state["num_classes"], **cfg.model_options)
+    assert list(state["model"]) == list(plain.state_dict())  # no "_orig_mod." (nor "module.") prefixes
+    load_weights(plain, state["model"], tmp_path / "run" / "last.pt")
+    for key, value in plain.state_dict().items():
+        assert torch.equal(value, state["model"][key])
+    # and a compiled run continues in an uncompiled one
+    summary = train(tiny_train_config(small_voc, "", epochs=2, resume=str(tmp_path / "run" / "last.pt")))
+    assert summary["epoch"] == 2
