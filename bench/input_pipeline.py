@@ -67,18 +67,29 @@ class Config:
 # ----------------------------------------------------------------------------- data
 
 
-def write_dataset(root: Path, cfg: Config) -> Path:
-    """A prepared dataset (common layout) of synthetic VOC-like scenes at the asked size."""
+def write_dataset(root: Path, cfg: Config, splits: dict[str, int] | None = None) -> Path:
+    """A prepared dataset (common layout, dataset.json) of synthetic VOC-like scenes at the asked size.
+
+    splits: images per split (default: cfg.images train images). bench/data_wait.py trains on it.
+    """
+    splits = splits or {"train": cfg.images}
     rng = np.random.default_rng(cfg.seed)
-    (root / "train" / "images").mkdir(parents=True, exist_ok=True)
-    (root / "train" / "masks").mkdir(parents=True, exist_ok=True)
-    for i in range(cfg.images):
-        image, label = synthetic.draw_scene(rng, cfg.height, cfg.width, voc2012.SYNTHETIC_STYLES, border_label=255)
-        Image.fromarray(image).save(root / "train" / "images" / f"{i:05d}.jpg", quality=cfg.quality)
-        save_index_png(root / "train" / "masks" / f"{i:05d}.png", label, voc2012.PALETTE)
+    pixel_counts = {}
+    for split, count in splits.items():
+        (root / split / "images").mkdir(parents=True, exist_ok=True)
+        (root / split / "masks").mkdir(parents=True, exist_ok=True)
+        totals = np.zeros(len(voc2012.CLASSES), dtype=np.int64)
+        for i in range(count):
+            image, label = synthetic.draw_scene(rng, cfg.height, cfg.width, voc2012.SYNTHETIC_STYLES,
+                                                border_label=IGNORE_INDEX)
+            Image.fromarray(image).save(root / split / "images" / f"{i:05d}.jpg", quality=cfg.quality)
+            save_index_png(root / split / "masks" / f"{i:05d}.png", label, voc2012.PALETTE)
+            totals += np.bincount(label[label != IGNORE_INDEX].ravel(), minlength=len(totals))[:len(totals)]
+        pixel_counts[split] = totals.tolist()
     info = {"name": "bench", "classes": list(voc2012.CLASSES), "num_classes": len(voc2012.CLASSES),
             "palette": [list(c) for c in voc2012.PALETTE], "ignore_index": IGNORE_INDEX,
-            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "counts": {"train": cfg.images}}
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "counts": dict(splits),
+            "pixel_counts": pixel_counts}
     (root / "dataset.json").write_text(json.dumps(info))
     return root
 

@@ -151,3 +151,22 @@ def test_train_step_benchmark_measures_both_paths_and_counts_flops(monkeypatch):
     # Convolution FLOPs grow with the pixel count: twice the side, four times the FLOPs.
     larger = bench.measure(bench.Config(size=64, batch_size=1, steps=1, warmup=0, device="cpu"), "segmentnet", "eager")
     assert larger["flops_per_step"] == pytest.approx(4 * eager["flops_per_step"], rel=0.02)
+
+
+def test_data_wait_benchmark_trains_and_reports_each_epoch(tmp_path, capsys, monkeypatch):
+    bench = load_bench("data_wait", monkeypatch)
+    out = tmp_path / "figures.json"
+    assert bench.main(["--device", "cpu", "--images", "4", "--val-images", "1", "--width", "80", "--height", "60",
+                       "--crop-size", "32", "--batch-size", "2", "--epochs", "2", "--workers", "0",
+                       "--model-options", '{"width": 4, "depth": 1, "blocks": 1}', "--data", str(tmp_path),
+                       "--json-out", str(out)]) == 0
+    figures = json.loads(out.read_text())
+    (run,) = figures["runs"]
+    metrics = [json.loads(line) for line in (tmp_path / "runs" / "workers0" / "metrics.jsonl").read_text().splitlines()]
+    assert run["workers"] == 0 and [e["epoch"] for e in run["epochs"]] == [1, 2]
+    assert [e["data_wait_fraction"] for e in run["epochs"]] == [m["data_wait_fraction"] for m in metrics]
+    # Without workers every batch is decoded in the loop itself: waiting is a real share of each epoch.
+    assert all(0 < e["data_wait_fraction"] < 1 for e in run["epochs"])
+    assert "data wait" in capsys.readouterr().out
+    with pytest.raises(bench.ConfigError, match="workers must be comma-separated counts"):
+        bench.main(["--workers", "four"])
