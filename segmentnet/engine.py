@@ -459,9 +459,9 @@ def _train(cfg, env: DistEnv) -> dict:
 
     if cfg.channels_last and env.device.type != "cuda":
         if env.is_main:
-            print("warning: channels_last is ignored on CPUs: it speeds up tensor-core GPUs, measured nothing on a "
-                  "CPU (bench/RESULTS.md), and torch's oneDNN crashes in the backward of NHWC strided 1x1 "
-                  "convolutions with few channels", file=sys.stderr)
+            print("warning: channels_last is ignored on CPUs: torch's oneDNN crashes (segfault) there in the "
+                  "backward of NHWC stride-2 1x1 convolutions with few channels, and its gain is on tensor-core "
+                  "GPUs (0.8-1.8x by model on a CPU, bench/RESULTS.md)", file=sys.stderr)
         cfg = dataclasses.replace(cfg, channels_last=False)
     model.to(env.device)
     if cfg.channels_last:
