@@ -30,7 +30,7 @@ class Config:
     scale_max: float = 2.0            # upper end of the random scale range
     flip: float = 0.5                 # probability of a horizontal flip
     pad: bool = True                  # pad images smaller than the crop (mask padded with 255)
-    workers: int = 4                  # data loader processes per training process
+    workers: int = -1                 # data loader processes per training process; -1: one per CPU core, at most 8
     # model
     model: str = "segmentnet"         # a name from the registry (python SegmentNet.py lists them)
     model_options: dict = field(default_factory=dict)  # JSON object of model options, e.g. {"width": 32}

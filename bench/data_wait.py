@@ -1,6 +1,6 @@
 """Does training wait for data? The data_wait_fraction of real training runs on VOC-sized JPEGs.
 
-    python bench/data_wait.py                      # on a GPU: segmentnet, crop 512, batch 16, 4 workers (the default)
+    python bench/data_wait.py                      # on a GPU: segmentnet, crop 512, batch 16, the default workers
     python bench/data_wait.py --workers 2,4,8      # several loader worker counts, one run each
     python bench/data_wait.py --device cpu --images 8 --crop-size 96 --batch-size 4 --epochs 2 \
         --model-options '{"width": 8, "depth": 2, "blocks": 1}' --workers 0,2  # a quick CPU run
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from input_pipeline import cpu_name, write_dataset  # noqa: E402
 from segmentnet.cli import run_main  # noqa: E402
 from segmentnet.config import ConfigError, parse_config  # noqa: E402
-from segmentnet.engine import train  # noqa: E402
+from segmentnet.engine import loader_workers, train  # noqa: E402
 from TrainSegmentNet import Config as TrainConfig  # noqa: E402
 
 
@@ -40,7 +40,7 @@ class Config:
     width: int = 500              # size of the generated images: VOC's most common one
     height: int = 375             # (their height)
     quality: int = 90             # JPEG quality
-    workers: str = "4"            # comma-separated loader worker counts, one run each (4: TrainSegmentNet's default)
+    workers: str = "-1"           # comma-separated loader worker counts, one run each (-1: TrainSegmentNet's default)
     model: str = "segmentnet"     # the model trained
     model_options: dict = field(default_factory=dict)  # its options (JSON object)
     crop_size: int = 512          # training crop
@@ -56,13 +56,15 @@ class Config:
 
 
 def worker_counts(text: str) -> list[int]:
+    """The counts asked for, -1 resolved as TrainSegmentNet resolves it (one per CPU core, at most 8)."""
     try:
         counts = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         counts = []
-    if not counts or min(counts) < 0:
-        raise ConfigError(f"workers must be comma-separated counts >= 0, e.g. 2,4,8; got {text!r}")
-    return counts
+    if not counts or min(counts) < -1:
+        raise ConfigError(f"workers must be comma-separated counts >= 0 (or -1, the default), e.g. 2,4,8; "
+                          f"got {text!r}")
+    return [loader_workers(count) for count in counts]
 
 
 def run_one(data_dir: Path, out: Path, workers: int, cfg: Config) -> list[dict]:

@@ -65,7 +65,7 @@ def check_config(cfg) -> None:
     need(cfg.crop_size >= 8, f"crop_size must be >= 8 pixels, got {cfg.crop_size}")
     need(0 < cfg.scale_min <= cfg.scale_max, f"need 0 < scale_min <= scale_max, got {cfg.scale_min}, {cfg.scale_max}")
     need(0 <= cfg.flip <= 1, f"flip is a probability in [0, 1], got {cfg.flip}")
-    need(cfg.workers >= 0, f"workers must be >= 0, got {cfg.workers}")
+    need(cfg.workers >= -1, f"workers must be >= 0 (or -1 for one per CPU core), got {cfg.workers}")
     need(cfg.amp_dtype in AMP_DTYPES, f"amp_dtype {cfg.amp_dtype!r} is unknown; choices: {', '.join(AMP_DTYPES)}")
     need(cfg.grad_accum >= 1, f"grad_accum must be >= 1, got {cfg.grad_accum}")
     need(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"),
@@ -361,6 +361,15 @@ def prepare_run_dir(cfg, env: DistEnv) -> Path:
     return out
 
 
+def loader_workers(requested: int) -> int:
+    """-1: the CPU cores this process may use, shared with the other training processes of the node
+    (torchrun's LOCAL_WORLD_SIZE), at most 8 (more rarely helps, and each holds prefetched batches)."""
+    if requested >= 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
 def build_loaders(cfg, env: DistEnv, root: Path):
     train_set = SegmentationDataset(root, "train", train_transform(cfg.crop_size, (cfg.scale_min, cfg.scale_max),
                                                                    cfg.flip, cfg.pad), seed=cfg.seed)
@@ -373,9 +382,9 @@ def build_loaders(cfg, env: DistEnv, root: Path):
         raise ConfigError(f"the train split has {len(train_set)} images, fewer than one batch of {cfg.batch_size} "
                           f"per process: lower batch_size")
     pin = env.device.type == "cuda"
-    common = dict(num_workers=cfg.workers, pin_memory=pin, collate_fn=collate_pairs,
-                  persistent_workers=cfg.workers > 0)
-    if cfg.workers > 0:
+    workers = loader_workers(cfg.workers)
+    common = dict(num_workers=workers, pin_memory=pin, collate_fn=collate_pairs, persistent_workers=workers > 0)
+    if workers > 0:
         common["prefetch_factor"] = 4
         common["worker_init_fn"] = ignore_ctrl_c
     train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=train_sampler, drop_last=True, **common)
@@ -511,8 +520,8 @@ def _train(cfg, env: DistEnv) -> dict:
         config = dataclasses.asdict(cfg) | {"run_dir": str(run_dir), "world_size": env.world_size}
         (run_dir / "config.json").write_text(json.dumps(config, indent=1))
         print(f"training {cfg.model} on {cfg.dataset} ({len(train_loader.dataset)} train / "
-              f"{len(val_loader.dataset)} val images) on {env.device}, {env.world_size} process(es); "
-              f"run folder {run_dir}")
+              f"{len(val_loader.dataset)} val images) on {env.device}, {env.world_size} process(es), "
+              f"{train_loader.num_workers} loader workers each; run folder {run_dir}")
 
     last_scores: dict = {}
     if env.is_main:  # curves.png and samples/epoch_NNN.png after every epoch

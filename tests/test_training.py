@@ -81,9 +81,29 @@ def test_resume_refuses_a_checkpoint_of_another_model(small_voc, tmp_path):
     ("lr", 0.0, "lr must be"), ("batch_size", 0, "batch_size must be"), ("model", "nope", "choices"),
     ("loss", "dice?", "choices"), ("epochs", 0, "epochs must be"),
     ("amp_dtype", "fp8", "amp_dtype 'fp8' is unknown; choices: auto, bfloat16, float16"),
+    ("workers", -2, r"workers must be >= 0 \(or -1 for one per CPU core\), got -2"),
 ])
 def test_impossible_hyperparameters_rejected_before_work(tmp_path, field, value, message):
     cfg = tiny_train_config(tmp_path / "no-data-here", tmp_path / "run", **{field: value})
     with pytest.raises(ConfigError, match=message):
         train(cfg)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("requested,cores,local_world_size,expected", [
+    (-1, 16, None, 8),   # one process on a 16-core GPU box: capped at 8
+    (-1, 16, "4", 4),    # torchrun with 4 processes on the node share the cores
+    (-1, 2, None, 2),
+    (-1, 1, "2", 1),     # never 0 by default: loading would then stall the step itself
+    (3, 16, None, 3),    # an explicit count is kept
+    (0, 16, None, 0),
+])
+def test_default_loader_workers_share_the_cores(monkeypatch, requested, cores, local_world_size, expected):
+    from segmentnet.engine import loader_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    if local_world_size is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world_size)
+    assert loader_workers(requested) == expected
