@@ -160,7 +160,7 @@ def make_scaler(device: torch.device, amp: bool, amp_dtype: str = "auto"):
 def compile_model(model: nn.Module, device: torch.device) -> nn.Module:
     """torch.compile; on CPUs with inductor's NHWC layout choice off.
 
-    That choice reaches a oneDNN crash (segfault, torch 2.13 CPU) in the backward of strided 1x1
+    That choice reaches a oneDNN crash (segfault; torch 2.11 and 2.13 on CPUs) in the backward of strided 1x1
     convolutions with few channels, e.g. the residual UNet at width 8.
     """
     if device.type == "cpu":
@@ -463,6 +463,7 @@ def _train(cfg, env: DistEnv) -> dict:
     model = build_model(cfg.model, num_classes, pretrained=resume_state is None, **cfg.model_options)
     if resume_state is not None:
         load_weights(model, resume_state["model"], cfg.resume)
+    scaler = make_scaler(env.device, cfg.amp, cfg.amp_dtype)  # (a bf16 asked of a GPU without it stops here)
     train_loader, val_loader, train_sampler = build_loaders(cfg, env, root)
     run_dir = prepare_run_dir(cfg, env)
 
@@ -489,7 +490,6 @@ def _train(cfg, env: DistEnv) -> dict:
     weights = class_weights_from_counts(info["pixel_counts"]["train"], cfg.class_weights)
     criterion = build_loss(cfg.loss, ignore_index=info["ignore_index"], weight=weights).to(env.device)
     optimizer = build_optimizer(model, cfg)
-    scaler = make_scaler(env.device, cfg.amp, cfg.amp_dtype)
 
     steps_per_epoch = len(train_loader)
     run = {
