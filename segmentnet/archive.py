@@ -22,12 +22,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from .errors import DataError  # noqa: F401  (re-exported: modules import it from here)
+
 MARKER = ".extracted.json"
 COPY_CHUNK = 1 << 20
-
-
-class DataError(RuntimeError):
-    """Bad input data: the message names the file, what is wrong and what to do."""
 
 
 @dataclass(frozen=True)

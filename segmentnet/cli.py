@@ -1,33 +1,38 @@
-"""What every top-level script shares: turning expected errors into one clear line and an exit code."""
+"""What every top-level script shares: expected errors become one clear line and exit status 2;
+anything else is a bug, reported with its traceback and a request to report it."""
 from __future__ import annotations
 
 import sys
+import traceback
 
-from .archive import DataError
-from .config import ConfigError
+from .errors import SegmentNetError, UsageError  # noqa: F401  (UsageError: scripts raise it from here)
 
-
-class UsageError(ValueError):
-    """A wrong name or value on the command line; the message lists the choices."""
-
-
-# FloatingPointError: a loss that became NaN or inf (the message names the step and the fix).
-EXPECTED_ERRORS = (DataError, ConfigError, UsageError, KeyError, FileNotFoundError, FloatingPointError)
+BUG_EXIT = 70  # EX_SOFTWARE: an internal error, told apart from a user's error (2)
+REPORT = ("This is a bug in SegmentNet, not a problem with your input: please report it with the "
+          "traceback above and the command you ran.")
 
 
 def error_text(exc: BaseException) -> str:
     """The message of an expected error; one raised in a DataLoader worker arrives wrapped in the
     worker's traceback, of which its own last line is what the user needs."""
-    text = str(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
+    text = str(exc)
     if "Original Traceback" in text:
         text = text.rstrip().splitlines()[-1].split(": ", 1)[-1] + " (in a data loader worker)"
     return text
 
 
 def run_main(main, argv=None) -> int:
-    """Call main(argv); report an expected error as 'error: ...' on stderr with exit status 2."""
+    """Call main(argv); an expected error prints 'error: ...' on stderr and returns 2, Ctrl-C 130,
+    and an unexpected exception its traceback, the request to report it, and 70."""
     try:
         return main(argv) or 0
-    except EXPECTED_ERRORS as exc:
+    except SegmentNetError as exc:
         print(f"error: {error_text(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print(REPORT, file=sys.stderr)
+        return BUG_EXIT

@@ -15,9 +15,7 @@ import tokenize
 import typing
 from pathlib import Path
 
-
-class ConfigError(ValueError):
-    """A hyperparameter value that cannot work; the message says which and why."""
+from .errors import ConfigError
 
 
 def field_comments(cls) -> dict[str, str]:

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from .archive import DataError
 from .checkpoint import load_checkpoint, load_weights, save_checkpoint
 from .config import ConfigError
+from .errors import NonFiniteLossError
 from .data import EpochSampler, SegmentationDataset, collate_pairs, read_dataset_json
 from .datasets import DATASETS
 from .distributed import (DistEnv, all_ranks_agree, all_reduce_mean, broadcast_buffers, broadcast_from_main,
@@ -286,7 +287,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, run, cfg, env: 
         if not finite:
             run["nonfinite_steps"] += 1
             if not cfg.skip_nonfinite:
-                raise FloatingPointError(
+                raise NonFiniteLossError(
                     f"loss is {loss.item()} at step {run['global_step'] + 1} (epoch {run['epoch'] + 1}, batch "
                     f"{run['step_in_epoch'] + 1}){' in one of the processes' if env.distributed else ''}: lower lr, "
                     f"check the data, or set skip_nonfinite true, then continue from the last finished epoch with "

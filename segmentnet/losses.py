@@ -6,6 +6,8 @@ loss = 1 - mean over classes of I / (U + 1e-7); pixels labelled ignore_index tak
 """
 from __future__ import annotations
 
+from .errors import UnknownNameError
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,4 +67,4 @@ def build_loss(name: str, ignore_index: int = 255, weight=None) -> nn.Module:
     try:
         return LOSSES[name](ignore_index, weight)
     except KeyError:
-        raise KeyError(f"unknown loss {name!r}; choices: {', '.join(sorted(LOSSES))}") from None
+        raise UnknownNameError(f"unknown loss {name!r}; choices: {', '.join(sorted(LOSSES))}") from None

@@ -1,6 +1,8 @@
 """Dataset registry: one module per dataset, each exporting DATASET (a DatasetInfo)."""
 from __future__ import annotations
 
+from ..errors import UnknownNameError
+
 from .common import IGNORE_INDEX, DatasetInfo, Pair
 from . import ade20k, cityscapes, kitti_road, voc2012, voc2012_aug
 
@@ -13,7 +15,7 @@ def get_dataset(name: str) -> DatasetInfo:
     try:
         return DATASETS[name]
     except KeyError:
-        raise KeyError(f"unknown dataset {name!r}; choices: {', '.join(sorted(DATASETS))}") from None
+        raise UnknownNameError(f"unknown dataset {name!r}; choices: {', '.join(sorted(DATASETS))}") from None
 
 
 __all__ = ["DATASETS", "DatasetInfo", "IGNORE_INDEX", "Pair", "get_dataset"]

@@ -11,6 +11,8 @@ checkpoint, call build_model(..., pretrained=False): the checkpoint holds every 
 """
 from __future__ import annotations
 
+from ..errors import UnknownNameError
+
 import inspect
 from typing import Callable
 
@@ -46,11 +48,11 @@ def build_model(name: str, num_classes: int, pretrained: bool = True, **options)
     try:
         constructor = MODELS[name]
     except KeyError:
-        raise KeyError(f"unknown model {name!r}; choices: {', '.join(sorted(MODELS))}") from None
+        raise UnknownNameError(f"unknown model {name!r}; choices: {', '.join(sorted(MODELS))}") from None
     accepted = [p for p in inspect.signature(constructor).parameters if p not in ("self", "num_classes")]
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise KeyError(f"model {name!r} has no option(s) {', '.join(unknown)}; its options: {', '.join(accepted)}")
+        raise UnknownNameError(f"model {name!r} has no option(s) {', '.join(unknown)}; its options: {', '.join(accepted)}")
     if not pretrained:
         for option in ("pretrained_backbone", "classifier_init"):
             options.pop(option, None)

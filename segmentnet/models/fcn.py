@@ -17,6 +17,8 @@ smaller only for tests.
 """
 from __future__ import annotations
 
+from ..errors import UnknownNameError
+
 import torch
 from torch import nn
 
@@ -64,7 +66,7 @@ class FCN(nn.Module):
         if stride not in FINAL_CROP:
             raise ValueError(f"FCN stride must be one of {sorted(FINAL_CROP)}, got {stride}")
         if backbone not in VGG_DEPTHS:
-            raise KeyError(f"unknown FCN backbone {backbone!r}; choices: {', '.join(VGG_DEPTHS)}")
+            raise UnknownNameError(f"unknown FCN backbone {backbone!r}; choices: {', '.join(VGG_DEPTHS)}")
         self.stride, self.arch = stride, backbone
         self.backbone = VGG(VGG_DEPTHS[backbone], width=width, first_padding=100, ceil_mode=True)
         channels = self.backbone.out_channels

@@ -24,6 +24,8 @@ from this seed, so that every stage builds the same random CNN).
 """
 from __future__ import annotations
 
+from ..errors import UnknownNameError
+
 import hashlib
 from dataclasses import dataclass
 from typing import Callable
@@ -131,7 +133,7 @@ class Hypercolumns(nn.Module):
                  cnn_seed: int = 0):
         super().__init__()
         if cnn not in CNNS:
-            raise KeyError(f"unknown hypercolumn CNN {cnn!r}; choices: {', '.join(sorted(CNNS))}")
+            raise UnknownNameError(f"unknown hypercolumn CNN {cnn!r}; choices: {', '.join(sorted(CNNS))}")
         spec = CNNS[cnn]
         with torch.random.fork_rng(devices=[]):  # the same random CNN in every stage, whatever the global seed
             torch.manual_seed(cnn_seed)
