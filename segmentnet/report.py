@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from .archive import DataError
-from .visualize import atomic_path, epoch_axis, pyplot, read_metrics
+from .files import atomic_path
+from .visualize import epoch_axis, pyplot, read_metrics
 
 ABSENT_RULE = ("a class absent from both truth and prediction (union 0) has no IoU: it is left out of the mean "
                "and listed as absent")

@@ -6,35 +6,20 @@ Every file is written under a temporary name and renamed, so a picture is either
 from __future__ import annotations
 
 import json
-import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from .datasets.common import IGNORE_INDEX, save_index_png
+from .files import atomic_path
 
 VOID_COLOUR = (224, 224, 192)   # pixels labelled 255 (ignore), as VOC draws them
 GAP = 4                         # pixels between the pictures of a panel
 BACKGROUND = (255, 255, 255)
 TEXT_COLOUR = (40, 40, 40)
 LABEL_HEIGHT = 14               # strip above a grid column or row holding its caption
-
-
-@contextmanager
-def atomic_path(path):
-    """Yield a temporary path next to `path` (same suffix); rename it over `path` if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save_png(image: Image.Image | np.ndarray, path) -> None:
