@@ -4,7 +4,8 @@
     python Predict.py runs/NAME/best.pt data/voc2012/val/images --masks data/voc2012/val/masks --out pred/
     python Predict.py runs/NAME/best.pt big.jpg --out pred/ --window 512 --flip --scales 0.75,1.0,1.25
 
-Inputs are image files, folders (their .jpg/.jpeg/.png files) or glob patterns. For each image:
+Inputs are image files, folders (their .jpg/.jpeg/.png files) or glob patterns. OUT must be a new or
+empty folder, or one Predict.py wrote before; never a folder inside a prepared dataset. For each image:
   OUT/masks/<stem>.png     class indices as a palette PNG (mode 'P'), the format of VOC's SegmentationClass
   OUT/overlays/<stem>.png  the prediction blended over the image
   OUT/panels/<stem>.png    image | truth | prediction, when --masks DIR holds DIR/<stem>.png
@@ -17,12 +18,14 @@ import glob
 import sys
 from pathlib import Path
 
-from segmentnet.archive import DataError
-from segmentnet.cli import run_main
+from segmentnet.cli import UsageError, run_main
 from segmentnet.data import IMAGE_SUFFIXES
 from segmentnet.datasets.common import read_index_mask
-from segmentnet.inference import (add_inference_arguments, load_model, predict_masks, read_rgb, resolve_device,
-                                  tta_from_args)
+from segmentnet.errors import DataError
+from segmentnet.files import claim_folder
+from segmentnet.inference import (add_inference_arguments, image_size, load_model, predict_masks, read_rgb,
+                                  resolve_device, tta_from_args)
+from segmentnet.outputs import refuse_input_data, writing
 from segmentnet.visualize import overlay, panel, save_mask_png, save_png
 
 
@@ -45,11 +48,12 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     for text in inputs:
         path = Path(text)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         elif path.is_file():
             found = [path]
         else:
-            found = sorted(Path(p) for p in glob.glob(text) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(Path(p) for p in glob.glob(text)
+                           if Path(p).suffix.lower() in IMAGE_SUFFIXES and Path(p).is_file())
         if not found:
             raise DataError(f"input {text!r} is no image file, no folder holding images and no glob matching "
                             f"any (image suffixes: {', '.join(IMAGE_SUFFIXES)})")
@@ -64,14 +68,28 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return unique
 
 
-def read_truth(masks_dir: Path | None, stem: str, num_classes: int, shape) -> object:
-    if masks_dir is None or not (masks_dir / f"{stem}.png").exists():
-        return None
-    path = masks_dir / f"{stem}.png"
-    truth = read_index_mask(path, num_classes)
-    if truth.shape != shape[:2]:
-        raise DataError(f"{path} is {truth.shape[1]}x{truth.shape[0]} but its image is {shape[1]}x{shape[0]}")
-    return truth
+def truth_path(masks_dir: Path | None, stem: str) -> Path | None:
+    """masks_dir/<stem>.png when there is such a file, else None."""
+    path = None if masks_dir is None else masks_dir / f"{stem}.png"
+    return path if path is not None and path.is_file() else None
+
+
+def check_headers(paths: list[Path], masks_dir: Path | None) -> None:
+    """Read every image's header (and its mask's) before anything is written: a file that is no image,
+    a decompression bomb, or a mask of another size than its image stops the run here, naming the file."""
+    for path in paths:
+        size = image_size(path)
+        mask = truth_path(masks_dir, path.stem)
+        if mask is not None and image_size(mask) != size:
+            width, height = image_size(mask)
+            raise DataError(f"{mask} is {width}x{height} but its image {path} is {size[0]}x{size[1]}; a "
+                            f"ground-truth mask must have its image's size. Point --masks at the masks of these "
+                            f"images, or leave --masks out")
+
+
+def read_truth(masks_dir: Path | None, stem: str, num_classes: int) -> object:
+    path = truth_path(masks_dir, stem)
+    return None if path is None else read_index_mask(path, num_classes)
 
 
 def main(argv=None) -> int:
@@ -79,32 +97,40 @@ def main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
-        raise DataError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit must be >= 1 (the number of images to predict), got {args.limit}")
     if args.masks is not None and not args.masks.is_dir():
         raise DataError(f"--masks {args.masks}: no such folder")
+    refuse_input_data(args.out, "--out")
     tta = tta_from_args(args)
     paths = expand_inputs(args.inputs)[: args.limit]
     device = resolve_device(args.device)
     model, state = load_model(args.checkpoint, device)
+    check_headers(paths, args.masks)
+    out = claim_folder(args.out, "Predict", "--out")
     palette = state["palette"]
     panels = 0
     bar = tqdm(total=len(paths), desc="predict", unit="image", disable=args.no_progress)
     for start in range(0, len(paths), args.batch_size):
         chunk = paths[start:start + args.batch_size]
         images = [read_rgb(p) for p in chunk]
+        truths = [read_truth(args.masks, p.stem, state["num_classes"]) for p in chunk]
         predictions = predict_masks(model, images, state["mean"], state["std"], tta, args.batch_size)
-        for path, image, prediction in zip(chunk, images, predictions):
-            save_mask_png(prediction, palette, args.out / "masks" / f"{path.stem}.png")
-            save_png(overlay(image, prediction, palette), args.out / "overlays" / f"{path.stem}.png")
-            truth = read_truth(args.masks, path.stem, state["num_classes"], image.shape)
+        for path, image, truth, prediction in zip(chunk, images, truths, predictions):
+            with writing(out / "masks" / f"{path.stem}.png") as target:
+                save_mask_png(prediction, palette, target)
+            with writing(out / "overlays" / f"{path.stem}.png") as target:
+                save_png(overlay(image, prediction, palette), target)
             if truth is not None:
-                save_png(panel(image, truth, prediction, palette), args.out / "panels" / f"{path.stem}.png")
+                with writing(out / "panels" / f"{path.stem}.png") as target:
+                    save_png(panel(image, truth, prediction, palette), target)
                 panels += 1
         bar.update(len(chunk))
     bar.close()
-    print(f"predicted {len(paths)} image(s) on {device}: masks in {args.out / 'masks'}, overlays in "
-          f"{args.out / 'overlays'}" + (f", {panels} image|truth|prediction panels in {args.out / 'panels'}"
-                                        if panels else ""))
+    print(f"predicted {len(paths)} image(s) on {device}: masks in {out / 'masks'}, overlays in "
+          f"{out / 'overlays'}" + (f", {panels} image|truth|prediction panels in {out / 'panels'}"
+                                   if panels else ""))
     if args.masks is not None and panels == 0:
         print(f"warning: no ground-truth mask <stem>.png for these images in {args.masks}", file=sys.stderr)
     return 0

@@ -12,6 +12,8 @@ where tiles overlap; an image no larger than the window is run whole.
 from __future__ import annotations
 
 import argparse
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,15 +102,44 @@ def resolve_device(name: str) -> torch.device:
 
 def load_model(checkpoint, device="cpu") -> tuple[nn.Module, dict]:
     """A checkpoint path (or its loaded dict) -> (model in eval mode on device, the checkpoint dict)."""
-    state = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
-    missing = [k for k in ("model_name", "num_classes", "mean", "std", "palette") if k not in state]
-    if missing:
-        raise DataError(f"checkpoint {checkpoint if not isinstance(checkpoint, dict) else ''} lacks "
-                        f"{', '.join(missing)}: it was not written by TrainSegmentNet.py")
+    if isinstance(checkpoint, dict):
+        state, name = checkpoint, "(given as a dict)"
+    else:
+        if Path(checkpoint).is_dir():
+            raise DataError(f"checkpoint {checkpoint} is a folder, not a checkpoint file; give a file "
+                            f"TrainSegmentNet.py wrote, such as {Path(checkpoint) / 'best.pt'}")
+        state, name = load_checkpoint(checkpoint), checkpoint
+    check_checkpoint_entries(state, name)
     model = build_model(state["model_name"], state["num_classes"], pretrained=False,
                         **state.get("model_options", {}))
-    load_weights(model, state["model"], checkpoint if not isinstance(checkpoint, dict) else "(given as a dict)")
+    load_weights(model, state["model"], name)
     return model.to(device).eval(), state
+
+
+def check_checkpoint_entries(state: dict, name) -> None:
+    """DataError naming the checkpoint when an entry inference reads is missing or of the wrong kind."""
+    missing = [k for k in ("model", "model_name", "num_classes", "mean", "std", "palette") if k not in state]
+    if missing:
+        raise DataError(f"checkpoint {name} lacks {', '.join(missing)}: it was not written by TrainSegmentNet.py")
+
+    def triple(v):
+        return isinstance(v, (list, tuple)) and len(v) == 3 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+
+    wrong = [key for key, ok in (
+        ("model", isinstance(state["model"], dict) and all(isinstance(v, torch.Tensor) for v in state["model"].values())),
+        ("model_name", isinstance(state["model_name"], str)),
+        ("num_classes", isinstance(state["num_classes"], int) and not isinstance(state["num_classes"], bool)
+         and 1 <= state["num_classes"] <= 256),
+        ("model_options", isinstance(state.get("model_options", {}), dict)),
+        ("mean", triple(state["mean"])), ("std", triple(state["std"]) and all(x > 0 for x in state["std"])),
+        ("palette", isinstance(state["palette"], (list, tuple)) and len(state["palette"]) <= 256
+         and all(triple(c) and all(isinstance(x, int) and 0 <= x <= 255 for x in c) for c in state["palette"])),
+    ) if not ok]
+    if wrong:
+        raise DataError(f"checkpoint {name}: the entries {', '.join(wrong)} are not what TrainSegmentNet.py writes "
+                        f"(a model name, 1..256 classes, 3 channel means and stds, RGB palette triples, "
+                        f"a dict of tensors); the file is corrupt or was not written by SegmentNet")
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -198,13 +229,35 @@ def predict_masks(model: nn.Module, images: list[np.ndarray], mean, std, tta: TT
     return masks
 
 
+@contextmanager
+def open_image(path):
+    """Image.open(path) in a with block; every way a hostile file fails becomes a DataError naming it:
+    not an image, truncated or corrupt (also while decoding inside the block), or a header declaring
+    more pixels than Pillow's limit (a decompression bomb: a tiny file that would need gigabytes)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                yield image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{path}: refused, the image declares more pixels than {Image.MAX_IMAGE_PIXELS} ({exc}). "
+                        f"A small file declaring a huge image is a decompression bomb; a genuine photo that "
+                        f"large must be shrunk before prediction") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: cannot be read as an image ({exc}); the file is not an image, or is "
+                        f"truncated or corrupt") from None
+
+
+def image_size(path) -> tuple[int, int]:
+    """(width, height) of an image file from its header alone, with open_image's checks."""
+    with open_image(path) as image:
+        return image.size
+
+
 def read_rgb(path) -> np.ndarray:
     """An image file -> HxWx3 uint8 array; a clear error for a file that is not an image."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB")).copy()
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: cannot be read as an image ({exc})") from None
+    with open_image(path) as image:
+        return np.asarray(image.convert("RGB")).copy()
 
 
 def as_rgb_array(image) -> np.ndarray:

@@ -112,3 +112,49 @@ def test_bad_tta_options_are_refused():
         TTA(stride=8)
     with pytest.raises(UsageError, match="stride"):
         TTA(window=16, stride=32)
+
+
+def bomb_png(path, width: int = 30000, height: int = 30000):
+    """A PNG of a few dozen bytes whose header declares width x height pixels: a decompression bomb."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_hostile_image_files_are_data_errors_naming_them(tmp_path):
+    from segmentnet.errors import DataError
+    from segmentnet.inference import image_size, read_rgb
+
+    bomb = bomb_png(tmp_path / "bomb.png")
+    assert bomb.stat().st_size < 200
+    for read in (read_rgb, image_size):
+        with pytest.raises(DataError, match=r"bomb\.png: refused, .*decompression bomb"):
+            read(bomb)
+    # Above Pillow's warning limit but under its error limit: refused as well, not a mere warning.
+    with pytest.raises(DataError, match="decompression bomb"):
+        image_size(bomb_png(tmp_path / "big.png", 10000, 10000))
+    (tmp_path / "text.jpg").write_text("not an image")
+    with pytest.raises(DataError, match=r"text\.jpg: cannot be read as an image"):
+        read_rgb(tmp_path / "text.jpg")
+
+
+def test_load_model_refuses_a_folder_and_hostile_entries(tmp_path, small_voc):
+    from segmentnet.checkpoint import load_checkpoint
+    from segmentnet.errors import DataError
+
+    with pytest.raises(DataError, match="is a folder, not a checkpoint file"):
+        load_model(tmp_path)
+    state = load_checkpoint(tiny_segmentnet_checkpoint(tmp_path / "net.pt", small_voc))
+    for key, value in (("num_classes", "21"), ("palette", "red"), ("mean", [0.5]), ("model_options", [1]),
+                       ("model", {"w": 1})):
+        with pytest.raises(DataError, match=f"the entries {key} are not what TrainSegmentNet.py writes"):
+            load_model(state | {key: value})
+    with pytest.raises(DataError, match="lacks model"):
+        load_model({k: v for k, v in state.items() if k != "model"})

@@ -54,3 +54,110 @@ def test_predict_names_an_input_that_matches_nothing(checkpoint, tmp_path, capsy
 
     assert run_main(Predict.main, [str(checkpoint), str(tmp_path / "nope*.jpg"), "--out", str(tmp_path)]) == 2
     assert "nope*.jpg" in capsys.readouterr().err
+
+
+def run_predict(checkpoint, inputs, out, *extra):
+    """Predict.py through run_main (as the script runs it): (exit status, stderr)."""
+    import contextlib
+    import io
+
+    from segmentnet.cli import run_main
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        status = run_main(Predict.main, [str(checkpoint), *map(str, inputs), "--out", str(out), "--no-progress",
+                                         "--device", "cpu", *extra])
+    return status, stderr.getvalue()
+
+
+def folder_bytes(folder) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_predict_never_writes_into_a_prepared_dataset(small_voc, checkpoint, tmp_path):
+    import shutil
+
+    dataset = tmp_path / "data" / "voc2012"
+    shutil.copytree(small_voc / "voc2012", dataset)
+    before = folder_bytes(dataset)
+    images = dataset / "val" / "images"
+    # The issue: --out pointed at the split replaced its ground-truth masks (Evaluate then said mIoU 1.0).
+    for out in (dataset / "val", dataset / "val" / "pred", dataset, dataset / "val" / "masks"):
+        status, err = run_predict(checkpoint, [images], out)
+        assert status == 2 and "Traceback" not in err
+        assert err.startswith(f"error: --out {out} is inside the prepared dataset {dataset.resolve()}")
+    assert folder_bytes(dataset) == before and not (dataset / "val" / "pred").exists()
+    # Through a link, too.
+    (tmp_path / "link").symlink_to(dataset / "val")
+    assert run_predict(checkpoint, [images], tmp_path / "link")[0] == 2
+    assert folder_bytes(dataset) == before
+
+
+def test_predict_out_is_new_empty_or_its_own(small_voc, checkpoint, tmp_path):
+    from segmentnet.files import OWNER_FILE, mark_owned
+
+    image = sorted((small_voc / "voc2012" / "val" / "images").iterdir())[0]
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    status, err = run_predict(checkpoint, [image], users)
+    assert status == 2 and f"--out {users} already holds files that Predict did not write" in err
+    assert sorted(p.name for p in users.iterdir()) == ["notes.txt"]
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    status, err = run_predict(checkpoint, [image], afile)
+    assert status == 2 and f"--out {afile} is an existing file" in err and "Traceback" not in err
+    assert afile.read_text() == "mine"
+    report = tmp_path / "report_files"
+    report.mkdir()
+    mark_owned(report, "Report")
+    status, err = run_predict(checkpoint, [image], report)
+    assert status == 2 and "written by Report, not Predict" in err
+    assert sorted(p.name for p in report.iterdir()) == [OWNER_FILE]
+    # New, empty, and its own (a second run into the same folder) are accepted.
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "new", tmp_path / "empty", tmp_path / "new"):
+        assert run_predict(checkpoint, [image], out)[0] == 0
+        assert (out / "masks" / f"{image.stem}.png").is_file()
+
+
+@pytest.mark.parametrize("case", ["bomb", "not an image", "mask of another size", "limit 0", "limit -1",
+                                  "checkpoint is a folder"])
+def test_predict_bad_inputs_are_one_line_errors_before_any_output(small_voc, checkpoint, tmp_path, case):
+    from test_inference import bomb_png
+
+    val = small_voc / "voc2012" / "val"
+    good = sorted((val / "images").iterdir())[:2]
+    inputs, extra, ckpt, expected = list(good), ["--batch-size", "1"], checkpoint, None
+    if case == "bomb":
+        inputs.append(bomb_png(tmp_path / "bomb.png"))
+        expected = f"error: {tmp_path / 'bomb.png'}: refused, the image declares more pixels than"
+    elif case == "not an image":
+        (tmp_path / "zz.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+        inputs.append(tmp_path / "zz.jpg")
+        expected = f"error: {tmp_path / 'zz.jpg'}: cannot be read as an image"
+    elif case == "mask of another size":
+        masks = tmp_path / "masks"
+        masks.mkdir()
+        for image in good:
+            Image.new("P", (7, 5)).save(masks / f"{image.stem}.png")
+        extra += ["--masks", str(masks)]
+        expected = f"error: {masks / good[0].stem}.png is 7x5 but its image {good[0]} is"
+    elif case.startswith("limit"):
+        extra += ["--limit", case.split()[1]]
+        expected = f"error: --limit must be >= 1 (the number of images to predict), got {case.split()[1]}"
+    else:
+        ckpt = tmp_path
+        expected = f"error: checkpoint {tmp_path} is a folder, not a checkpoint file"
+    status, err = run_predict(ckpt, inputs, tmp_path / "pred", *extra)
+    assert status == 2 and err.startswith(expected) and "Traceback" not in err
+    assert not (tmp_path / "pred").exists()                    # nothing half-written
+
+
+def test_predict_names_a_folder_without_images_and_a_missing_checkpoint(small_voc, checkpoint, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.jpg").mkdir()                      # a folder named like an image is no image
+    status, err = run_predict(checkpoint, [tmp_path / "empty"], tmp_path / "pred")
+    assert status == 2 and f"input {str(tmp_path / 'empty')!r} is no image file, no folder holding images" in err
+    status, err = run_predict(tmp_path / "missing.pt", [small_voc / "voc2012" / "val" / "images"], tmp_path / "pred")
+    assert status == 2 and "missing.pt not found" in err and not (tmp_path / "pred").exists()
