@@ -7,17 +7,20 @@
 Prints mIoU, per-class IoU and accuracy, pixel accuracy, mean class accuracy and frequency-weighted
 IoU, and writes them with the confusion matrix to eval-<checkpoint>-<split>[-<tta>].json and .md
 next to the checkpoint (or in --out). A class absent from both truth and prediction has no IoU:
-it is left out of the mean and listed.
+it is left out of the mean and listed. An existing file of that name is replaced only when Evaluate.py
+wrote it (its first line says so); nothing is ever written inside a prepared dataset.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
-from segmentnet.cli import run_main
+from segmentnet.cli import UsageError, run_main
+from segmentnet.errors import DataError
 from segmentnet.inference import add_inference_arguments, evaluate_checkpoint, resolve_device, tta_from_args
-from segmentnet.report import evaluation_table, write_evaluation
+from segmentnet.report import evaluation_paths, evaluation_table, write_evaluation
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,12 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", args.split):
+        raise UsageError(f"--split must be the name of a split such as val or train, got {args.split!r}")
+    if args.workers < 0:
+        raise UsageError(f"--workers must be >= 0 (0: load in the main process), got {args.workers}")
     tta = tta_from_args(args)
+    out_dir = args.out or args.checkpoint.parent
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir} is an existing file, not a folder; choose a folder")
+    paths = evaluation_paths(out_dir, f"eval-{args.checkpoint.stem}-{args.split}{tta.tag}")  # refused before the work
     result = evaluate_checkpoint(args.checkpoint, args.data_dir, args.split, tta, resolve_device(args.device),
                                  workers=args.workers, progress=not args.no_progress)
     print(evaluation_table(result))
-    stem = f"eval-{args.checkpoint.stem}-{args.split}{tta.tag}"
-    json_path, md_path = write_evaluation(result, args.out or args.checkpoint.parent, stem)
+    json_path, md_path = write_evaluation(result, paths)
     print(f"\nwrote {json_path} and {md_path}")
     return 0
 

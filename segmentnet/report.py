@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .archive import DataError
-from .files import atomic_path
+from .errors import DataError
+from .files import atomic_path, write_text_atomic
+from .outputs import check_replaceable, json_signed, signature, writing
 from .visualize import epoch_axis, pyplot, read_metrics
 
 ABSENT_RULE = ("a class absent from both truth and prediction (union 0) has no IoU: it is left out of the mean "
@@ -72,7 +73,7 @@ def evaluation_table(result: dict) -> str:
 
 def evaluation_markdown(result: dict) -> str:
     rows = class_rows(result)
-    lines = ["# Evaluation", "", describe_evaluation(result), ""]
+    lines = [f"<!-- {signature('Evaluate')} -->", "", "# Evaluation", "", describe_evaluation(result), ""]
     lines += [f"- {line}" for line in summary_lines(result)]
     lines += ["", "| class | IoU | accuracy | truth pixels | predicted pixels |", "|---|---:|---:|---:|---:|"]
     for r in rows:
@@ -88,15 +89,21 @@ def evaluation_markdown(result: dict) -> str:
 
 
 def write_text(text: str, path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    with writing(path) as target:
+        write_text_atomic(target, text)
 
 
-def write_evaluation(result: dict, out_dir, stem: str) -> tuple[Path, Path]:
-    """out_dir/stem.json (everything, with the full confusion matrix) and out_dir/stem.md."""
+def evaluation_paths(out_dir, stem: str) -> tuple[Path, Path]:
+    """(out_dir/stem.json, out_dir/stem.md), each new or Evaluate's own; DataError naming any other."""
     out_dir = Path(out_dir)
-    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    write_text(json.dumps(result | {"absent_rule": ABSENT_RULE}, indent=1), json_path)
+    return (check_replaceable(out_dir / f"{stem}.json", "Evaluate"),
+            check_replaceable(out_dir / f"{stem}.md", "Evaluate"))
+
+
+def write_evaluation(result: dict, paths: tuple[Path, Path]) -> tuple[Path, Path]:
+    """The JSON (everything, with the full confusion matrix) and the Markdown at evaluation_paths()."""
+    json_path, md_path = (check_replaceable(p, "Evaluate") for p in paths)
+    write_text(json_signed(result | {"absent_rule": ABSENT_RULE}, "Evaluate"), json_path)
     write_text(evaluation_markdown(result), md_path)
     return json_path, md_path
 

@@ -63,3 +63,64 @@ def test_evaluate_out_folder_and_missing_split(small_voc, tmp_path, capsys):
     assert "split 'test'" in capsys.readouterr().err
     assert run_main(Evaluate.main, [str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt not found" in capsys.readouterr().err
+
+
+def run_evaluate(*argv):
+    """Evaluate.py through run_main (as the script runs it): (exit status, stderr)."""
+    import contextlib
+    import io
+
+    from segmentnet.cli import run_main
+
+    stderr, stdout = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
+        status = run_main(Evaluate.main, ["--no-progress", "--workers", "0", "--device", "cpu", *map(str, argv)])
+    return status, stderr.getvalue()
+
+
+def test_evaluate_replaces_only_its_own_files(small_voc, tmp_path):
+    checkpoint = tiny_segmentnet_checkpoint(tmp_path / "net.pt", small_voc)
+    json_path, md_path = tmp_path / "eval-net-val.json", tmp_path / "eval-net-val.md"
+    for users, other in ((json_path, md_path), (md_path, json_path)):
+        users.write_text("my notes")
+        status, err = run_evaluate(checkpoint)
+        assert status == 2 and "Traceback" not in err
+        assert err.startswith(f"error: output {users} already exists and was not written by Evaluate.py")
+        assert users.read_text() == "my notes" and not other.exists()   # neither file written
+        users.unlink()
+    assert run_evaluate(checkpoint)[0] == 0
+    first = json.loads(json_path.read_text())
+    assert first["note"].startswith("written by SegmentNet's Evaluate.py") and "Evaluate.py" in md_path.read_text()
+    assert run_evaluate(checkpoint)[0] == 0                        # its own files: replaced
+    assert json.loads(json_path.read_text())["miou"] == first["miou"]
+
+
+def test_evaluate_never_writes_into_a_prepared_dataset(small_voc, tmp_path):
+    import shutil
+
+    dataset = tmp_path / "ds"
+    (dataset / "val").mkdir(parents=True)
+    shutil.copy(small_voc / "voc2012" / "dataset.json", dataset)
+    checkpoint = tiny_segmentnet_checkpoint(tmp_path / "net.pt", small_voc)
+    status, err = run_evaluate(checkpoint, "--out", dataset / "val" / "scores")
+    assert status == 2 and "is inside the prepared dataset" in err and str(dataset / "val" / "scores") in err
+    # A checkpoint kept inside a dataset: the default, next to it, is refused as well.
+    shutil.copy(checkpoint, dataset / "net.pt")
+    status, err = run_evaluate(dataset / "net.pt")
+    assert status == 2 and "is inside the prepared dataset" in err and "Traceback" not in err
+    assert sorted(p.name for p in dataset.rglob("*")) == ["dataset.json", "net.pt", "val"]
+
+
+def test_evaluate_bad_arguments_are_one_line_errors(small_voc, tmp_path):
+    checkpoint = tiny_segmentnet_checkpoint(tmp_path / "net.pt", small_voc)
+    (tmp_path / "afile").write_text("mine")
+    for argv, expected in (
+            (["--out", tmp_path / "afile"], f"--out {tmp_path / 'afile'} is an existing file, not a folder"),
+            (["--workers", "-1"], "--workers must be >= 0"),
+            (["--split", "../../val"], "--split must be the name of a split"),
+    ):
+        status, err = run_evaluate(checkpoint, *argv)
+        assert status == 2 and err.startswith(f"error: {expected}") and "Traceback" not in err, (argv, err)
+    assert (tmp_path / "afile").read_text() == "mine"
+    status, err = run_evaluate(tmp_path)
+    assert status == 2 and f"checkpoint {tmp_path} is a folder, not a checkpoint file" in err
