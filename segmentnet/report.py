@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
-from .files import atomic_path, write_text_atomic
+from .errors import DataError, UsageError
+from .files import atomic_path, claim_folder, write_text_atomic
 from .outputs import check_replaceable, json_signed, signature, writing
 from .visualize import epoch_axis, pyplot, read_metrics
 
@@ -113,7 +113,6 @@ def write_evaluation(result: dict, paths: tuple[Path, Path]) -> tuple[Path, Path
 
 def load_run(run_dir) -> dict:
     """What the report shows of one run folder: config, metrics, parameter count, classes, latest grid."""
-    from .checkpoint import load_checkpoint
     from .inference import count_parameters, load_model
 
     run_dir = Path(run_dir)
@@ -121,24 +120,66 @@ def load_run(run_dir) -> dict:
     if not records:
         raise DataError(f"{run_dir} is not a finished training run: no epochs in {run_dir / 'metrics.jsonl'} "
                         f"(give the run folders that TrainSegmentNet.py wrote)")
-    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
+    check_records(records, run_dir / "metrics.jsonl")
+    config = read_run_config(run_dir / "config.json")
     checkpoint = next((run_dir / n for n in ("best.pt", "last.pt") if (run_dir / n).exists()), None)
     parameters, classes = None, None
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint)
-        parameters = count_parameters(load_model(state)[0])
+        model, state = load_model(checkpoint)
+        parameters = count_parameters(model)
         classes = state.get("classes")
+        if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
+            classes = None
     best = max(records, key=lambda r: r["val_miou"])
-    grids = sorted((run_dir / "samples").glob("epoch_*.png"))
+    grids = sorted(p for p in (run_dir / "samples").glob("epoch_*.png") if p.is_file())
+    grid = None
+    if grids:
+        try:
+            grid = (grids[-1].name, grids[-1].read_bytes())
+        except OSError as exc:
+            raise DataError(f"{grids[-1]} cannot be read ({exc.strerror or exc})") from None
     return {
         "dir": run_dir, "config": config, "records": records, "best": best, "parameters": parameters,
-        "model": config.get("model", "?"), "model_options": config.get("model_options", {}),
-        "dataset": config.get("dataset", "?"), "data_dir": config.get("data_dir", "?"),
+        "model": str(config.get("model", "?")), "model_options": config.get("model_options", {}),
+        "dataset": str(config.get("dataset", "?")), "data_dir": str(config.get("data_dir", "?")),
         "classes": classes or [str(i) for i in range(len(best["val_per_class_iou"]))],
         "train_seconds": sum(r.get("epoch_seconds", 0.0) for r in records),
         "images_per_second": statistics.median(r.get("images_per_second", float("nan")) for r in records),
-        "grid": grids[-1] if grids else None,
+        "grid": grid,
     }
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_records(records: list[dict], path) -> None:
+    """DataError naming the file and epoch when a record lacks what the report draws, or holds another kind."""
+    for number, r in enumerate(records, 1):
+        problems = [k for k in ("epoch", "val_miou", "val_loss", "train_loss") if not is_number(r.get(k))]
+        problems += [k for k in ("epoch_seconds", "images_per_second") if k in r and not is_number(r[k])]
+        iou = r.get("val_per_class_iou")
+        if not (isinstance(iou, list) and all(v is None or is_number(v) for v in iou)):
+            problems.append("val_per_class_iou")
+        if problems:
+            raise DataError(f"{path}, record {number}: {', '.join(problems)} missing or not numbers; the file was "
+                            f"not written by TrainSegmentNet.py or was edited. Give the run folders that "
+                            f"TrainSegmentNet.py wrote")
+
+
+def read_run_config(path: Path) -> dict:
+    """A run's config.json ({} when there is none); DataError naming it when it is not a JSON object."""
+    if not path.exists():
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} cannot be read as JSON ({exc}); the file is corrupt. Restore it from a copy of "
+                        f"the run, or delete it (the report then shows '?' for the model and dataset)") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model_options", {}), dict):
+        raise DataError(f"{path} is not a training configuration (a JSON object whose model_options is an object); "
+                        f"restore it from a copy of the run, or delete it")
+    return config
 
 
 def run_labels(runs: list[dict]) -> list[str]:
@@ -236,19 +277,33 @@ def report_notes(runs) -> list[str]:
     return notes
 
 
+def report_paths(out_html) -> tuple[Path, Path, Path]:
+    """(page, Markdown twin, pictures folder) for --out: the page must end in .html (so that the twin,
+    .md, is another file), and each of them must be new or Report's own; DataError naming any other."""
+    out_html = Path(out_html)
+    if out_html.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"--out {out_html} must name the HTML page, ending in .html (the Markdown twin is written "
+                         f"next to it with .md); e.g. --out {out_html.with_suffix('.html')}")
+    files_dir = out_html.with_name(f"{out_html.stem}_files")
+    if files_dir.exists() and not files_dir.is_dir():
+        raise DataError(f"{files_dir} (the folder for the Markdown's pictures) is an existing file; move it or "
+                        f"choose another --out")
+    return check_replaceable(out_html, "Report", "--out"), check_replaceable(out_html.with_suffix(".md"), "Report",
+                                                                           "the Markdown twin of --out"), files_dir
+
+
 def build_report(run_dirs, out_html) -> tuple[Path, Path]:
     """Write out_html (self-contained: pictures as base64) and its Markdown twin (pictures in <stem>_files/)."""
+    out_html, out_md, files_dir = report_paths(out_html)   # refused before any work
     runs = [load_run(d) for d in run_dirs]
     labels = run_labels(runs)
-    out_html = Path(out_html)
-    out_md = out_html.with_suffix(".md")
-    files_dir = out_html.with_name(f"{out_html.stem}_files")
     pictures = {"curves.png": comparison_curves(runs, labels), "per_class_iou.png": per_class_chart(runs, labels)}
     for label, run in zip(labels, runs):
         if run["grid"] is not None:
-            pictures[f"samples_{safe_name(label)}.png"] = run["grid"].read_bytes()
+            pictures[f"samples_{safe_name(label)}.png"] = run["grid"][1]
+    claim_folder(files_dir, "Report", "the folder for the Markdown's pictures")
     for name, data in pictures.items():
-        with atomic_path(files_dir / name) as tmp:
+        with writing(files_dir / name) as target, atomic_path(target) as tmp:
             tmp.write_bytes(data)
     write_text(report_html(runs, labels, pictures), out_html)
     write_text(report_markdown(runs, labels, pictures, files_dir.name), out_md)
@@ -262,7 +317,8 @@ def safe_name(label: str) -> str:
 def report_markdown(runs, labels, pictures, files_dir: str) -> str:
     header, rows = runs_table(runs, labels)
     shown, iou_rows, _ = per_class_table(runs)
-    lines = ["# Training runs compared", ""] + [f"- {n}" for n in report_notes(runs)] + [""]
+    lines = [f"<!-- {signature('Report')} -->", "", "# Training runs compared", ""]
+    lines += [f"- {n}" for n in report_notes(runs)] + [""]
     lines += markdown_table(header, rows) + ["", "## Curves", "", f"![curves]({files_dir}/curves.png)", "",
                                             "## Per-class IoU (best epoch)", ""]
     lines += markdown_table(["class"] + labels, [[n] + [fmt(v) for v in vals] for n, vals in zip(shown, iou_rows)])
@@ -270,7 +326,7 @@ def report_markdown(runs, labels, pictures, files_dir: str) -> str:
     for label, run in zip(labels, runs):
         name = f"samples_{safe_name(label)}.png"
         grid = f"![{label}]({files_dir}/{name})" if name in pictures else "(no sample grid in this run)"
-        lines += [f"### {label}", "", f"{run['grid'].name if run['grid'] else ''}", "", grid, ""]
+        lines += [f"### {label}", "", f"{run['grid'][0] if run['grid'] else ''}", "", grid, ""]
     return "\n".join(lines)
 
 
@@ -305,7 +361,8 @@ img { max-width: 100%; }
 def report_html(runs, labels, pictures) -> str:
     header, rows = runs_table(runs, labels)
     shown, iou_rows, _ = per_class_table(runs)
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>Training runs compared</title>",
+    parts = [f"<!DOCTYPE html>\n<!-- {signature('Report')} -->",
+             "<html><head><meta charset='utf-8'><title>Training runs compared</title>",
              f"<style>{HTML_STYLE}</style></head><body><h1>Training runs compared</h1>"]
     parts += [f"<p class='note'>{html.escape(n)}</p>" for n in report_notes(runs)]
     parts += [html_table(header, rows), "<h2>Curves</h2>", embedded(pictures["curves.png"], "curves"),
@@ -315,7 +372,7 @@ def report_html(runs, labels, pictures) -> str:
     for label, run in zip(labels, runs):
         name = f"samples_{safe_name(label)}.png"
         picture = embedded(pictures[name], label) if name in pictures else "<p>(no sample grid in this run)</p>"
-        caption = f"{label}: {run['grid'].name}" if run["grid"] else label
+        caption = f"{label}: {run['grid'][0]}" if run["grid"] else label
         parts.append(f"<figure><figcaption>{html.escape(caption)}</figcaption>{picture}</figure>")
     parts.append("</div></body></html>")
     return "\n".join(parts)

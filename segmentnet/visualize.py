@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .datasets.common import IGNORE_INDEX, save_index_png
+from .errors import DataError
 from .files import atomic_path
 
 VOID_COLOUR = (224, 224, 192)   # pixels labelled 255 (ignore), as VOC draws them
@@ -118,10 +119,35 @@ def caption_strip(text: str, width: int, centred: bool = False) -> np.ndarray:
 
 
 def read_metrics(path) -> list[dict]:
+    """The records of a run's metrics.jsonl, one JSON object a line ([] when there is no such file).
+
+    A last line cut short (the run was killed while writing it) is left out, with a note on stderr;
+    any other line that is not a JSON object is a DataError naming the file and the line."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} cannot be read as text ({exc}); it is not a metrics file TrainSegmentNet.py "
+                        f"wrote") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        elif number == len(lines):  # no newline after it: the writer stopped mid-line
+            print(f"note: the last line of {path} is incomplete (the run stopped while writing it); it is left out",
+                  file=sys.stderr)
+        else:
+            raise DataError(f"{path}, line {number}: not a JSON record ({line[:40]!r}...); the file is corrupt. "
+                            f"Delete that line (the run's other epochs are kept) and run again")
+    return records
 
 
 def plot_curves(records: list[dict], path, title: str = "") -> None:

@@ -89,3 +89,78 @@ def test_report_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert run_main(Report.main, [str(tmp_path), "--out", str(tmp_path / "r.html")]) == 2
     assert "metrics.jsonl" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
+
+
+def run_report(*argv):
+    """Report.py through run_main (as the script runs it): (exit status, stderr)."""
+    from segmentnet.cli import run_main
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        status = run_main(Report.main, [str(a) for a in argv])
+    return status, stderr.getvalue()
+
+
+def test_report_out_md_cannot_overwrite_its_html_twin(trained_run, tmp_path):
+    # The issue: --out x.md wrote the page to x.md, then its Markdown twin (x.md again) over it.
+    status, err = run_report(trained_run, "--out", tmp_path / "x.md")
+    assert status == 2 and err.startswith(f"error: --out {tmp_path / 'x.md'} must name the HTML page, ending in .html")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_report_replaces_only_its_own_files(trained_run, tmp_path):
+    out = tmp_path / "report.html"
+    for users in (out, out.with_suffix(".md")):
+        users.write_text("mine")
+        status, err = run_report(trained_run, "--out", out)
+        assert status == 2 and "Traceback" not in err
+        assert f"{users} already exists and was not written by Report.py" in err
+        assert sorted(p.name for p in tmp_path.iterdir()) == [users.name] and users.read_text() == "mine"
+        users.unlink()
+    (tmp_path / "report_files").mkdir()
+    (tmp_path / "report_files" / "curves.png").write_text("mine")
+    status, err = run_report(trained_run, "--out", out)
+    assert status == 2 and f"{tmp_path / 'report_files'} already holds files that Report did not write" in err
+    assert not out.exists() and (tmp_path / "report_files" / "curves.png").read_text() == "mine"
+    shutil.rmtree(tmp_path / "report_files")
+    assert run_report(trained_run, "--out", out)[0] == 0
+    assert run_report(trained_run, "--out", out)[0] == 0       # its own page, twin and pictures: replaced
+    assert "written by SegmentNet's Report.py" in out.read_text()
+
+
+def test_report_refuses_an_out_that_is_a_folder_or_inside_a_dataset(trained_run, tmp_path):
+    (tmp_path / "page.html").mkdir()
+    status, err = run_report(trained_run, "--out", tmp_path / "page.html")
+    assert status == 2 and f"--out {tmp_path / 'page.html'} is an existing folder, not a file" in err
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "dataset.json").write_text("{}")
+    status, err = run_report(trained_run, "--out", tmp_path / "data" / "val" / "r.html")
+    assert status == 2 and "is inside the prepared dataset" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["data", "dataset.json", "page.html"]
+
+
+def test_report_leaves_out_a_half_written_last_metrics_line(trained_run, tmp_path):
+    run = tmp_path / "run_a"
+    shutil.copytree(trained_run, run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "train_loss": 0.5, "val_mi')          # killed while writing epoch 3
+    status, err = run_report(run, "--out", tmp_path / "r.html")
+    assert status == 0 and f"note: the last line of {run / 'metrics.jsonl'} is incomplete" in err
+    assert "| run_a | segmentnet |" in (tmp_path / "r.md").read_text()
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join([lines[0], "{garbage", lines[1]]) + "\n")
+    status, err = run_report(run, "--out", tmp_path / "r.html")
+    assert status == 2 and err.startswith(f"error: {run / 'metrics.jsonl'}, line 2: not a JSON record")
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val_miou": "high"}) + "\n")
+    status, err = run_report(run, "--out", tmp_path / "r.html")
+    assert status == 2 and "record 1: val_miou, val_loss, train_loss, val_per_class_iou missing or not" in err
+
+
+def test_report_names_a_corrupt_config_json(trained_run, tmp_path):
+    run = tmp_path / "run_a"
+    shutil.copytree(trained_run, run)
+    for text in ('{"model": "segmentnet", "epo', "[1, 2]"):
+        (run / "config.json").write_text(text)
+        status, err = run_report(run, "--out", tmp_path / "r.html")
+        assert status == 2 and err.startswith(f"error: {run / 'config.json'}") and "Traceback" not in err
+    assert not (tmp_path / "r.html").exists()
