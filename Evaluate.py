@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 from segmentnet.cli import UsageError, run_main
-from segmentnet.errors import DataError
 from segmentnet.inference import add_inference_arguments, evaluate_checkpoint, resolve_device, tta_from_args
+from segmentnet.outputs import folder_not_file
 from segmentnet.report import evaluation_paths, evaluation_table, write_evaluation
 
 
@@ -42,9 +42,7 @@ def main(argv=None) -> int:
     if args.workers < 0:
         raise UsageError(f"--workers must be >= 0 (0: load in the main process), got {args.workers}")
     tta = tta_from_args(args)
-    out_dir = args.out or args.checkpoint.parent
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"--out {out_dir} is an existing file, not a folder; choose a folder")
+    out_dir = folder_not_file(args.out or args.checkpoint.parent, "--out")
     paths = evaluation_paths(out_dir, f"eval-{args.checkpoint.stem}-{args.split}{tta.tag}")  # refused before the work
     result = evaluate_checkpoint(args.checkpoint, args.data_dir, args.split, tta, resolve_device(args.device),
                                  workers=args.workers, progress=not args.no_progress)

@@ -127,7 +127,8 @@ def check_checkpoint_entries(state: dict, name) -> None:
             isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
 
     wrong = [key for key, ok in (
-        ("model", isinstance(state["model"], dict) and all(isinstance(v, torch.Tensor) for v in state["model"].values())),
+        ("model", isinstance(state["model"], dict)
+         and all(isinstance(v, torch.Tensor) for v in state["model"].values())),
         ("model_name", isinstance(state["model_name"], str)),
         ("num_classes", isinstance(state["num_classes"], int) and not isinstance(state["num_classes"], bool)
          and 1 <= state["num_classes"] <= 256),

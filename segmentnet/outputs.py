@@ -44,6 +44,14 @@ def refuse_input_data(path, what: str) -> Path:
     return Path(path)
 
 
+def folder_not_file(folder, what: str) -> Path:
+    """`folder` unless it is an existing file (a folder is made when needed); DataError naming it otherwise."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"{what} {folder} is an existing file, not a folder; move it or choose another path")
+    return folder
+
+
 def signature(tool: str) -> str:
     """The line that marks a file as written by `tool` (e.g. 'Evaluate'), which may therefore replace it."""
     return f"written by SegmentNet's {tool}.py; running it again replaces this file"

@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import DataError, UsageError
 from .files import atomic_path, claim_folder, write_text_atomic
-from .outputs import check_replaceable, json_signed, signature, writing
+from .outputs import check_replaceable, folder_not_file, json_signed, signature, writing
 from .visualize import epoch_axis, pyplot, read_metrics
 
 ABSENT_RULE = ("a class absent from both truth and prediction (union 0) has no IoU: it is left out of the mean "
@@ -284,10 +284,7 @@ def report_paths(out_html) -> tuple[Path, Path, Path]:
     if out_html.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"--out {out_html} must name the HTML page, ending in .html (the Markdown twin is written "
                          f"next to it with .md); e.g. --out {out_html.with_suffix('.html')}")
-    files_dir = out_html.with_name(f"{out_html.stem}_files")
-    if files_dir.exists() and not files_dir.is_dir():
-        raise DataError(f"{files_dir} (the folder for the Markdown's pictures) is an existing file; move it or "
-                        f"choose another --out")
+    files_dir = folder_not_file(out_html.with_name(f"{out_html.stem}_files"), "the folder for the Markdown's pictures")
     return check_replaceable(out_html, "Report", "--out"), check_replaceable(out_html.with_suffix(".md"), "Report",
                                                                            "the Markdown twin of --out"), files_dir
 

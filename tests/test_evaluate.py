@@ -8,7 +8,7 @@ from PIL import Image
 
 import Evaluate
 import Predict
-from results_helpers import TwoConvNet, colour_classifier_checkpoint, tiny_segmentnet_checkpoint
+from results_helpers import TwoConvNet, colour_classifier_checkpoint, run_script, tiny_segmentnet_checkpoint
 from segmentnet.models import MODELS
 
 
@@ -66,16 +66,7 @@ def test_evaluate_out_folder_and_missing_split(small_voc, tmp_path, capsys):
 
 
 def run_evaluate(*argv):
-    """Evaluate.py through run_main (as the script runs it): (exit status, stderr)."""
-    import contextlib
-    import io
-
-    from segmentnet.cli import run_main
-
-    stderr, stdout = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(stdout):
-        status = run_main(Evaluate.main, ["--no-progress", "--workers", "0", "--device", "cpu", *map(str, argv)])
-    return status, stderr.getvalue()
+    return run_script(Evaluate.main, ["--no-progress", "--workers", "0", "--device", "cpu", *argv])
 
 
 def test_evaluate_replaces_only_its_own_files(small_voc, tmp_path):

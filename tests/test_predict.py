@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 import Predict
-from results_helpers import read_png, tiny_segmentnet_checkpoint
+from results_helpers import read_png, run_script, tiny_segmentnet_checkpoint
 from segmentnet.inference import run_model
 from segmentnet.visualize import GAP
 
@@ -57,17 +57,7 @@ def test_predict_names_an_input_that_matches_nothing(checkpoint, tmp_path, capsy
 
 
 def run_predict(checkpoint, inputs, out, *extra):
-    """Predict.py through run_main (as the script runs it): (exit status, stderr)."""
-    import contextlib
-    import io
-
-    from segmentnet.cli import run_main
-
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr):
-        status = run_main(Predict.main, [str(checkpoint), *map(str, inputs), "--out", str(out), "--no-progress",
-                                         "--device", "cpu", *extra])
-    return status, stderr.getvalue()
+    return run_script(Predict.main, [checkpoint, *inputs, "--out", out, "--no-progress", "--device", "cpu", *extra])
 
 
 def folder_bytes(folder) -> dict:

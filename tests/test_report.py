@@ -13,7 +13,7 @@ from PIL import Image
 
 import Report
 from conftest import tiny_train_config
-from results_helpers import read_png
+from results_helpers import read_png, run_script
 from segmentnet.engine import train
 from segmentnet.visualize import GAP, LABEL_HEIGHT
 
@@ -92,13 +92,7 @@ def test_report_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
 
 
 def run_report(*argv):
-    """Report.py through run_main (as the script runs it): (exit status, stderr)."""
-    from segmentnet.cli import run_main
-
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-        status = run_main(Report.main, [str(a) for a in argv])
-    return status, stderr.getvalue()
+    return run_script(Report.main, argv)
 
 
 def test_report_out_md_cannot_overwrite_its_html_twin(trained_run, tmp_path):
