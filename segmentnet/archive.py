@@ -36,6 +36,7 @@ class Archive:
     url: str | None                # official address, None where a login is required
     required_prefix: str           # a member path every genuine archive has (tells datasets apart)
     max_member_bytes: int = 64 << 20  # no single file of the dataset is larger than this
+    extract_only: str = ""         # extract only the members under this folder ("": all)
 
     @property
     def stem(self) -> str:
@@ -230,7 +231,7 @@ def check_members(archive: Path, members: list[Member], spec: Archive) -> None:
             if m.name in seen:
                 raise DataError(f"{where} appears twice; a genuine archive names each file once. Refusing to extract")
             seen.add(m.name)
-        if m.size > spec.max_member_bytes:
+        if m.size > spec.max_member_bytes and wanted(m.name, spec):
             raise DataError(
                 f"{where} is {m.size} bytes, more than any file of this dataset "
                 f"({spec.max_member_bytes} bytes); refusing to extract a suspicious archive"
@@ -253,13 +254,18 @@ def _copy_bounded(src, dst_path: Path, limit: int, where: str) -> None:
             dst.write(chunk)
 
 
+def wanted(name: str, spec: Archive) -> bool:
+    """Whether a (normalised) member is extracted: all are, unless the archive names one folder."""
+    return not spec.extract_only or name.startswith(spec.extract_only)
+
+
 def _write_members(archive: Path, members: list[Member], spec: Archive, root: Path) -> None:
     handle = _open(archive)
     try:
         if isinstance(handle, zipfile.ZipFile):
             for info in handle.infolist():
                 name = _normalise(info.filename, archive)
-                if not name:
+                if not name or not wanted(name, spec):
                     continue
                 dest = root / name
                 if info.is_dir():
@@ -273,7 +279,8 @@ def _write_members(archive: Path, members: list[Member], spec: Archive, root: Pa
                     _copy_bounded(src, dest, spec.max_member_bytes, f"{archive}: member {name!r}")
         else:
             # The 'data' filter repeats our checks inside tarfile itself (belt and braces).
-            handle.extractall(root, filter="data")
+            handle.extractall(root, members=[m for m in handle.getmembers()
+                                             if wanted(_normalise(m.name, archive), spec)], filter="data")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
         raise DataError(f"{archive}: extraction failed ({exc}); the archive is truncated or corrupt") from None
     finally:

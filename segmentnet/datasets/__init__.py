@@ -4,10 +4,10 @@ from __future__ import annotations
 from ..errors import UnknownNameError
 
 from .common import IGNORE_INDEX, DatasetInfo, Pair
-from . import ade20k, cityscapes, kitti_road, voc2012, voc2012_aug
+from . import ade20k, camvid, cityscapes, kitti_road, voc2012, voc2012_aug
 
 DATASETS: dict[str, DatasetInfo] = {
-    module.DATASET.name: module.DATASET for module in (voc2012, voc2012_aug, cityscapes, ade20k, kitti_road)
+    module.DATASET.name: module.DATASET for module in (voc2012, voc2012_aug, cityscapes, ade20k, kitti_road, camvid)
 }
 
 

