@@ -4,6 +4,9 @@
     python DataExtract.py --archive PATH       # an archive elsewhere
     python DataExtract.py --download           # fetch it first (resumes a partial file)
     python DataExtract.py --synthetic          # a small synthetic archive in the official layout
+
+The extraction's marker records whether it is of the synthetic archive: a real archive replaces
+synthetic data (DataExtract wrote it), synthetic data never replaces a real extraction.
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from segmentnet.archive import DataError, download, extract, verify_md5
+from segmentnet.archive import DataError, download, extract, read_marker, verify_md5
 from segmentnet.cli import run_main
 from segmentnet.datasets import DATASETS, get_dataset
 from segmentnet.datasets.common import raw_dir
@@ -66,8 +69,12 @@ def main(argv=None) -> int:
             print(f"checking md5 of {path} ...")
             checksum = verify_md5(path, spec.md5)
         target = raw_dir(Path(args.data_dir), spec)
-        if extract(path, target, spec, checksum):
+        before = read_marker(target)
+        if extract(path, target, spec, checksum, synthetic=args.synthetic):
             print(f"extracted {path} -> {target}")
+            if before is not None:  # only a synthetic extraction is ever replaced
+                print(f"  (replacing the synthetic data that DataExtract.py --synthetic had put there; "
+                      f"run DataSeparate.py again)")
         else:
             print(f"{target} already holds {path.name}; nothing to do")
     return 0

@@ -2,16 +2,21 @@
 
 Extraction checks every member before anything is written: a member that would land outside
 the target (absolute path, '..', a link pointing out), a device or fifo, a name given twice, or a
-member larger than the dataset allows is refused with the member named. Members are written into
-a temporary folder beside the target, which is renamed into place only when all is done; a
-marker file inside it records what was extracted, so a second run can say "already done".
+member larger than the dataset allows, an encrypted member or one compressed with a method Python
+cannot read, a name or link target that is not UTF-8 or holds a NUL byte, is refused with the
+member named. Members are written into a temporary folder beside the target, which is renamed into
+place only when all is done; a marker file inside it records what was extracted (archive name, md5,
+and whether it was DataExtract's synthetic archive), so a second run can say "already done", a
+real archive replaces synthetic data (and never the reverse), and another archive is refused.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 import stat
 import tarfile
@@ -287,35 +292,103 @@ def _write_members(archive: Path, members: list[Member], spec: Archive, root: Pa
         handle.close()
 
 
-def extract(archive: Path, target: Path, spec: Archive, checksum: str | None = None) -> bool:
-    """Extract archive into target (a folder that must not exist yet).
+MARKER_FIELDS = {"archive": str, "md5": str, "synthetic": bool, "members": int}
 
-    Returns False, writing nothing, when target already holds this archive's complete extraction.
+
+def read_marker(target: Path) -> dict | None:
+    """The record DataExtract left in target's marker: archive (name), md5, synthetic (whether it was
+    DataExtract's synthetic archive) and members. None when there is no marker; DataError when it
+    cannot be read, is corrupt, or was written by an older DataExtract that recorded less."""
+    marker = Path(target) / MARKER
+    try:
+        if not (marker.exists() or marker.is_symlink()):
+            return None
+        record = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        problem = f"it cannot be read as JSON ({reason})"
+    else:
+        problem = None
+        if not isinstance(record, dict):
+            problem = f"it holds a JSON {type(record).__name__}, not an object"
+        elif isinstance(record.get("archive"), str) and "synthetic" not in record:
+            raise DataError(f"{marker} was written by an older DataExtract, which did not record whether {target} "
+                            f"holds synthetic data nor always the archive's md5, so it cannot be told which archive "
+                            f"is there: remove {target} and run DataExtract.py again")
+        else:
+            wrong = [f"{key} {record.get(key)!r}" for key, kind in MARKER_FIELDS.items()
+                     if not isinstance(record.get(key), kind) or (kind is int and isinstance(record.get(key), bool))]
+            if not wrong and not re.fullmatch(r"[0-9a-f]{32}", record["md5"]):
+                wrong = [f"md5 {record['md5']!r}"]
+            problem = f"wrong or missing {', '.join(wrong)}" if wrong else None
+    if problem:
+        raise DataError(f"{marker} is not a marker DataExtract wrote: {problem}. It is corrupt or was edited, so "
+                        f"it cannot be told what {target} holds: remove {target} (it holds only extracted "
+                        f"files) and run DataExtract.py again")
+    return record
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Put the folder `new` in place of the folder `target`, deleting the old one once `new` is there."""
+    old = new.with_name(new.name.replace(".partial-", ".replaced-"))
+    os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def extract(archive: Path, target: Path, spec: Archive, checksum: str | None = None,
+            synthetic: bool = False) -> bool:
+    """Extract archive into target; `checksum` is the archive's md5 where the caller has it already,
+    `synthetic` says it is DataExtract's synthetic archive.
+
+    Returns False, writing nothing, when target already holds this archive's extraction (the same
+    name, md5 and synthetic-ness). A synthetic extraction, which DataExtract wrote itself, is
+    replaced by a real archive or another synthetic one; a real extraction is never replaced:
+    synthetic data or another archive is refused.
     """
     archive, target = Path(archive), Path(target)
-    marker = target / MARKER
-    if marker.exists():
-        done = json.loads(marker.read_text())
-        if done.get("archive") == archive.name and (checksum is None or done.get("md5") in (None, checksum)):
-            return False
-        raise DataError(
-            f"{target} already holds an extraction of {done.get('archive')}; remove that folder to extract "
-            f"{archive.name} there again"
-        )
-    if target.exists():
+    done = read_marker(target)
+    if done is None and (target.exists() or target.is_symlink()):
         raise DataError(
             f"{target} exists but is not a complete extraction (no {MARKER}); it is left from an "
             f"interrupted run or made by hand: remove it and run again"
         )
+    if done is not None:
+        if synthetic and not done["synthetic"]:
+            raise DataError(
+                f"{target} holds the extraction of the real {done['archive']}, and synthetic data never replaces "
+                f"real data: extract the synthetic archive into another folder (e.g. --data-dir data-synthetic), "
+                f"or remove {target} if you no longer want the real data"
+            )
+        checksum = checksum or md5sum(archive)
+        if (done["synthetic"], done["archive"], done["md5"]) == (synthetic, archive.name, checksum):
+            return False
+        if not done["synthetic"]:
+            raise DataError(
+                f"{target} already holds an extraction of {done['archive']} (md5 {done['md5']}), not of "
+                f"{archive} (md5 {checksum}); remove that folder to extract {archive.name} there instead"
+            )
     members = list_members(archive)
     check_members(archive, members, spec)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    checksum = checksum or md5sum(archive)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    except OSError as exc:
+        raise DataError(f"cannot write into {target.parent} ({exc.strerror or exc}); choose another --data-dir "
+                        f"or make that folder writable") from None
     try:
         _write_members(archive, members, spec, tmp)
-        (tmp / MARKER).write_text(json.dumps({"archive": archive.name, "md5": checksum,
+        (tmp / MARKER).write_text(json.dumps({"archive": archive.name, "md5": checksum, "synthetic": synthetic,
                                               "members": len(members)}))
-        os.replace(tmp, target)
+        if done is None:
+            os.replace(tmp, target)
+        else:  # DataExtract's own synthetic extraction
+            _replace_folder(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -30,7 +30,7 @@ import DataSeparate
 import TrainSegmentNet
 from conftest import ROOT, config_args, make_small_voc, tiny_train_config
 from segmentnet import synthetic
-from segmentnet.archive import DataError
+from segmentnet.archive import MARKER, DataError
 from segmentnet.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from segmentnet.cli import run_main
 from segmentnet.datasets import voc2012
@@ -264,6 +264,38 @@ def test_zip_whose_header_lies_about_a_member_size(capsys, tmp_path):
     with zipfile.ZipFile(path) as zf:
         assert zf.getinfo("VOCdevkit/VOC2012/JPEGImages/liar.jpg").file_size == 1000
     assert_extract_refused(capsys, tmp_path, path, "extraction failed (Bad CRC-32", "--no-verify")
+
+
+CORRUPT_MARKERS = {
+    "not JSON": (b"{not json", "it cannot be read as JSON (Expecting property name"),
+    "not UTF-8": (b"\xff\xfe{}", "it cannot be read as JSON ('utf-8' codec can't decode"),
+    "a list": (b"[1, 2]", "it holds a JSON list, not an object"),
+    "wrong types": (json.dumps({"archive": 5, "md5": "0" * 32, "synthetic": "no", "members": 3}).encode(),
+                    "wrong or missing archive 5, synthetic 'no'"),
+    "not an md5": (json.dumps({"archive": VOC.filename, "md5": "../x", "synthetic": False, "members": 3}).encode(),
+                   "wrong or missing md5 '../x'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPT_MARKERS) + ["older DataExtract"])
+def test_corrupt_extraction_marker(capsys, tmp_path, voc_tar, case):
+    data = tmp_path / "data"
+    target, args = data / "raw" / VOC.stem, ("--archive", voc_tar, "--data-dir", data, "--no-verify")
+    status, err = main_exit(capsys, DataExtract.main, *args)
+    assert status == 0, err
+    if case == "older DataExtract":  # recorded neither whether it was synthetic, nor (unverified) the md5
+        content = json.dumps({"archive": VOC.filename, "md5": None, "members": 3}).encode()
+        message = (f"{target / MARKER} was written by an older DataExtract, which did not record whether {target} "
+                   f"holds synthetic data")
+    else:
+        content, problem = CORRUPT_MARKERS[case]
+        message = f"{target / MARKER} is not a marker DataExtract wrote: {problem}"
+    (target / MARKER).write_bytes(content)
+    before = sorted(target.rglob("*"))
+    status, err = main_exit(capsys, DataExtract.main, *args)
+    assert status == 2 and "Traceback" not in err, err
+    assert err.startswith(f"error: {message}") and f"remove {target} " in err, err
+    assert sorted(target.rglob("*")) == before
 
 
 # ----------------------------------------------------------------------------- images and masks

@@ -1,9 +1,11 @@
 """DataExtract: checksum, safe extraction, idempotence, download with resume, the synthetic archive."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
 import io
+import json
 import tarfile
 import threading
 from pathlib import Path
@@ -11,8 +13,10 @@ from pathlib import Path
 import pytest
 
 import DataExtract
-from segmentnet.archive import Archive, DataError, download, extract, verify_md5
-from segmentnet.datasets import voc2012
+from segmentnet import synthetic
+from segmentnet.archive import MARKER, Archive, DataError, download, extract, md5sum, verify_md5
+from segmentnet.cli import run_main
+from segmentnet.datasets import DATASETS, voc2012
 
 SPEC = Archive("test.tar", None, None, required_prefix="VOCdevkit/", max_member_bytes=1 << 20)
 
@@ -153,3 +157,89 @@ def test_download_resumes_a_partial_file(tmp_path):
         server.shutdown()
     assert dest.read_bytes() == payload
     assert RangeHandler.requests == [None, f"bytes={have}-"]  # the second request asked only for the rest
+
+
+# ----------------------------------------------------------------------------- real and synthetic data
+
+TINY = {"train": 2, "val": 1, "unlabelled": 0}
+TARGET = Path("data/raw") / voc2012.ARCHIVE.stem
+TRAIN_TXT = f"{voc2012.ROOT}/ImageSets/Segmentation/train.txt"
+
+
+def extract_exit(capsys, tmp_path, *args) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `python DataExtract.py --downloads dl --data-dir data args`."""
+    capsys.readouterr()
+    status = run_main(DataExtract.main, ["--downloads", str(tmp_path / "dl"), "--data-dir", str(tmp_path / "data"),
+                                         *map(str, args)])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err, err
+    return status, out, err
+
+
+def marker(tmp_path) -> dict:
+    return json.loads((tmp_path / TARGET / MARKER).read_text())
+
+
+@pytest.fixture
+def real_voc(tmp_path, monkeypatch) -> Path:
+    """The genuine archive in dl/, as far as DataExtract can tell: VOC's layout, and the published md5."""
+    path = synthetic.write_tar(tmp_path / "dl" / voc2012.ARCHIVE.filename, voc2012.synthetic_files(7, TINY))
+    spec = dataclasses.replace(voc2012.ARCHIVE, md5=md5sum(path))
+    monkeypatch.setitem(DATASETS, "voc2012", dataclasses.replace(DATASETS["voc2012"], archives=(spec,)))
+    return path
+
+
+def member_bytes(archive: Path, name: str) -> bytes:
+    with tarfile.open(archive) as tar:
+        return tar.extractfile(name).read()
+
+
+def test_real_archive_replaces_synthetic_data(capsys, tmp_path, real_voc):
+    """Issue 12: after --synthetic, the genuine archive was 'already extracted; nothing to do'."""
+    assert extract_exit(capsys, tmp_path, "--synthetic")[0] == 0
+    assert marker(tmp_path)["synthetic"] is True
+    status, out, err = extract_exit(capsys, tmp_path)  # the md5 is checked, and matches
+    assert status == 0, err
+    assert "replacing the synthetic data" in out and "nothing to do" not in out
+    with tarfile.open(real_voc) as tar:
+        members = len(tar.getmembers())
+    assert marker(tmp_path) == {"archive": real_voc.name, "md5": md5sum(real_voc), "synthetic": False,
+                                "members": members}
+    assert (tmp_path / TARGET / TRAIN_TXT).read_bytes() == member_bytes(real_voc, TRAIN_TXT)
+    assert sorted(p.name for p in (tmp_path / "data/raw").iterdir()) == [TARGET.name]  # the old one is gone
+    status, out, _ = extract_exit(capsys, tmp_path)
+    assert status == 0 and "nothing to do" in out
+
+
+def test_synthetic_data_never_replaces_a_real_extraction(capsys, tmp_path, real_voc):
+    assert extract_exit(capsys, tmp_path)[0] == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "data").rglob("*") if p.is_file()}
+    status, out, err = extract_exit(capsys, tmp_path, "--synthetic")
+    assert status == 2, out
+    assert err.startswith(f"error: {tmp_path / TARGET} holds the extraction of the real {real_voc.name}, and "
+                          f"synthetic data never replaces real data"), err
+    assert {p: p.read_bytes() for p in (tmp_path / "data").rglob("*") if p.is_file()} == before
+
+
+def test_another_synthetic_seed_replaces_the_synthetic_data(capsys, tmp_path):
+    assert extract_exit(capsys, tmp_path, "--synthetic", "--seed", 1)[0] == 0
+    status, out, err = extract_exit(capsys, tmp_path, "--synthetic", "--seed", 2)
+    assert status == 0 and "replacing the synthetic data" in out, err
+    archive = tmp_path / "dl" / "synthetic" / voc2012.ARCHIVE.filename  # now seed 2's
+    assert marker(tmp_path)["md5"] == md5sum(archive) and marker(tmp_path)["synthetic"] is True
+    assert (tmp_path / TARGET / TRAIN_TXT).read_bytes() == member_bytes(archive, TRAIN_TXT)
+
+
+def test_an_archive_with_another_md5_does_not_match_the_extraction(capsys, tmp_path):
+    """Unverified (--no-verify), the md5 is still recorded and compared: another archive is refused."""
+    archive = synthetic.write_tar(tmp_path / "dl" / voc2012.ARCHIVE.filename, voc2012.synthetic_files(1, TINY))
+    first = md5sum(archive)
+    assert extract_exit(capsys, tmp_path, "--no-verify")[0] == 0
+    assert marker(tmp_path)["md5"] == first and marker(tmp_path)["synthetic"] is False
+    before = (tmp_path / TARGET / TRAIN_TXT).read_bytes()
+    synthetic.write_tar(archive, voc2012.synthetic_files(2, TINY))
+    status, out, err = extract_exit(capsys, tmp_path, "--no-verify")
+    assert status == 2, out
+    assert f"already holds an extraction of {archive.name} (md5 {first}), not of {archive} (md5 {md5sum(archive)})" \
+        in err and "remove that folder" in err
+    assert (tmp_path / TARGET / TRAIN_TXT).read_bytes() == before
