@@ -8,6 +8,7 @@ import io
 import json
 import tarfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -243,3 +244,118 @@ def test_an_archive_with_another_md5_does_not_match_the_extraction(capsys, tmp_p
     assert f"already holds an extraction of {archive.name} (md5 {first}), not of {archive} (md5 {md5sum(archive)})" \
         in err and "remove that folder" in err
     assert (tmp_path / TARGET / TRAIN_TXT).read_bytes() == before
+
+
+# ----------------------------------------------------------------------------- hostile servers
+
+
+@contextmanager
+def http_server(respond):
+    """A server on 127.0.0.1 whose answer to each GET is respond(Range header) -> (status, headers, body).
+    Yields (url, the Range header of each request)."""
+    requests = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):  # HTTP/1.0: the connection closes after each reply
+        def do_GET(self):
+            requests.append(self.headers.get("Range"))
+            status, headers, body = respond(self.headers.get("Range"))
+            self.send_response(status)
+            for key, value in headers.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/{voc2012.ARCHIVE.filename}", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+PAYLOAD = bytes(range(256)) * 64
+HAVE = 5000  # bytes already in the .part file
+
+
+def partial(tmp_path) -> Path:
+    dest = tmp_path / "dl" / voc2012.ARCHIVE.filename
+    dest.parent.mkdir()
+    dest.with_name(dest.name + ".part").write_bytes(PAYLOAD[:HAVE])
+    return dest
+
+
+@pytest.mark.parametrize("content_range", [f"bytes 0-{len(PAYLOAD) - 1}/{len(PAYLOAD)}", None, "bytes */100"])
+def test_download_restarts_when_a_partial_reply_does_not_start_at_the_offset(tmp_path, content_range):
+    """The server answers 206 to the resume, but with the file from byte 0 (or no Content-Range to
+    tell where its body starts): that body is not appended; the whole file is fetched again."""
+    def respond(range_header):
+        if range_header is None:
+            return 200, {"Content-Length": str(len(PAYLOAD))}, PAYLOAD
+        return 206, {"Content-Length": str(len(PAYLOAD)), **({"Content-Range": content_range} if content_range
+                                                               else {})}, PAYLOAD
+
+    dest = partial(tmp_path)
+    with http_server(respond) as (url, requests):
+        download(url, dest)
+    assert dest.read_bytes() == PAYLOAD
+    assert requests == [f"bytes={HAVE}-", None]
+    assert not dest.with_name(dest.name + ".part").exists()
+
+
+def test_download_refuses_a_server_that_never_sends_the_asked_bytes(tmp_path):
+    def respond(range_header):
+        return 206, {"Content-Range": f"bytes 10-{len(PAYLOAD) - 1}/{len(PAYLOAD)}"}, PAYLOAD[10:]
+
+    dest = partial(tmp_path)
+    with http_server(respond) as (url, requests), pytest.raises(DataError, match="answered HTTP 206 Partial "
+                                                                                 "Content to a request for the whole"):
+        download(url, dest)
+    assert requests == [f"bytes={HAVE}-", None] and not dest.exists()
+
+
+def test_download_refuses_more_bytes_than_announced(tmp_path):
+    def respond(range_header):
+        return 206, {"Content-Range": f"bytes {HAVE}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}"}, PAYLOAD[HAVE:] + b"extra"
+
+    dest = partial(tmp_path)
+    with http_server(respond) as (url, _), pytest.raises(DataError, match=f"gave {len(PAYLOAD) + 5} bytes, more "
+                                                                          f"than the {len(PAYLOAD)} the server"):
+        download(url, dest)
+    assert not dest.exists() and not dest.with_name(dest.name + ".part").exists()
+
+
+@pytest.mark.parametrize("part_is", ["whole", "longer than the file"])
+def test_download_416_is_trusted_only_when_it_gives_the_partial_file_s_size(tmp_path, part_is):
+    def respond(range_header):
+        if range_header is None:
+            return 200, {"Content-Length": str(len(PAYLOAD))}, PAYLOAD
+        return 416, {"Content-Range": f"bytes */{len(PAYLOAD)}"}, b""
+
+    dest = tmp_path / "dl" / voc2012.ARCHIVE.filename
+    dest.parent.mkdir()
+    part = PAYLOAD if part_is == "whole" else PAYLOAD + b"junk"
+    dest.with_name(dest.name + ".part").write_bytes(part)
+    with http_server(respond) as (url, requests):
+        download(url, dest)
+    assert dest.read_bytes() == PAYLOAD
+    assert requests == [f"bytes={len(part)}-"] + ([] if part_is == "whole" else [None])
+
+
+def test_content_length_that_is_not_a_number_is_an_unknown_length(capsys, tmp_path):
+    """As http.client does, the body is then read to the end of the connection; the md5 check
+    (skipped here) is what tells a whole archive from a partial one."""
+    archive = synthetic.write_tar(tmp_path / "src" / voc2012.ARCHIVE.filename, voc2012.synthetic_files(0, TINY))
+    body = archive.read_bytes()
+
+    def respond(range_header):
+        return 200, {"Content-Length": "12 kB"}, body
+
+    with http_server(respond) as (url, _):
+        status, out, err = extract_exit(capsys, tmp_path, "--download", "--url", url, "--no-verify")
+    assert status == 0, err
+    assert (tmp_path / "dl" / archive.name).read_bytes() == body
+    assert (tmp_path / TARGET / TRAIN_TXT).exists()
