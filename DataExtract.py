@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from segmentnet.archive import DataError, download, extract, read_marker, verify_md5
+from segmentnet.archive import DataError, check_readable, download, extract, read_marker, verify_md5
 from segmentnet.cli import run_main
 from segmentnet.datasets import DATASETS, get_dataset
 from segmentnet.datasets.common import raw_dir
@@ -36,27 +36,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def exists(path: Path) -> bool:
+    """Whether path exists; DataError where that cannot even be told (an unreadable folder, a name too long)."""
+    try:
+        return path.exists()
+    except OSError as exc:
+        raise DataError(f"{path} cannot be looked at ({exc.strerror or exc}); check that you may read the folders "
+                        f"above it, and the name") from None
+
+
 def locate_archives(info, args) -> list[Path]:
     """The path of each of the dataset's archives: --archive, else the downloads folder."""
     downloads = Path(args.downloads)
     if args.synthetic:
-        return info.make_synthetic(downloads / "synthetic", args.seed)
+        try:
+            return info.make_synthetic(downloads / "synthetic", args.seed)
+        except OSError as exc:
+            raise DataError(f"cannot write the synthetic archive into {downloads / 'synthetic'} "
+                            f"({exc.strerror or exc}); choose another --downloads folder") from None
     given = [Path(a) for a in args.archive]
     paths = []
     for spec in info.archives:
         match = [g for g in given if g.name == spec.filename] or (given if len(info.archives) == 1 else [])
         path = match[0] if match else downloads / spec.filename
-        if not path.exists() and args.download:
+        if not exists(path) and args.download:
             url = args.url or spec.url
             if not url:
                 raise DataError(f"{spec.filename} has no public download address (a login is required): "
                                 f"download it yourself into {downloads}/")
             print(f"downloading {url} -> {path}")
             download(url, path)
-        if not path.exists():
+        if not exists(path):
             raise DataError(f"{path} not found. Download {spec.filename} (official address: {spec.url or 'login required'}) "
                             f"into {downloads}/, pass --archive PATH, or use --download.")
-        paths.append(path)
+        paths.append(check_readable(path))
     return paths
 
 

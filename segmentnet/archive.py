@@ -24,6 +24,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -31,6 +32,22 @@ from .errors import DataError  # noqa: F401  (re-exported: modules import it fro
 
 MARKER = ".extracted.json"
 COPY_CHUNK = 1 << 20
+
+try:
+    import lzma
+except ImportError:  # a Python built without lzma: zipfile and tarfile cannot read xz either
+    lzma = None
+# What reading a damaged archive raises: the decompressors' own errors are no OSError.
+READ_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) + (
+    (lzma.LZMAError,) if lzma else ())
+# Zip compression methods this Python's zipfile can read (the others raise NotImplementedError).
+ZIP_READABLE = {method for method, module in (
+    (zipfile.ZIP_STORED, True), (zipfile.ZIP_DEFLATED, getattr(zipfile, "zlib", None)),
+    (zipfile.ZIP_BZIP2, getattr(zipfile, "bz2", None)), (zipfile.ZIP_LZMA, getattr(zipfile, "lzma", None)),
+) if module}
+ZIP_ENCRYPTED = 0x1  # general purpose flag bit 0
+# An OSError with one of these while extracting is the disk's fault, not the archive's.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 @dataclass(frozen=True)
@@ -52,11 +69,30 @@ class Archive:
         return name
 
 
+def check_readable(path: Path) -> Path:
+    """`path` if it is a file that can be read; DataError saying what is wrong otherwise."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise DataError(f"{path} is a folder, not an archive file; pass the archive file itself "
+                            f"(the .tar, .tar.gz or .zip) to --archive")
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as exc:
+        raise DataError(f"{path}: the archive cannot be read ({exc.strerror or exc}); check that it exists and "
+                        f"that you may read it and the folders above it") from None
+    return path
+
+
 def md5sum(path: Path) -> str:
     digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(COPY_CHUNK), b""):
-            digest.update(chunk)
+    try:
+        with open(check_readable(path), "rb") as f:
+            for chunk in iter(lambda: f.read(COPY_CHUNK), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise DataError(f"{path}: reading the archive failed ({exc.strerror or exc}); check the disk "
+                        f"and run again") from None
     return digest.hexdigest()
 
 
@@ -172,7 +208,21 @@ class Member:
     link: str = ""       # link target for symlinks and hardlinks
 
 
+def _plain_text(text: str, what: str) -> str:
+    """`text` (a member's name or link target) if it can be a path: valid UTF-8 and no NUL byte."""
+    problem = "contains a NUL byte" if "\x00" in text else None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # tarfile keeps undecodable bytes as surrogates
+        problem = f"is not valid UTF-8 text ({text.encode('utf-8', 'surrogateescape')!r})"
+    if problem:
+        raise DataError(f"{what} {problem}; the official archives use plain names, so this one is corrupt or "
+                        f"crafted: refusing to extract it. Use the official file")
+    return text
+
+
 def _normalise(name: str, archive: Path) -> str:
+    _plain_text(name, f"{archive}: the name of member {name!r}")
     text = name.replace("\\", "/")
     pure = PurePosixPath(text)
     if pure.is_absolute() or (len(text) > 1 and text[1] == ":"):
@@ -208,15 +258,34 @@ def _link_under(name: str, links: set[str]) -> str | None:
 
 
 def _open(archive: Path):
+    check_readable(archive)
     try:
         if zipfile.is_zipfile(archive):
             return zipfile.ZipFile(archive)
         return tarfile.open(archive)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+    except UnicodeDecodeError as exc:  # zipfile decodes names flagged UTF-8 as it opens the archive
+        raise DataError(
+            f"{archive}: member name {exc.object!r} is not valid UTF-8 text, though the archive says it is; "
+            f"the archive is corrupt or crafted: refusing to extract it. Use the official file"
+        ) from None
+    except READ_ERRORS as exc:
         raise DataError(
             f"{archive}: not a readable tar or zip archive ({exc}). It is truncated or corrupt: "
             f"delete it and download it again."
         ) from None
+
+
+def _zip_readable(info: zipfile.ZipInfo, where: str) -> None:
+    """Refuse, before anything is written, a member that zipfile could not read."""
+    if info.flag_bits & ZIP_ENCRYPTED:
+        raise DataError(f"{where} is encrypted; the official archives are not, and SegmentNet takes no "
+                        f"passwords: refusing to extract this archive. Use the official file")
+    if info.compress_type not in ZIP_READABLE:
+        method = {9: "Deflate64"}.get(info.compress_type) or zipfile.compressor_names.get(info.compress_type,
+                                                                                         "unknown")
+        raise DataError(f"{where} is compressed with method {info.compress_type} ({method}), which Python's "
+                        f"zipfile cannot read; use the official file, or repack the archive with plain deflate "
+                        f"(e.g. Info-ZIP's `zip -r`)")
 
 
 def list_members(archive: Path) -> list[Member]:
@@ -236,8 +305,11 @@ def list_members(archive: Path) -> list[Member]:
                     kind = "special"
                 else:
                     kind = "file"
-                link = handle.read(info).decode("utf-8", "replace") if kind == "symlink" else ""
-                members.append(Member(name, kind, info.file_size, link))
+                where = f"{archive}: member {name!r}"
+                if kind in ("file", "symlink"):
+                    _zip_readable(info, where)
+                link = handle.read(info).decode("utf-8", "surrogateescape") if kind == "symlink" else ""
+                members.append(Member(name, kind, info.file_size, _plain_text(link, f"{where}: its link target")))
         else:
             for info in handle:  # iterating reads the whole archive: a truncated one fails here
                 name = _normalise(info.name, archive)
@@ -251,14 +323,18 @@ def list_members(archive: Path) -> list[Member]:
                     kind = "file"
                 else:
                     kind = "special"
-                members.append(Member(name, kind, info.size, info.linkname))
+                members.append(Member(name, kind, info.size,
+                                      _plain_text(info.linkname, f"{archive}: member {name!r}: its link target")))
             # A tar cut at a member boundary reads as a shorter archive: only the end-of-archive
             # block (zeros) that every tar writer appends tells the two apart.
             handle.fileobj.seek(handle.offset)
             if len(handle.fileobj.read(tarfile.BLOCKSIZE)) < tarfile.BLOCKSIZE:
                 raise DataError(f"{archive}: the archive stops after {len(members)} members without tar's "
                                 f"end-of-archive block; it is truncated: delete it and download it again.")
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+            # Reading to the end makes a compressed tar check its stream's own checksum (gzip's CRC).
+            while handle.fileobj.read(COPY_CHUNK):
+                pass
+    except READ_ERRORS as exc:
         raise DataError(
             f"{archive}: the archive is truncated or corrupt ({exc}); delete it and download it again."
         ) from None
@@ -272,6 +348,9 @@ def check_members(archive: Path, members: list[Member], spec: Archive) -> None:
     links = {m.name for m in members if m.kind == "symlink"}
     for m in members:
         where = f"{archive}: member {m.name!r}"
+        if not m.name and m.kind != "dir":
+            raise DataError(f"{where} is a {m.kind} without a name (nothing is left once '.' and '/' are removed); "
+                            f"refusing to extract this archive: it is corrupt or crafted")
         if m.kind == "special":
             raise DataError(f"{where} is a device, fifo or other special file; refusing to extract this archive")
         if _link_under(m.name, links):
@@ -314,28 +393,35 @@ def wanted(name: str, spec: Archive) -> bool:
 
 
 def _write_members(archive: Path, members: list[Member], spec: Archive, root: Path) -> None:
+    """Write the members (as list_members gave them, checked) into root."""
     handle = _open(archive)
     try:
         if isinstance(handle, zipfile.ZipFile):
-            for info in handle.infolist():
-                name = _normalise(info.filename, archive)
-                if not name or not wanted(name, spec):
+            infos = handle.infolist()
+            if len(infos) != len(members):
+                raise DataError(f"{archive}: the archive changed while it was being extracted; run again")
+            for info, member in zip(infos, members):
+                # no name: the target folder itself (a 'dir' member: check_members refuses others)
+                if not member.name or not wanted(member.name, spec):
                     continue
-                dest = root / name
-                if info.is_dir():
+                dest = root / member.name
+                if member.kind == "dir":
                     dest.mkdir(parents=True, exist_ok=True)
                     continue
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                if stat.S_ISLNK(info.external_attr >> 16):
-                    os.symlink(handle.read(info).decode(), dest)
+                if member.kind == "symlink":
+                    os.symlink(member.link, dest)
                     continue
                 with handle.open(info) as src:
-                    _copy_bounded(src, dest, spec.max_member_bytes, f"{archive}: member {name!r}")
+                    _copy_bounded(src, dest, spec.max_member_bytes, f"{archive}: member {member.name!r}")
         else:
             # The 'data' filter repeats our checks inside tarfile itself (belt and braces).
             handle.extractall(root, members=[m for m in handle.getmembers()
                                              if wanted(_normalise(m.name, archive), spec)], filter="data")
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
+    except READ_ERRORS as exc:
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            raise DataError(f"cannot write the extraction of {archive} into {root.parent}: {exc.strerror}; free "
+                            f"space, or choose another --data-dir, then run again") from None
         raise DataError(f"{archive}: extraction failed ({exc}); the archive is truncated or corrupt") from None
     finally:
         handle.close()

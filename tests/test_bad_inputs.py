@@ -266,6 +266,194 @@ def test_zip_whose_header_lies_about_a_member_size(capsys, tmp_path):
     assert_extract_refused(capsys, tmp_path, path, "extraction failed (Bad CRC-32", "--no-verify")
 
 
+def zip_with_patched_header(path: Path, member: str, field: str, value: int) -> Path:
+    """A zip of GENUINE and `member`, with member's flags or compression method, in both its local
+    header and its central directory entry, set to value by hand."""
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(GENUINE[0], GENUINE[2])
+        zf.writestr(member, b"x" * 100)
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        local = zf.getinfo(member).header_offset
+    central = data.index(member.encode(), local + 30 + len(member)) - 46
+    assert data[local: local + 4] == b"PK\x03\x04" and data[central: central + 4] == b"PK\x01\x02"
+    at_local, at_central = {"flags": (6, 8), "method": (8, 10)}[field]
+    struct.pack_into("<H", data, local + at_local, value)
+    struct.pack_into("<H", data, central + at_central, value)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("flags", 0x1, "is encrypted; the official archives are not, and SegmentNet takes no passwords"),
+    ("method", 9, "is compressed with method 9 (Deflate64), which Python's zipfile cannot read"),
+    ("method", 98, "is compressed with method 98 (ppmd), which Python's zipfile cannot read"),
+], ids=["encrypted", "deflate64", "ppmd"])
+def test_zip_member_that_zipfile_cannot_read(capsys, tmp_path, field, value, message):
+    member = "VOCdevkit/VOC2012/JPEGImages/x.jpg"
+    archive = zip_with_patched_header(tmp_path / "VOCtrainval.zip", member, field, value)
+    err = assert_extract_refused(capsys, tmp_path, archive, message, "--no-verify")
+    assert f"member {member!r}" in err and "Traceback" not in err
+
+
+def tar_with_pax_path(path: Path, name: str) -> Path:
+    """A tar whose second member's name, given in a pax header, is `name` (which may hold a NUL byte)."""
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for member, payload in ((GENUINE[0], GENUINE[2]), ("VOCdevkit/placeholder", b"x")):
+            info = tarfile.TarInfo(member)
+            info.size = len(payload)
+            if member != GENUINE[0]:
+                info.pax_headers = {"path": name}
+            tar.addfile(info, io.BytesIO(payload))
+    return path
+
+
+def zip_with_undecodable_name(path: Path) -> Path:
+    """A zip whose member name is flagged UTF-8 but is not: 'é' (2 bytes) patched to 2 invalid bytes."""
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(GENUINE[0], GENUINE[2])
+        zf.writestr("VOCdevkit/\u00e9.txt", b"x")  # not ASCII: zipfile sets the UTF-8 flag
+    data = path.read_bytes()
+    assert data.count("\u00e9".encode()) == 2  # the local header's and the central directory's name
+    path.write_bytes(data.replace("\u00e9".encode(), b"\xff\xfe"))
+    return path
+
+
+# Each case: a function of the folder that writes the archive there, and what the message says.
+ODD_NAMES = {
+    "tar name not UTF-8": (lambda d: write_tar_members(d / "a.tar", [GENUINE, ("VOCdevkit/\udcff.txt", "file", b"x")]),
+                           "the name of member 'VOCdevkit/\\udcff.txt' is not valid UTF-8 text (b'VOCdevkit/\\xff.txt')"),
+    "tar name with NUL": (lambda d: tar_with_pax_path(d / "a.tar", "VOCdevkit/a\x00b"),
+                          "the name of member 'VOCdevkit/a\\x00b' contains a NUL byte"),
+    "tar member without a name": (lambda d: write_tar_members(d / "a.tar", [GENUINE, ("", "file", b"x")]),
+                                  "member '' is a file without a name"),
+    "tar symlink target not UTF-8": (lambda d: write_tar_members(d / "a.tar", [GENUINE, ("VOCdevkit/l", "symlink",
+                                                                                        "VOC2012\udcff")]),
+                                     "member 'VOCdevkit/l': its link target is not valid UTF-8 text"),
+    "zip name not UTF-8": (lambda d: zip_with_undecodable_name(d / "a.zip"),
+                           "member name b'VOCdevkit/\\xff\\xfe.txt' is not valid UTF-8 text, though the archive says"),
+    "zip symlink target not UTF-8": (lambda d: write_zip_members(d / "a.zip", [GENUINE, ("VOCdevkit/l", "symlink",
+                                                                                        b"VOC2012\xff")]),
+                                     "member 'VOCdevkit/l': its link target is not valid UTF-8 text (b'VOC2012\\xff')"),
+    "zip symlink target with NUL": (lambda d: write_zip_members(d / "a.zip", [GENUINE, ("VOCdevkit/l", "symlink",
+                                                                                       b"VOC2012\x00x")]),
+                                    "member 'VOCdevkit/l': its link target contains a NUL byte"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ODD_NAMES))
+def test_member_names_and_link_targets_that_cannot_be_paths(capsys, tmp_path, case):
+    write, message = ODD_NAMES[case]
+    (tmp_path / "dl").mkdir()
+    archive = write(tmp_path / "dl")
+    assert_extract_refused(capsys, tmp_path, archive, message, "--no-verify")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(["dl", archive.name])  # refused before writing
+
+
+def flip_bytes(path: Path, start: int, count: int = 64) -> Path:
+    data = bytearray(path.read_bytes())
+    for i in range(start, start + count):
+        data[i] ^= 0x55
+    path.write_bytes(bytes(data))
+    return path
+
+
+def compressed_archive(path: Path, kind: str) -> Path:
+    """GENUINE and a 200 kB member, compressed as kind: in a tar random (gzip stores it uncompressed), in
+    a zip mostly zeros (so that the bytes flipped are compressed data, not stored)."""
+    name, payload = "VOCdevkit/VOC2012/JPEGImages/x.jpg", np.random.default_rng(0).bytes(200_000)
+    if kind.startswith("zip"):
+        payload = payload[:100] + bytes(200_000)
+    if kind.startswith("zip"):
+        method = {"zip deflate": zipfile.ZIP_DEFLATED, "zip lzma": zipfile.ZIP_LZMA}[kind]
+        with zipfile.ZipFile(path, "w", compression=method) as zf:
+            zf.writestr(GENUINE[0], GENUINE[2])
+            zf.writestr(name, payload)
+        with zipfile.ZipFile(path) as zf:
+            return flip_bytes(path, zf.getinfo(name).header_offset + 30 + len(name) + 5)  # into its data
+    with tarfile.open(path, {"tar.gz": "w:gz", "tar.xz": "w:xz"}[kind]) as tar:
+        for member, data in ((GENUINE[0], GENUINE[2]), (name, payload)):
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return flip_bytes(path, 50_000)
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("zip deflate", "extraction failed (Error -3 while decompressing data"),
+    ("zip lzma", "extraction failed (Corrupt input data)"),
+    ("tar.xz", "truncated or corrupt (Corrupt input data)"),
+    ("tar.gz", "truncated or corrupt (CRC check failed"),  # gzip's stored blocks decode: only the CRC tells
+])
+def test_corrupt_compressed_data(capsys, tmp_path, kind, message):
+    archive = compressed_archive(tmp_path / f"VOCtrainval.{kind.split()[0]}", kind)
+    assert_extract_refused(capsys, tmp_path, archive, message, "--no-verify")
+
+
+@pytest.mark.parametrize("case", ["a folder", "a name too long"])
+def test_archive_path_that_is_no_readable_file(capsys, tmp_path, case):
+    if case == "a folder":
+        path, message = tmp_path / VOC.filename, "is a folder, not an archive file; pass the archive file itself"
+        path.mkdir()
+    else:
+        path, message = tmp_path / ("x" * 300 + ".tar"), "cannot be looked at (File name too long)"
+    assert_extract_refused(capsys, tmp_path, path, message)  # with the md5 check, which read it first
+
+
+@pytest.mark.parametrize("what", ["archive", "downloads folder"])
+def test_unreadable_archive_or_downloads_folder(tmp_path, voc_tar, what):
+    import os
+    import shutil
+
+    downloads, archive = tmp_path / "dl", tmp_path / "dl" / VOC.filename
+    downloads.mkdir()
+    shutil.copy(voc_tar, archive)
+    prefix = []
+    if os.geteuid() == 0:  # root reads any file: run without the capabilities that let it
+        if not shutil.which("setpriv"):
+            pytest.skip("running as root, and no setpriv to drop root's right to read any file")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    (archive if what == "archive" else downloads).chmod(0)
+    try:
+        result = subprocess.run([*prefix, sys.executable, str(ROOT / "DataExtract.py"), "--downloads", str(downloads),
+                                 "--data-dir", str(tmp_path / "data")], cwd=tmp_path, capture_output=True, text=True,
+                                timeout=300)
+    finally:
+        downloads.chmod(0o755)
+        archive.chmod(0o644)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    expected = {"archive": f"{archive}: the archive cannot be read (Permission denied)",
+                "downloads folder": f"{archive} cannot be looked at (Permission denied)"}[what]
+    assert expected in result.stderr, result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_data_dir_that_cannot_be_written(capsys, tmp_path, voc_tar):
+    (tmp_path / "data").write_text("a file, not a folder")
+    status, err = main_exit(capsys, DataExtract.main, "--archive", voc_tar, "--data-dir", tmp_path / "data",
+                            "--no-verify")
+    assert status == 2 and "Traceback" not in err, err
+    assert err.startswith(f"error: cannot write into {tmp_path / 'data' / 'raw'} (Not a directory); choose another "
+                          f"--data-dir"), err
+
+
+def test_disk_full_during_extraction_is_not_blamed_on_the_archive(capsys, tmp_path, monkeypatch):
+    import errno
+
+    from segmentnet import archive as archive_module
+
+    def disk_full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(archive_module, "_copy_bounded", disk_full)
+    archive = synthetic.write_zip(tmp_path / "voc.zip", voc2012.synthetic_files(0, TINY_COUNTS))
+    err = assert_extract_refused(capsys, tmp_path, archive, f"cannot write the extraction of {archive} into "
+                                                            f"{tmp_path / 'data' / 'raw'}: No space left on device; "
+                                                            f"free space, or choose another --data-dir", "--no-verify")
+    assert "corrupt" not in err
+
+
 CORRUPT_MARKERS = {
     "not JSON": (b"{not json", "it cannot be read as JSON (Expecting property name"),
     "not UTF-8": (b"\xff\xfe{}", "it cannot be read as JSON ('utf-8' codec can't decode"),
