@@ -99,6 +99,25 @@ class RandomHorizontalFlip:
         return image, mask
 
 
+class ColourJitter:
+    """Random brightness, contrast and saturation, each by a factor in [1 - strength, 1 + strength]
+    (in random order), on the image alone: lighting and camera differ between scenes."""
+
+    def __init__(self, strength: float):
+        if not 0 <= strength < 1:
+            raise ValueError(f"colour jitter strength must be in [0, 1), got {strength}")
+        self.strength = strength
+
+    def __call__(self, image, mask, rng):
+        from PIL import ImageEnhance
+
+        image = image if image.mode == "RGB" else image.convert("RGB")
+        for index in rng.permutation(3):
+            enhancer = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)[index]
+            image = enhancer(image).enhance(float(rng.uniform(1 - self.strength, 1 + self.strength)))
+        return image, mask
+
+
 class ToTensor:
     """PIL pair -> (uint8 CxHxW tensor, int64 HxW tensor of class indices)."""
 
@@ -116,8 +135,12 @@ def normalize(images: torch.Tensor, mean, std) -> torch.Tensor:
     return (images.float() - mean_t) / std_t
 
 
-def train_transform(crop_size: int, scale_range=(0.5, 2.0), flip: float = 0.5, pad: bool = True) -> Compose:
-    return Compose([RandomScaleCrop(crop_size, scale_range, pad=pad), RandomHorizontalFlip(flip), ToTensor()])
+def train_transform(crop_size: int, scale_range=(0.5, 2.0), flip: float = 0.5, pad: bool = True,
+                    colour_jitter: float = 0.0) -> Compose:
+    steps = [RandomScaleCrop(crop_size, scale_range, pad=pad), RandomHorizontalFlip(flip)]
+    if colour_jitter > 0:
+        steps.append(ColourJitter(colour_jitter))
+    return Compose(steps + [ToTensor()])
 
 
 def eval_transform() -> Compose:

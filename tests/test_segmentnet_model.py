@@ -8,7 +8,9 @@ from SegmentNet import MODELS, SegmentNet, build_model
 
 
 @pytest.mark.parametrize("size", [(37, 53), (64, 64), (33, 7), (1, 1)])
-@pytest.mark.parametrize("options", [{"width": 8, "depth": 2, "blocks": 1}, {"width": 4, "depth": 5, "blocks": 2}])
+@pytest.mark.parametrize("options", [{"width": 8, "depth": 2, "blocks": 1}, {"width": 4, "depth": 5, "blocks": 2},
+                                     {"width": 8, "depth": 3, "blocks": 1, "stem_stride": 2},
+                                     {"width": 8, "depth": 3, "blocks": 1, "stem_stride": 4}])
 def test_logits_at_input_size_for_any_size(size, options):
     model = build_model("segmentnet", num_classes=5, **options).eval()
     with torch.no_grad():
@@ -22,6 +24,25 @@ def test_skip_connections_and_learned_upsampling_are_used():
     model(x).sum().backward()
     # Every parameter, encoder to head, takes part in the output.
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+@pytest.mark.parametrize("stride", [2, 4])
+def test_a_strided_stem_runs_no_layer_at_full_resolution(stride):
+    model = SegmentNet(num_classes=3, width=4, depth=2, blocks=1, stem_stride=stride)
+    sizes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1]))
+             for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    out = model(torch.randn(1, 3, 64, 64))
+    for hook in hooks:
+        hook.remove()
+    # only the stem's first convolution runs at half resolution; the head at 1/stride
+    assert out.shape == (1, 3, 64, 64) and max(sizes) == 32 and sizes[-1] == 64 // stride
+    # the default keeps the previous layout, so older checkpoints still load
+    plain = SegmentNet(num_classes=3, width=4, depth=2, blocks=1)
+    assert [k for k in plain.state_dict()] == [k for k in SegmentNet(3, width=4, depth=2, blocks=1,
+                                                                      stem_stride=2).state_dict()]
+    with pytest.raises(ValueError, match="stem_stride must be one of"):
+        SegmentNet(3, stem_stride=3)
 
 
 def test_width_and_depth_change_the_network():

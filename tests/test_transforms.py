@@ -78,3 +78,19 @@ def test_validation_is_full_size_and_normalize_matches_formula(small_voc):
     assert torch.equal(mask, torch.from_numpy(np.array(Image.open(ds.mask_path(0)))).long())
     x = normalize(image[None], (0.5, 0.4, 0.3), (0.2, 0.2, 0.1))
     assert torch.allclose(x[0, 2], (image[2].float() / 255 - 0.3) / 0.1, atol=1e-5)
+
+
+def test_colour_jitter_changes_the_image_alone_and_is_seeded():
+    from segmentnet.transforms import ColourJitter
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    mask = Image.fromarray(rng.integers(0, 5, (20, 30), dtype=np.uint8))
+    out, out_mask = ColourJitter(0.4)(image, mask, np.random.default_rng(1))
+    again, _ = ColourJitter(0.4)(image, mask, np.random.default_rng(1))
+    assert out_mask is mask and np.array_equal(np.asarray(out), np.asarray(again))
+    assert not np.array_equal(np.asarray(out), np.asarray(image))
+    same, _ = ColourJitter(0.0)(image, mask, np.random.default_rng(1))
+    assert np.array_equal(np.asarray(same), np.asarray(image))
+    with pytest.raises(ValueError, match="colour jitter strength"):
+        ColourJitter(1.5)

@@ -5,14 +5,21 @@ decoder  per stage: learned 2x upsampling (transposed convolution), concatenatio
          encoder's skip at that resolution, a residual block
 head     1x1 convolution to class logits
 
-Any height and width work: the input is padded up to a multiple of 2**depth and the logits
-are cropped back, so they always have the input's size.
+Any height and width work: the input is padded up to a multiple of stem_stride * 2**depth and
+the logits are cropped back, so they always have the input's size.
+
+stem_stride 2 or 4 makes the network cheap enough for a CPU, as LinkNet (Chaurasia & Culurciello,
+2017) does: the stem is a 7x7 stride-2 convolution (and, for 4, a 3x3 stride-2 max pool), so no
+layer runs at full resolution, and the logits are upsampled bilinearly to the input's size.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+STEM_STRIDES = (1, 2, 4)
 
 
 class ResidualBlock(nn.Module):
@@ -52,15 +59,22 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
 
 class SegmentNet(nn.Module):
     def __init__(self, num_classes: int, width: int = 32, depth: int = 4, blocks: int = 2,
-                 in_channels: int = 3, max_width: int = 512):
+                 in_channels: int = 3, max_width: int = 512, stem_stride: int = 1):
         super().__init__()
         if depth < 1 or width < 1 or blocks < 1:
             raise ValueError(f"width, depth and blocks must be >= 1 (got {width}, {depth}, {blocks})")
-        self.depth = depth
+        if stem_stride not in STEM_STRIDES:
+            raise ValueError(f"stem_stride must be one of {STEM_STRIDES}, got {stem_stride}")
+        self.depth, self.stem_stride = depth, stem_stride
         channels = [min(width * 2 ** i, max_width) for i in range(depth + 1)]
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels[0], 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(channels[0]), nn.ReLU(inplace=True),
-                                  ResidualBlock(channels[0], channels[0]))
+        if stem_stride == 1:
+            entry = [nn.Conv2d(in_channels, channels[0], 3, 1, 1, bias=False)]
+        else:
+            entry = [nn.Conv2d(in_channels, channels[0], 7, 2, 3, bias=False)]
+        entry += [nn.BatchNorm2d(channels[0]), nn.ReLU(inplace=True)]
+        if stem_stride == 4:
+            entry.append(nn.MaxPool2d(3, 2, 1))
+        self.stem = nn.Sequential(*entry, ResidualBlock(channels[0], channels[0]))
         self.encoder = nn.ModuleList(
             residual_stage(channels[i], channels[i + 1], blocks, stride=2) for i in range(depth))
         self.upsample = nn.ModuleList(
@@ -75,11 +89,14 @@ class SegmentNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x):
-        x, (h, w) = pad_to_multiple(x, 2 ** self.depth)
+        x, (h, w) = pad_to_multiple(x, self.stem_stride * 2 ** self.depth)
         skips = [self.stem(x)]
         for stage in self.encoder:
             skips.append(stage(skips[-1]))
         y = skips.pop()
         for up, fuse in zip(self.upsample, self.decoder):
             y = fuse(torch.cat([up(y), skips.pop()], dim=1))
-        return self.head(y)[..., :h, :w]
+        logits = self.head(y)
+        if self.stem_stride > 1:
+            logits = F.interpolate(logits, scale_factor=self.stem_stride, mode="bilinear", align_corners=False)
+        return logits[..., :h, :w]
