@@ -307,6 +307,40 @@ def test_sbd_mat_out_of_range_and_not_a_class_file(tmp_path):
         voc2012_aug.read_label(tmp_path / "inst.mat")
 
 
+def tiff_as_png(path: Path, array: np.ndarray, mode: str) -> Path:
+    """A mask file named .png that holds a TIFF (Pillow reads the content, not the name): TIFF
+    stores what PNG cannot, 32-bit signed (mode I) and floating-point (mode F) pixels."""
+    Image.fromarray(array, mode=mode).save(path, format="TIFF")
+    return path
+
+
+@pytest.mark.parametrize("name", ["voc2012", "cityscapes", "ade20k", "kitti_road"])
+def test_negative_and_fractional_labels_are_refused(tmp_path, name):
+    """-1 would become 255 (or, shifted by ADE20K, 254) in a cast to uint8: refused before it."""
+    read_label = get_dataset(name).read_label
+    negative = np.full((8, 8), 1, dtype=np.int32)
+    negative[2, 3] = -1
+    with pytest.raises(DataError, match=r"neg.png: label values \[-1\] are negative"):
+        read_label(tiff_as_png(tmp_path / "neg.png", negative, "I"))
+    fractional = np.full((8, 8), 1.0, dtype=np.float32)
+    fractional[0, :2] = (0.5, np.nan)
+    with pytest.raises(DataError, match=r"frac.png: mask mode 'F'"):
+        read_label(tiff_as_png(tmp_path / "frac.png", fractional, "F"))
+
+
+@pytest.mark.parametrize("values,message", [
+    (np.array([[0, 1.5], [2, 3]]), r"label values are float64 numbers \(e.g. \[0.0, 1.5, 2.0, 3.0\]\)"),
+    (np.array([[0, np.nan], [2, 3]]), r"label values are float64 numbers \(e.g. \[0.0, 2.0, 3.0, nan\]\)"),
+    (np.array([[0, -1], [2, 3]], dtype=np.int16), r"label values \[-1\] are negative"),
+])
+def test_sbd_mat_of_fractions_nan_or_negatives_is_refused(tmp_path, values, message):
+    from scipy.io import savemat
+
+    savemat(tmp_path / "bad.mat", {"GTcls": {"Segmentation": values}})
+    with pytest.raises(DataError, match=rf"bad.mat: {message}"):
+        voc2012_aug.read_label(tmp_path / "bad.mat")
+
+
 def test_missing_scipy_is_named(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "scipy.io", None)  # import scipy.io now fails
     with pytest.raises(DataError, match="pip install scipy"):

@@ -104,12 +104,29 @@ def read_index_array(path: Path, hint: str = "") -> np.ndarray:
         )
     if mode not in ("P", "L", "I;16", "I"):
         raise DataError(f"{path}: mask mode {mode!r}; expected a palette or greyscale PNG of class indices.{hint}")
+    check_whole_numbers(array, path, hint)
     return array
+
+
+def check_whole_numbers(array: np.ndarray, path: Path, hint: str = "") -> None:
+    """Class indices are integers >= 0: fractions, NaN or negative values would be wrapped by a cast
+    to uint8 into classes that look valid, so they are refused here, before any conversion."""
+    if not np.issubdtype(array.dtype, np.integer):
+        examples = np.unique(array.ravel()[:100_000])[:5].tolist() if array.dtype.kind in "fc" else []
+        raise DataError(f"{path}: label values are {array.dtype} numbers{f' (e.g. {examples})' if examples else ''}, "
+                        f"but class indices are whole numbers (0..N-1, or {IGNORE_INDEX} for 'ignore'). Save the "
+                        f"mask as integers (a palette or greyscale PNG, uint8).{hint}")
+    if array.size and array.min() < 0:
+        negative = np.unique(array[array < 0])[:10].tolist()
+        raise DataError(f"{path}: label values {negative} are negative, but class indices are 0..N-1, or "
+                        f"{IGNORE_INDEX} for 'ignore'. Check that this mask stores class indices.{hint}")
 
 
 def check_label_values(array: np.ndarray, num_classes: int, path: Path, binary: bool = False,
                        hint: str = "") -> None:
-    """Values must be class indices or 255; binary (two-class) masks must not be stored as 0/255."""
+    """Values must be class indices or 255 (integers, none negative); binary (two-class) masks must
+    not be stored as 0/255."""
+    check_whole_numbers(array, path, hint)
     values = np.unique(array)
     if binary and values.size and set(values.tolist()) <= {0, IGNORE_INDEX} and IGNORE_INDEX in values:
         raise DataError(
