@@ -5,13 +5,21 @@ The common layout, written by DataSeparate.py:
     data/<name>/dataset.json
     data/<name>/<split>/images/<stem>.<jpg|png>
     data/<name>/<split>/masks/<stem>.png      palette PNG of class indices, 255 = ignore
+
+Every name that comes from the data (an id of a split list, a file name found by globbing) is
+checked before any work: it must be a plain file name, the files it names must lie inside the raw
+folder of their archive once links are resolved, it may name one pair of one split only (an image
+in both train and val would leak into validation), and outputs are named by the tool itself
+(<split>/images/<stem><suffix>), never by joining text from the data.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import struct
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing import get_context
@@ -22,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from ..archive import Archive, DataError
+from ..files import check_inside, child, plain_name
 
 IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -33,6 +42,12 @@ class Pair:
     stem: str
     image: Path
     mask: Path | None  # None for unlabelled images (a prediction-only split)
+    source: str = ""   # where the data named it ('<list> line N'); '' when found by globbing
+
+    @property
+    def origin(self) -> str:
+        """What an error names: the split list's line, or the image file that was found."""
+        return self.source or str(self.image)
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,74 @@ def raw_dir(data_dir: Path, archive: Archive) -> Path:
     return Path(data_dir) / "raw" / archive.stem
 
 
+def read_split_list(path: Path, folder: Path) -> list[tuple[str, str]]:
+    """The ids of a split list (one a line; blank lines ignored), each with where it stands
+    ('<list> line N'). DataError for a list that is missing, outside `folder` (its archive's raw
+    folder) through a link, not a file or not text, for an id that is not a plain file name, and
+    for an id listed twice (it would count twice)."""
+    path = check_inside(folder, path, f"split list {path}")
+    if not path.exists():
+        raise DataError(f"{path} is missing: the extraction is incomplete; run DataExtract.py again")
+    if not path.is_file():
+        raise DataError(f"{path} is not a file (a folder, or a special file), but a split list is a text file "
+                        f"of image ids, one a line. The extraction is not of the official archive: extract it again")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: the split list cannot be read ({exc.strerror}); check its permissions") from None
+    ids, first = [], {}
+    for number, raw in enumerate(data.splitlines(), start=1):
+        where = f"{path} line {number}"
+        try:
+            name = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise DataError(f"{where}: {raw[:60]!r} is not text (UTF-8); a split list holds image ids, one a "
+                            f"line. The file is corrupt or was crafted: use the official data") from None
+        if not name:
+            continue
+        plain_name(name, where)
+        if name in first:
+            raise DataError(f"{where}: the id {name!r} is listed again (first on line {first[name]}); each image "
+                            f"is listed once, or it counts twice. Remove the repeated line, or use the official list")
+        first[name] = number
+        ids.append((name, where))
+    return ids
+
+
+def check_pairs(info: "DatasetInfo", data_dir: Path, splits: dict[str, list[Pair]]) -> None:
+    """Before any work: every stem a plain name, named once per split and in one labelled split only
+    (an image in train and val leaks into validation); every image and mask inside the raw folder of
+    its archive (data/raw/<archive stem>) once links are resolved."""
+    folders = [raw_dir(data_dir, spec) for spec in info.archives]
+    labelled: dict[str, tuple[str, Pair]] = {}
+    for split, pairs in splits.items():
+        seen: dict[str, Pair] = {}
+        for pair in pairs:
+            plain_name(pair.stem, pair.origin)
+            for path in (pair.image, pair.mask):
+                if path is not None:
+                    check_readable(folders, path, pair.origin)
+            if pair.stem in seen:
+                raise DataError(f"{pair.origin}: {pair.stem!r} is named twice in split {split!r} (also by "
+                                f"{seen[pair.stem].origin}); each image may be in a split once. Remove one of them")
+            seen[pair.stem] = pair
+            if pair.mask is not None and pair.stem in labelled:
+                other_split, other = labelled[pair.stem]
+                raise DataError(f"{pair.stem!r} is in split {other_split!r} ({other.origin}) and in split "
+                                f"{split!r} ({pair.origin}): an image in two splits leaks from training into "
+                                f"validation and makes its scores meaningless. Remove it from one of the lists")
+        labelled.update({stem: (split, pair) for stem, pair in seen.items() if pair.mask is not None})
+
+
+def check_readable(folders: list[Path], path: Path, where: str) -> Path:
+    """`path` if it lies inside the raw folder it was built under, once links are resolved."""
+    for folder in folders:
+        if Path(path).is_relative_to(folder):
+            return check_inside(folder, path, where)
+    raise DataError(f"{where}: {path} is outside the raw folders of this dataset "
+                    f"({', '.join(map(str, folders))}); refusing to read it")
+
+
 # ----------------------------------------------------------------------------- label checks
 
 
@@ -77,14 +160,29 @@ def read_index_mask(path: Path, num_classes: int, binary: bool = False, hint: st
     return array.astype(np.uint8)
 
 
+def decode_image(path: Path, what: str = "image") -> Image.Image:
+    """The decoded image (file closed); DataError naming the file when it is missing, cannot be
+    decoded, or declares more pixels than Pillow's limit (Image.MAX_IMAGE_PIXELS): a tiny file can
+    declare 30000x30000 pixels (a decompression bomb), which must not be allocated."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return image
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} file missing") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{path}: the {what} declares more pixels than any image of a dataset ({exc}); the file "
+                        f"is corrupt or crafted (a decompression bomb): replace it") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+        raise DataError(f"{path}: the {what} cannot be decoded ({exc}); the file is truncated or corrupt") from None
+
+
 def decode_mask(path: Path) -> tuple[str, np.ndarray]:
     """(PIL mode, pixel array) of a mask file; DataError when it cannot be decoded."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.mode, np.array(image)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: the mask cannot be decoded ({exc}); the file is truncated or corrupt")
+    image = decode_image(path, "mask")
+    return image.mode, np.array(image)
 
 
 def read_index_array(path: Path, hint: str = "") -> np.ndarray:
@@ -155,30 +253,26 @@ def save_index_png(path: Path, label: np.ndarray, palette) -> None:
 
 
 def _convert_pair(info: DatasetInfo, out: Path, split: str, pair: Pair):
-    """Check and write one pair; returns (stem, error or None, per-class pixel counts)."""
+    """Check and write one pair; returns (stem, error or None, per-class pixel counts).
+
+    Outputs are named by the tool: <split>/images/<stem><suffix> and <split>/masks/<stem>.png,
+    the stem checked to be a plain name (check_pairs checked it before; checked again here)."""
     try:
-        with Image.open(pair.image) as image:
-            image.load()
-            size = image.size
-    except FileNotFoundError:
-        return pair.stem, f"{pair.image}: image file missing", None
-    except (OSError, SyntaxError, ValueError) as exc:
-        return pair.stem, f"{pair.image}: the image cannot be decoded ({exc}); truncated or corrupt", None
-    counts = None
-    if pair.mask is not None:
-        if not pair.mask.exists():
-            return pair.stem, f"{pair.mask}: mask missing for image {pair.image}", None
-        try:
+        size = decode_image(pair.image).size
+        counts = None
+        if pair.mask is not None:
+            if not pair.mask.exists():
+                return pair.stem, f"{pair.mask}: mask missing for image {pair.image}", None
             label = info.read_label(pair.mask)
-        except DataError as exc:
-            return pair.stem, str(exc), None
-        if label.shape != (size[1], size[0]):
-            return pair.stem, (f"{pair.mask}: mask is {label.shape[1]}x{label.shape[0]} but its image "
-                               f"{pair.image.name} is {size[0]}x{size[1]}; they must be the same size"), None
-        save_index_png(out / split / "masks" / f"{pair.stem}.png", label, info.palette)
-        counts = np.bincount(label[label != IGNORE_INDEX].ravel(), minlength=info.num_classes)
-    suffix = pair.image.suffix.lower()
-    shutil.copyfile(pair.image, out / split / "images" / f"{pair.stem}{suffix}")
+            if label.shape != (size[1], size[0]):
+                return pair.stem, (f"{pair.mask}: mask is {label.shape[1]}x{label.shape[0]} but its image "
+                                   f"{pair.image.name} is {size[0]}x{size[1]}; they must be the same size"), None
+            save_index_png(child(out / split / "masks", pair.stem, pair.origin, ".png"), label, info.palette)
+            counts = np.bincount(label[label != IGNORE_INDEX].ravel(), minlength=info.num_classes)
+        image_out = child(out / split / "images", pair.stem, pair.origin, pair.image.suffix.lower())
+    except DataError as exc:
+        return pair.stem, str(exc), None
+    shutil.copyfile(pair.image, image_out)
     return pair.stem, None, counts
 
 
@@ -209,6 +303,7 @@ def separate(info: DatasetInfo, data_dir: Path, skip_bad: bool = False, workers:
     if empty:
         raise DataError(f"{info.name}: split(s) {', '.join(empty)} have no images in {data_dir / 'raw'}; "
                         f"the extraction is incomplete or of another dataset")
+    check_pairs(info, data_dir, splits)
     if not skip_bad:
         check_masks_present(splits)
     data_dir.mkdir(parents=True, exist_ok=True)
