@@ -483,6 +483,16 @@ def test_decompression_bomb_is_named_and_skippable(capsys, tmp_path, slot, size)
     assert [s["stem"] for s in info["skipped"]] == [stem] and "decompression bomb" in info["skipped"][0]["error"]
 
 
+@pytest.mark.parametrize("content", [b"{\"counts\": {\"train\"", b"[1, 2]", b"\xff\xfe"])
+def test_corrupt_dataset_json_of_a_finished_separation(capsys, tmp_path, content):
+    make_small_voc(tmp_path, counts=TINY_COUNTS)
+    summary = tmp_path / "voc2012" / "dataset.json"
+    summary.write_bytes(content)
+    status, err = main_exit(capsys, DataSeparate.main, "--data-dir", tmp_path, "--workers", 1)
+    assert status == 2 and err.startswith(f"error: {summary} ") and "pass --force to separate again" in err, err
+    status, err = main_exit(capsys, DataSeparate.main, "--data-dir", tmp_path, "--workers", 1, "--force")
+    assert status == 0, err
+    assert json.loads(summary.read_text())["counts"] == {"train": 3, "val": 1}
 
 
 # ----------------------------------------------------------------------------- names and hyperparameters

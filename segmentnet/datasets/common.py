@@ -5,6 +5,7 @@ The common layout, written by DataSeparate.py:
     data/<name>/dataset.json
     data/<name>/<split>/images/<stem>.<jpg|png>
     data/<name>/<split>/masks/<stem>.png      palette PNG of class indices, 255 = ignore
+    data/<name>/.segmentnet-owner.json        marks the folder as DataSeparate's (files.OWNER_FILE)
 
 Every name that comes from the data (an id of a split list, a file name found by globbing) is
 checked before any work: it must be a plain file name, the files it names must lie inside the raw
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import struct
 import tempfile
 import warnings
@@ -30,11 +32,12 @@ import numpy as np
 from PIL import Image
 
 from ..archive import Archive, DataError
-from ..files import check_inside, child, plain_name
+from ..files import check_inside, child, mark_owned, owner_of, plain_name
 
 IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+TOOL = "DataSeparate"  # the owner recorded in the folders separate() writes
 
 
 @dataclass(frozen=True)
@@ -281,8 +284,9 @@ def separate(info: DatasetInfo, data_dir: Path, skip_bad: bool = False, workers:
     """Convert the extracted raw files into data/<name>/ (see the module docstring).
 
     `options` are passed to info.list_pairs (only names in info.options). Returns the dataset.json
-    contents. Writes into a temporary folder renamed at the end, so an interrupted run leaves
-    nothing that looks complete.
+    contents. Writes into a hidden temporary folder (.<name>.partial-*, marked with this process's
+    id) renamed at the end, so an interrupted run leaves nothing that looks complete; the next run
+    removes such folders whose process is gone. Replaces only a data/<name>/ that it wrote itself.
     """
     data_dir = Path(data_dir)
     final = data_dir / info.name
@@ -291,13 +295,16 @@ def separate(info: DatasetInfo, data_dir: Path, skip_bad: bool = False, workers:
     if unknown:
         raise DataError(f"{info.name} takes no option {', '.join(unknown)} "
                         f"(its options: {', '.join(info.options) or 'none'})")
+    if data_dir.is_dir():
+        remove_stale_partials(data_dir, info.name)
     if (final / "dataset.json").exists() and not force:
-        done = json.loads((final / "dataset.json").read_text())
+        done = read_summary(final / "dataset.json")
         changed = {k: v for k, v in options.items() if done.get("options", {}).get(k) != v}
         if changed:
             raise DataError(f"{final} was made with options {done.get('options', {})}, not {changed}: "
                             f"pass --force to redo it")
         return done | {"already_done": True}
+    check_replaceable(final)
     splits = info.list_pairs(data_dir / "raw", **options)
     empty = [s for s, pairs in splits.items() if not pairs]
     if empty:
@@ -307,17 +314,86 @@ def separate(info: DatasetInfo, data_dir: Path, skip_bad: bool = False, workers:
     if not skip_bad:
         check_masks_present(splits)
     data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{info.name}.partial-", dir=data_dir))
+    tmp = partial_folder(data_dir, info.name)
     try:
         summary = _separate_into(info, splits, tmp, skip_bad, workers, progress) | {"options": options}
         (tmp / "dataset.json").write_text(json.dumps(summary, indent=1))
         if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+            check_replaceable(final)
+            old = tmp.with_name(f"{tmp.name}-old")  # the old output, moved aside (its mark kept), then removed
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
+
+
+def read_summary(path: Path) -> dict:
+    """dataset.json of a finished separation; DataError when it is unreadable or not one."""
+    try:
+        done = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} is unreadable or corrupt ({exc}); pass --force to separate again") from None
+    if not (isinstance(done, dict) and isinstance(done.get("counts"), dict)
+            and isinstance(done.get("options", {}), dict)):
+        raise DataError(f"{path} is not a dataset.json written by DataSeparate (no 'counts'); pass --force to "
+                        f"separate again")
+    return done
+
+
+def check_replaceable(final: Path) -> None:
+    """Refuse to replace data/<name>/ unless DataSeparate wrote it (its owner mark) or it is empty."""
+    if final.is_symlink() or (final.exists() and not final.is_dir()):
+        raise DataError(f"{final} is a link or a file, not a folder DataSeparate wrote; it replaces only its "
+                        f"own output. Move it away, or choose another --data-dir")
+    if not final.exists():
+        return
+    record = owner_of(final)
+    if record is not None and record["tool"] == TOOL:
+        return
+    if record is None and not any(final.iterdir()):
+        return
+    writer = f"was written by {record['tool']}" if record else "holds files DataSeparate did not write"
+    raise DataError(f"{final} {writer}; DataSeparate replaces only its own output, so it leaves this folder as "
+                    f"it is. Move it away or choose another --data-dir (a folder from a DataSeparate older "
+                    f"than its owner mark: delete it yourself, then run again)")
+
+
+def partial_folder(data_dir: Path, name: str) -> Path:
+    """A new hidden .<name>.partial-* folder, marked as this process's (tool, host, pid)."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=data_dir))
+    mark_owned(folder, TOOL, host=socket.gethostname(), pid=os.getpid())
+    return folder
+
+
+def remove_stale_partials(data_dir: Path, name: str) -> list[Path]:
+    """Remove the .<name>.partial-* folders left by DataSeparate runs that were killed: only those
+    marked as DataSeparate's, on this host, by a process that is gone. Returns what was removed."""
+    removed = []
+    for folder in sorted(Path(data_dir).glob(f".{name}.partial-*")):
+        record = owner_of(folder) if folder.is_dir() and not folder.is_symlink() else None
+        if (record and record["tool"] == TOOL and record.get("host") == socket.gethostname()
+                and not process_alive(record.get("pid"))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def process_alive(pid) -> bool:
+    """Whether a process with this id exists (an unknown id counts as alive: nothing is removed)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, another user's
+        return True
+    return True
 
 
 def check_masks_present(splits: dict[str, list[Pair]]) -> None:
