@@ -3,7 +3,8 @@
 Every pair is checked (both decodable, same size, labels within the classes or 255; colour masks
 where indices are expected, 0/255 masks where 0/1 are expected, images without masks are named as
 such). A bad pair stops the run naming the file and the fix, or with --skip-bad is skipped and
-listed at the end.
+listed at the end. SIGTERM or SIGHUP stops it leaving nothing behind (exit status 128 + signal);
+a run killed outright leaves a hidden .<dataset>.partial-* folder that the next run removes.
 
     python DataSeparate.py --dataset cityscapes
     python DataSeparate.py --dataset kitti_road --val-fraction 0.15 --split-seed 0
@@ -11,7 +12,11 @@ listed at the end.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from segmentnet.cli import run_main
@@ -39,11 +44,38 @@ def dataset_options(args) -> dict:
     return {name: value for name, value in given.items() if value is not None}
 
 
+@contextmanager
+def stop_cleanly_on_signals(names=("SIGTERM", "SIGHUP")):
+    """Turn these signals into SystemExit(128 + signal), so that separate() removes its partial
+    folder on the way out, as it does for Ctrl-C; the previous handlers come back afterwards.
+    Worker processes (forked with the handler) die of the signal as usual."""
+    owner = os.getpid()
+    signals = [getattr(signal, name) for name in names if hasattr(signal, name)]
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        signals = []
+
+    def stop(signum, frame):
+        if os.getpid() != owner:  # a pool worker, e.g. stopped by pool.terminate()
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        print(f"stopped by signal {signum}: nothing was written; run DataSeparate.py again", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    previous = {s: signal.signal(s, stop) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     info = get_dataset(args.dataset)
-    summary = separate(info, Path(args.data_dir), skip_bad=args.skip_bad, workers=args.workers, force=args.force,
-                       options=dataset_options(args))
+    with stop_cleanly_on_signals():
+        summary = separate(info, Path(args.data_dir), skip_bad=args.skip_bad, workers=args.workers,
+                           force=args.force, options=dataset_options(args))
     out = Path(args.data_dir) / info.name
     if summary.get("already_done"):
         print(f"{out} is already complete ({summary['counts']}); nothing to do (--force redoes it)")

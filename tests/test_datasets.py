@@ -3,7 +3,8 @@ conversion of the genuine samples, the label checks, and class weights in the lo
 from __future__ import annotations
 
 import json
-import os
+import re
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -36,12 +37,18 @@ CITYSCAPES_TABLE = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8,
                     25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
 
 
-def extract_and_separate(name: str, root: Path, *separate_args: str) -> Path:
-    """The small synthetic archives of `name` through DataExtract.main and DataSeparate.main."""
+def extract_small(name: str, root: Path) -> Path:
+    """The small synthetic archives of `name` through DataExtract.main; returns the data folder."""
     downloads, data = root / "downloads", root / "data"
     SMALL[name](downloads, 0)
     assert DataExtract.main(["--dataset", name, "--downloads", str(downloads), "--data-dir", str(data),
                              "--no-verify"]) == 0
+    return data
+
+
+def extract_and_separate(name: str, root: Path, *separate_args: str) -> Path:
+    """The small synthetic archives of `name` through DataExtract.main and DataSeparate.main."""
+    data = extract_small(name, root)
     assert DataSeparate.main(["--dataset", name, "--data-dir", str(data), "--workers", "1", *separate_args]) == 0
     return data
 
@@ -175,11 +182,12 @@ def test_synthetic_archives_are_deterministic(name, tmp_path):
 # ----------------------------------------------------------------------------- the genuine samples
 
 
-def link_tree(pairs: dict[str, Path], root: Path) -> Path:
-    """A raw folder in the official layout whose files are links to the genuine samples."""
+def copy_tree(pairs: dict[str, Path], root: Path) -> Path:
+    """A raw folder in the official layout holding copies of the genuine samples (not links: a raw
+    file that leads out of its raw folder is refused)."""
     for relative, source in pairs.items():
         (root / relative).parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(source, root / relative)
+        shutil.copyfile(source, root / relative)
     return root
 
 
@@ -187,13 +195,13 @@ def test_real_cityscapes_sample_converts_by_the_table(tmp_path):
     real = realdata("cityscapes")
     stem = "aachen_000000_000019"
     files = {}
-    for split in ("train", "val"):  # the one sample stands in for both splits
-        files[f"raw/leftImg8bit_trainvaltest/leftImg8bit/{split}/aachen/{stem}_leftImg8bit.png"] = \
+    for split, name in (("train", stem), ("val", "aachen_000001_000019")):  # the one sample, in both splits
+        files[f"raw/leftImg8bit_trainvaltest/leftImg8bit/{split}/aachen/{name}_leftImg8bit.png"] = \
             real / "leftImg8bit" / "train" / "aachen" / f"{stem}_leftImg8bit.png"
         for kind in ("labelIds", "instanceIds"):
-            files[f"raw/gtFine_trainvaltest/gtFine/{split}/aachen/{stem}_gtFine_{kind}.png"] = \
+            files[f"raw/gtFine_trainvaltest/gtFine/{split}/aachen/{name}_gtFine_{kind}.png"] = \
                 real / "gtFine" / "train" / "aachen" / f"{stem}_gtFine_{kind}.png"
-    data = link_tree(files, tmp_path)
+    data = copy_tree(files, tmp_path)
     separate(cityscapes.DATASET, data, workers=1, progress=False)
     label_ids = np.array(Image.open(real / "gtFine" / "train" / "aachen" / f"{stem}_gtFine_labelIds.png"))
     expected = np.full(label_ids.shape, 255)
@@ -208,12 +216,12 @@ def test_real_cityscapes_sample_converts_by_the_table(tmp_path):
 def test_real_ade20k_sample_converts_by_the_shift(tmp_path):
     real = realdata("ade20k")
     files = {}
-    for folder in ("training", "validation"):
-        files[f"raw/ADEChallengeData2016/ADEChallengeData2016/images/{folder}/ADE_val_00000001.jpg"] = \
+    for folder, name in (("training", "ADE_train_00000001"), ("validation", "ADE_val_00000001")):
+        files[f"raw/ADEChallengeData2016/ADEChallengeData2016/images/{folder}/{name}.jpg"] = \
             real / "images" / "validation" / "ADE_val_00000001.jpg"
-        files[f"raw/ADEChallengeData2016/ADEChallengeData2016/annotations/{folder}/ADE_val_00000001.png"] = \
+        files[f"raw/ADEChallengeData2016/ADEChallengeData2016/annotations/{folder}/{name}.png"] = \
             real / "annotations" / "validation" / "ADE_val_00000001.png"
-    data = link_tree(files, tmp_path)
+    data = copy_tree(files, tmp_path)
     separate(ade20k.DATASET, data, workers=1, progress=False)
     raw = np.array(Image.open(real / "annotations" / "validation" / "ADE_val_00000001.png"))
     expected = np.array([[255 if v == 0 else v - 1 for v in row] for row in raw.tolist()])
@@ -232,7 +240,7 @@ def test_real_kitti_sample_converts_by_the_colours(tmp_path):
         for kind in ("road", "lane"):
             files[f"{base}/training/gt_image_2/um_{kind}_{number}.png"] = \
                 real / "training" / "gt_image_2" / f"um_{kind}_000000.png"
-    data = link_tree(files, tmp_path)
+    data = copy_tree(files, tmp_path)
     summary = separate(kitti_road.DATASET, data, workers=1, progress=False)
     assert summary["counts"] == {"train": 1, "val": 1, "test": 1}
     gt = np.array(Image.open(real / "training" / "gt_image_2" / "um_road_000000.png"))
@@ -305,6 +313,89 @@ def test_sbd_mat_out_of_range_and_not_a_class_file(tmp_path):
     savemat(tmp_path / "inst.mat", {"GTinst": {"Segmentation": segmentation}})
     with pytest.raises(DataError, match="no GTcls.Segmentation"):
         voc2012_aug.read_label(tmp_path / "inst.mat")
+
+
+def tiff_as_png(path: Path, array: np.ndarray, mode: str) -> Path:
+    """A mask file named .png that holds a TIFF (Pillow reads the content, not the name): TIFF
+    stores what PNG cannot, 32-bit signed (mode I) and floating-point (mode F) pixels."""
+    Image.fromarray(array, mode=mode).save(path, format="TIFF")
+    return path
+
+
+@pytest.mark.parametrize("name", ["voc2012", "cityscapes", "ade20k", "kitti_road"])
+def test_negative_and_fractional_labels_are_refused(tmp_path, name):
+    """-1 would become 255 (or, shifted by ADE20K, 254) in a cast to uint8: refused before it."""
+    read_label = get_dataset(name).read_label
+    negative = np.full((8, 8), 1, dtype=np.int32)
+    negative[2, 3] = -1
+    with pytest.raises(DataError, match=r"neg.png: label values \[-1\] are negative"):
+        read_label(tiff_as_png(tmp_path / "neg.png", negative, "I"))
+    fractional = np.full((8, 8), 1.0, dtype=np.float32)
+    fractional[0, :2] = (0.5, np.nan)
+    with pytest.raises(DataError, match=r"frac.png: mask mode 'F'"):
+        read_label(tiff_as_png(tmp_path / "frac.png", fractional, "F"))
+
+
+@pytest.mark.parametrize("values,message", [
+    (np.array([[0, 1.5], [2, 3]]), r"label values are float64 numbers \(e.g. \[0.0, 1.5, 2.0, 3.0\]\)"),
+    (np.array([[0, np.nan], [2, 3]]), r"label values are float64 numbers \(e.g. \[0.0, 2.0, 3.0, nan\]\)"),
+    (np.array([[0, -1], [2, 3]], dtype=np.int16), r"label values \[-1\] are negative"),
+])
+def test_sbd_mat_of_fractions_nan_or_negatives_is_refused(tmp_path, values, message):
+    from scipy.io import savemat
+
+    savemat(tmp_path / "bad.mat", {"GTcls": {"Segmentation": values}})
+    with pytest.raises(DataError, match=rf"bad.mat: {message}"):
+        voc2012_aug.read_label(tmp_path / "bad.mat")
+
+
+def test_voc2012_aug_refuses_an_id_in_voc_train_and_val_and_one_listed_twice(tmp_path):
+    """VOC val ids that SBD lists stay out of train (the documented rule, tested above); an id in
+    both of VOC's lists is an image in both splits, and an id twice in one list counts twice."""
+    data = extract_small("voc2012_aug", tmp_path)
+    voc_sets = data / "raw" / "VOCtrainval_11-May-2012" / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation"
+    sbd = data / "raw" / "benchmark" / "benchmark_RELEASE" / "dataset"
+    train, val = raw_ids(voc_sets / "train.txt"), raw_ids(voc_sets / "val.txt")
+    (voc_sets / "val.txt").write_text("\n".join(val + [train[1]]) + "\n")
+    with pytest.raises(DataError, match=rf"'{train[1]}' is in split 'train' \({re.escape(str(voc_sets / 'train.txt'))} "
+                                        rf"line 2\) and in split 'val' \({re.escape(str(voc_sets / 'val.txt'))} line "
+                                        rf"{len(val) + 1}\): an image in two splits leaks"):
+        separate(voc2012_aug.DATASET, data, workers=1, progress=False)
+    (voc_sets / "val.txt").write_text("\n".join(val) + "\n")
+    sbd_train = raw_ids(sbd / "train.txt")
+    (sbd / "train.txt").write_text("\n".join(sbd_train + [sbd_train[0]]) + "\n")
+    with pytest.raises(DataError, match=rf"{re.escape(str(sbd / 'train.txt'))} line {len(sbd_train) + 1}: the id "
+                                        rf"'{sbd_train[0]}' is listed again \(first on line 1\)"):
+        separate(voc2012_aug.DATASET, data, workers=1, progress=False)
+    assert not (data / "voc2012_aug").exists()
+
+
+def test_globbed_files_named_twice_or_leading_out_are_refused(tmp_path):
+    """Datasets without lists: the same name in two Cityscapes cities would write one output over
+    the other; an ADE20K image that is a link out of its raw folder is never read."""
+    data = extract_small("cityscapes", tmp_path / "cityscapes")
+    images = data / "raw" / "leftImg8bit_trainvaltest" / "leftImg8bit" / "train"
+    labels = data / "raw" / "gtFine_trainvaltest" / "gtFine" / "train"
+    first = sorted(images.glob("*/*_leftImg8bit.png"))[0]
+    other_city = next(p.name for p in images.iterdir() if p.name != first.parent.name)
+    shutil.copyfile(first, images / other_city / first.name)
+    label = first.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png")
+    shutil.copyfile(labels / first.parent.name / label, labels / other_city / label)
+    stem = first.name.replace("_leftImg8bit.png", "")
+    with pytest.raises(DataError, match=rf"'{stem}' is named twice in split 'train' \(also by {re.escape(str(first))}\)"):
+        separate(cityscapes.DATASET, data, workers=1, progress=False)
+    assert not (data / "cityscapes").exists()
+
+    data = extract_small("ade20k", tmp_path / "ade20k")
+    outside = tmp_path / "victim.jpg"
+    outside.write_bytes(synthetic.encode(Image.new("RGB", (48, 48)), "JPEG"))
+    image = sorted((data / "raw" / "ADEChallengeData2016" / "ADEChallengeData2016" / "images" / "validation").iterdir())[0]
+    image.unlink()
+    image.symlink_to(outside)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(image))}: {re.escape(str(image))} leads to "
+                                        rf"{re.escape(str(outside))}, outside"):
+        separate(ade20k.DATASET, data, workers=1, skip_bad=True, progress=False)
+    assert not (data / "ade20k").exists()
 
 
 def test_missing_scipy_is_named(tmp_path, monkeypatch):

@@ -5,13 +5,23 @@ The common layout, written by DataSeparate.py:
     data/<name>/dataset.json
     data/<name>/<split>/images/<stem>.<jpg|png>
     data/<name>/<split>/masks/<stem>.png      palette PNG of class indices, 255 = ignore
+    data/<name>/.segmentnet-owner.json        marks the folder as DataSeparate's (files.OWNER_FILE)
+
+Every name that comes from the data (an id of a split list, a file name found by globbing) is
+checked before any work: it must be a plain file name, the files it names must lie inside the raw
+folder of their archive once links are resolved, it may name one pair of one split only (an image
+in both train and val would leak into validation), and outputs are named by the tool itself
+(<split>/images/<stem><suffix>), never by joining text from the data.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import socket
+import struct
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing import get_context
@@ -22,10 +32,12 @@ import numpy as np
 from PIL import Image
 
 from ..archive import Archive, DataError
+from ..files import check_inside, child, mark_owned, owner_of, plain_name
 
 IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+TOOL = "DataSeparate"  # the owner recorded in the folders separate() writes
 
 
 @dataclass(frozen=True)
@@ -33,6 +45,12 @@ class Pair:
     stem: str
     image: Path
     mask: Path | None  # None for unlabelled images (a prediction-only split)
+    source: str = ""   # where the data named it ('<list> line N'); '' when found by globbing
+
+    @property
+    def origin(self) -> str:
+        """What an error names: the split list's line, or the image file that was found."""
+        return self.source or str(self.image)
 
 
 @dataclass(frozen=True)
@@ -63,6 +81,74 @@ def raw_dir(data_dir: Path, archive: Archive) -> Path:
     return Path(data_dir) / "raw" / archive.stem
 
 
+def read_split_list(path: Path, folder: Path) -> list[tuple[str, str]]:
+    """The ids of a split list (one a line; blank lines ignored), each with where it stands
+    ('<list> line N'). DataError for a list that is missing, outside `folder` (its archive's raw
+    folder) through a link, not a file or not text, for an id that is not a plain file name, and
+    for an id listed twice (it would count twice)."""
+    path = check_inside(folder, path, f"split list {path}")
+    if not path.exists():
+        raise DataError(f"{path} is missing: the extraction is incomplete; run DataExtract.py again")
+    if not path.is_file():
+        raise DataError(f"{path} is not a file (a folder, or a special file), but a split list is a text file "
+                        f"of image ids, one a line. The extraction is not of the official archive: extract it again")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: the split list cannot be read ({exc.strerror}); check its permissions") from None
+    ids, first = [], {}
+    for number, raw in enumerate(data.splitlines(), start=1):
+        where = f"{path} line {number}"
+        try:
+            name = raw.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            raise DataError(f"{where}: {raw[:60]!r} is not text (UTF-8); a split list holds image ids, one a "
+                            f"line. The file is corrupt or was crafted: use the official data") from None
+        if not name:
+            continue
+        plain_name(name, where)
+        if name in first:
+            raise DataError(f"{where}: the id {name!r} is listed again (first on line {first[name]}); each image "
+                            f"is listed once, or it counts twice. Remove the repeated line, or use the official list")
+        first[name] = number
+        ids.append((name, where))
+    return ids
+
+
+def check_pairs(info: "DatasetInfo", data_dir: Path, splits: dict[str, list[Pair]]) -> None:
+    """Before any work: every stem a plain name, named once per split and in one labelled split only
+    (an image in train and val leaks into validation); every image and mask inside the raw folder of
+    its archive (data/raw/<archive stem>) once links are resolved."""
+    folders = [raw_dir(data_dir, spec) for spec in info.archives]
+    labelled: dict[str, tuple[str, Pair]] = {}
+    for split, pairs in splits.items():
+        seen: dict[str, Pair] = {}
+        for pair in pairs:
+            plain_name(pair.stem, pair.origin)
+            for path in (pair.image, pair.mask):
+                if path is not None:
+                    check_readable(folders, path, pair.origin)
+            if pair.stem in seen:
+                raise DataError(f"{pair.origin}: {pair.stem!r} is named twice in split {split!r} (also by "
+                                f"{seen[pair.stem].origin}); each image may be in a split once. Remove one of them")
+            seen[pair.stem] = pair
+            if pair.mask is not None and pair.stem in labelled:
+                other_split, other = labelled[pair.stem]
+                raise DataError(f"{pair.stem!r} is in split {other_split!r} ({other.origin}) and in split "
+                                f"{split!r} ({pair.origin}): an image in two splits leaks from training into "
+                                f"validation and makes its scores meaningless. Remove it from one of the lists")
+        labelled.update({stem: (split, pair) for stem, pair in seen.items() if pair.mask is not None})
+
+
+def check_readable(folders: list[Path], path: Path, where: str) -> Path:
+    """`path` if it lies inside the raw folder it was built under, once links are resolved."""
+    for folder in folders:
+        if Path(path).is_relative_to(folder):
+            return check_inside(folder, path, where)
+    raise DataError(f"{where}: {path} is outside the raw folders of this dataset "
+                    f"({', '.join(map(str, folders))}); refusing to read it")
+
+
 # ----------------------------------------------------------------------------- label checks
 
 
@@ -77,14 +163,29 @@ def read_index_mask(path: Path, num_classes: int, binary: bool = False, hint: st
     return array.astype(np.uint8)
 
 
+def decode_image(path: Path, what: str = "image") -> Image.Image:
+    """The decoded image (file closed); DataError naming the file when it is missing, cannot be
+    decoded, or declares more pixels than Pillow's limit (Image.MAX_IMAGE_PIXELS): a tiny file can
+    declare 30000x30000 pixels (a decompression bomb), which must not be allocated."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                return image
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} file missing") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{path}: the {what} declares more pixels than any image of a dataset ({exc}); the file "
+                        f"is corrupt or crafted (a decompression bomb): replace it") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+        raise DataError(f"{path}: the {what} cannot be decoded ({exc}); the file is truncated or corrupt") from None
+
+
 def decode_mask(path: Path) -> tuple[str, np.ndarray]:
     """(PIL mode, pixel array) of a mask file; DataError when it cannot be decoded."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.mode, np.array(image)
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path}: the mask cannot be decoded ({exc}); the file is truncated or corrupt")
+    image = decode_image(path, "mask")
+    return image.mode, np.array(image)
 
 
 def read_index_array(path: Path, hint: str = "") -> np.ndarray:
@@ -104,12 +205,29 @@ def read_index_array(path: Path, hint: str = "") -> np.ndarray:
         )
     if mode not in ("P", "L", "I;16", "I"):
         raise DataError(f"{path}: mask mode {mode!r}; expected a palette or greyscale PNG of class indices.{hint}")
+    check_whole_numbers(array, path, hint)
     return array
+
+
+def check_whole_numbers(array: np.ndarray, path: Path, hint: str = "") -> None:
+    """Class indices are integers >= 0: fractions, NaN or negative values would be wrapped by a cast
+    to uint8 into classes that look valid, so they are refused here, before any conversion."""
+    if not np.issubdtype(array.dtype, np.integer):
+        examples = np.unique(array.ravel()[:100_000])[:5].tolist() if array.dtype.kind in "fc" else []
+        raise DataError(f"{path}: label values are {array.dtype} numbers{f' (e.g. {examples})' if examples else ''}, "
+                        f"but class indices are whole numbers (0..N-1, or {IGNORE_INDEX} for 'ignore'). Save the "
+                        f"mask as integers (a palette or greyscale PNG, uint8).{hint}")
+    if array.size and array.min() < 0:
+        negative = np.unique(array[array < 0])[:10].tolist()
+        raise DataError(f"{path}: label values {negative} are negative, but class indices are 0..N-1, or "
+                        f"{IGNORE_INDEX} for 'ignore'. Check that this mask stores class indices.{hint}")
 
 
 def check_label_values(array: np.ndarray, num_classes: int, path: Path, binary: bool = False,
                        hint: str = "") -> None:
-    """Values must be class indices or 255; binary (two-class) masks must not be stored as 0/255."""
+    """Values must be class indices or 255 (integers, none negative); binary (two-class) masks must
+    not be stored as 0/255."""
+    check_whole_numbers(array, path, hint)
     values = np.unique(array)
     if binary and values.size and set(values.tolist()) <= {0, IGNORE_INDEX} and IGNORE_INDEX in values:
         raise DataError(
@@ -138,30 +256,26 @@ def save_index_png(path: Path, label: np.ndarray, palette) -> None:
 
 
 def _convert_pair(info: DatasetInfo, out: Path, split: str, pair: Pair):
-    """Check and write one pair; returns (stem, error or None, per-class pixel counts)."""
+    """Check and write one pair; returns (stem, error or None, per-class pixel counts).
+
+    Outputs are named by the tool: <split>/images/<stem><suffix> and <split>/masks/<stem>.png,
+    the stem checked to be a plain name (check_pairs checked it before; checked again here)."""
     try:
-        with Image.open(pair.image) as image:
-            image.load()
-            size = image.size
-    except FileNotFoundError:
-        return pair.stem, f"{pair.image}: image file missing", None
-    except (OSError, SyntaxError, ValueError) as exc:
-        return pair.stem, f"{pair.image}: the image cannot be decoded ({exc}); truncated or corrupt", None
-    counts = None
-    if pair.mask is not None:
-        if not pair.mask.exists():
-            return pair.stem, f"{pair.mask}: mask missing for image {pair.image}", None
-        try:
+        size = decode_image(pair.image).size
+        counts = None
+        if pair.mask is not None:
+            if not pair.mask.exists():
+                return pair.stem, f"{pair.mask}: mask missing for image {pair.image}", None
             label = info.read_label(pair.mask)
-        except DataError as exc:
-            return pair.stem, str(exc), None
-        if label.shape != (size[1], size[0]):
-            return pair.stem, (f"{pair.mask}: mask is {label.shape[1]}x{label.shape[0]} but its image "
-                               f"{pair.image.name} is {size[0]}x{size[1]}; they must be the same size"), None
-        save_index_png(out / split / "masks" / f"{pair.stem}.png", label, info.palette)
-        counts = np.bincount(label[label != IGNORE_INDEX].ravel(), minlength=info.num_classes)
-    suffix = pair.image.suffix.lower()
-    shutil.copyfile(pair.image, out / split / "images" / f"{pair.stem}{suffix}")
+            if label.shape != (size[1], size[0]):
+                return pair.stem, (f"{pair.mask}: mask is {label.shape[1]}x{label.shape[0]} but its image "
+                                   f"{pair.image.name} is {size[0]}x{size[1]}; they must be the same size"), None
+            save_index_png(child(out / split / "masks", pair.stem, pair.origin, ".png"), label, info.palette)
+            counts = np.bincount(label[label != IGNORE_INDEX].ravel(), minlength=info.num_classes)
+        image_out = child(out / split / "images", pair.stem, pair.origin, pair.image.suffix.lower())
+    except DataError as exc:
+        return pair.stem, str(exc), None
+    shutil.copyfile(pair.image, image_out)
     return pair.stem, None, counts
 
 
@@ -170,8 +284,9 @@ def separate(info: DatasetInfo, data_dir: Path, skip_bad: bool = False, workers:
     """Convert the extracted raw files into data/<name>/ (see the module docstring).
 
     `options` are passed to info.list_pairs (only names in info.options). Returns the dataset.json
-    contents. Writes into a temporary folder renamed at the end, so an interrupted run leaves
-    nothing that looks complete.
+    contents. Writes into a hidden temporary folder (.<name>.partial-*, marked with this process's
+    id) renamed at the end, so an interrupted run leaves nothing that looks complete; the next run
+    removes such folders whose process is gone. Replaces only a data/<name>/ that it wrote itself.
     """
     data_dir = Path(data_dir)
     final = data_dir / info.name
@@ -180,32 +295,105 @@ def separate(info: DatasetInfo, data_dir: Path, skip_bad: bool = False, workers:
     if unknown:
         raise DataError(f"{info.name} takes no option {', '.join(unknown)} "
                         f"(its options: {', '.join(info.options) or 'none'})")
+    if data_dir.is_dir():
+        remove_stale_partials(data_dir, info.name)
     if (final / "dataset.json").exists() and not force:
-        done = json.loads((final / "dataset.json").read_text())
+        done = read_summary(final / "dataset.json")
         changed = {k: v for k, v in options.items() if done.get("options", {}).get(k) != v}
         if changed:
             raise DataError(f"{final} was made with options {done.get('options', {})}, not {changed}: "
                             f"pass --force to redo it")
         return done | {"already_done": True}
+    check_replaceable(final)
     splits = info.list_pairs(data_dir / "raw", **options)
     empty = [s for s, pairs in splits.items() if not pairs]
     if empty:
         raise DataError(f"{info.name}: split(s) {', '.join(empty)} have no images in {data_dir / 'raw'}; "
                         f"the extraction is incomplete or of another dataset")
+    check_pairs(info, data_dir, splits)
     if not skip_bad:
         check_masks_present(splits)
     data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{info.name}.partial-", dir=data_dir))
+    tmp = partial_folder(data_dir, info.name)
     try:
         summary = _separate_into(info, splits, tmp, skip_bad, workers, progress) | {"options": options}
         (tmp / "dataset.json").write_text(json.dumps(summary, indent=1))
         if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+            check_replaceable(final)
+            old = tmp.with_name(f"{tmp.name}-old")  # the old output, moved aside (its mark kept), then removed
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
+
+
+def read_summary(path: Path) -> dict:
+    """dataset.json of a finished separation; DataError when it is unreadable or not one."""
+    try:
+        done = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} is unreadable or corrupt ({exc}); pass --force to separate again") from None
+    if not (isinstance(done, dict) and isinstance(done.get("counts"), dict)
+            and isinstance(done.get("options", {}), dict)):
+        raise DataError(f"{path} is not a dataset.json written by DataSeparate (no 'counts'); pass --force to "
+                        f"separate again")
+    return done
+
+
+def check_replaceable(final: Path) -> None:
+    """Refuse to replace data/<name>/ unless DataSeparate wrote it (its owner mark) or it is empty."""
+    if final.is_symlink() or (final.exists() and not final.is_dir()):
+        raise DataError(f"{final} is a link or a file, not a folder DataSeparate wrote; it replaces only its "
+                        f"own output. Move it away, or choose another --data-dir")
+    if not final.exists():
+        return
+    record = owner_of(final)
+    if record is not None and record["tool"] == TOOL:
+        return
+    if record is None and not any(final.iterdir()):
+        return
+    writer = f"was written by {record['tool']}" if record else "holds files DataSeparate did not write"
+    raise DataError(f"{final} {writer}; DataSeparate replaces only its own output, so it leaves this folder as "
+                    f"it is. Move it away or choose another --data-dir (a folder from a DataSeparate older "
+                    f"than its owner mark: delete it yourself, then run again)")
+
+
+def partial_folder(data_dir: Path, name: str) -> Path:
+    """A new hidden .<name>.partial-* folder, marked as this process's (tool, host, pid)."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=data_dir))
+    mark_owned(folder, TOOL, host=socket.gethostname(), pid=os.getpid())
+    return folder
+
+
+def remove_stale_partials(data_dir: Path, name: str) -> list[Path]:
+    """Remove the .<name>.partial-* folders left by DataSeparate runs that were killed: only those
+    marked as DataSeparate's, on this host, by a process that is gone. Returns what was removed."""
+    removed = []
+    for folder in sorted(Path(data_dir).glob(f".{name}.partial-*")):
+        record = owner_of(folder) if folder.is_dir() and not folder.is_symlink() else None
+        if (record and record["tool"] == TOOL and record.get("host") == socket.gethostname()
+                and not process_alive(record.get("pid"))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def process_alive(pid) -> bool:
+    """Whether a process with this id exists (an unknown id counts as alive: nothing is removed)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: alive, another user's
+        return True
+    return True
 
 
 def check_masks_present(splits: dict[str, list[Pair]]) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import synthetic
-from ..archive import Archive, DataError
-from .common import DatasetInfo, Pair, read_index_mask
+from ..archive import Archive
+from .common import DatasetInfo, Pair, read_index_mask, read_split_list
 
 CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -48,24 +48,21 @@ ARCHIVE = Archive(
 )
 
 
-def read_ids(path: Path) -> list[str]:
-    if not path.exists():
-        raise DataError(f"{path} is missing: the VOC extraction is incomplete; run DataExtract.py again")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-
-
 def voc_root(raw_root: Path) -> Path:
     return raw_root / ARCHIVE.stem / ROOT
 
 
-def pairs_for_ids(root: Path, ids: list[str]) -> list[Pair]:
-    return [Pair(i, root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png") for i in ids]
+def pairs_for_ids(root: Path, ids: list[tuple[str, str]]) -> list[Pair]:
+    """Pairs of (id, where it is listed), as read_split_list returns them."""
+    return [Pair(i, root / "JPEGImages" / f"{i}.jpg", root / "SegmentationClass" / f"{i}.png", where)
+            for i, where in ids]
 
 
 def list_pairs(raw_root: Path) -> dict[str, list[Pair]]:
     root = voc_root(raw_root)
     sets = root / "ImageSets" / "Segmentation"
-    return {split: pairs_for_ids(root, read_ids(sets / f"{split}.txt")) for split in ("train", "val")}
+    return {split: pairs_for_ids(root, read_split_list(sets / f"{split}.txt", raw_root / ARCHIVE.stem))
+            for split in ("train", "val")}
 
 
 def read_label(path: Path) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 from .. import synthetic
 from ..archive import Archive, DataError
 from . import voc2012
-from .common import DatasetInfo, IGNORE_INDEX, Pair, check_label_values
+from .common import DatasetInfo, IGNORE_INDEX, Pair, check_label_values, read_split_list
 
 SBD_ROOT = "benchmark_RELEASE/dataset"
 SBD_ARCHIVE = Archive(
@@ -40,14 +40,20 @@ def list_pairs(raw_root: Path) -> dict[str, list[Pair]]:
     voc = voc2012.voc_root(raw_root)
     sbd = sbd_root(raw_root)
     voc_sets = voc / "ImageSets" / "Segmentation"
-    voc_train, voc_val = voc2012.read_ids(voc_sets / "train.txt"), voc2012.read_ids(voc_sets / "val.txt")
+    voc_raw, sbd_raw = Path(raw_root) / voc2012.ARCHIVE.stem, Path(raw_root) / SBD_ARCHIVE.stem
+    voc_train, voc_val = (read_split_list(voc_sets / f"{split}.txt", voc_raw) for split in ("train", "val"))
     if not sbd.is_dir():
         raise DataError(f"{sbd} not found: extract {SBD_ARCHIVE.filename} first (DataExtract.py --dataset voc2012_aug)")
-    sbd_ids = voc2012.read_ids(sbd / "train.txt") + voc2012.read_ids(sbd / "val.txt")
-    held_out, from_voc = set(voc_val), set(voc_train)
-    sbd_only = sorted({i for i in sbd_ids if i not in held_out and i not in from_voc})
+    # SBD's train and val lists both go into train: an id in both is one image, taken once. VOC val
+    # is held out (SBD lists some of its images) and VOC's masks come first; VOC train and VOC val
+    # sharing an id is refused by check_pairs (an image in both splits).
+    sbd_ids: dict[str, str] = {}
+    for i, where in read_split_list(sbd / "train.txt", sbd_raw) + read_split_list(sbd / "val.txt", sbd_raw):
+        sbd_ids.setdefault(i, where)
+    held_out, from_voc = {i for i, _ in voc_val}, {i for i, _ in voc_train}
+    sbd_only = sorted(i for i in sbd_ids if i not in held_out and i not in from_voc)
     train = voc2012.pairs_for_ids(voc, voc_train)
-    train += [Pair(i, sbd / "img" / f"{i}.jpg", sbd / "cls" / f"{i}.mat") for i in sbd_only]
+    train += [Pair(i, sbd / "img" / f"{i}.jpg", sbd / "cls" / f"{i}.mat", sbd_ids[i]) for i in sbd_only]
     return {"train": sorted(train, key=lambda p: p.stem), "val": voc2012.pairs_for_ids(voc, voc_val)}
 
 
@@ -69,7 +75,7 @@ def read_sbd_label(path: Path) -> np.ndarray:
         raise DataError(f"{path}: no GTcls.Segmentation image in it; SBD's class annotations are "
                         f"benchmark_RELEASE/dataset/cls/<id>.mat (not inst/, which holds instances)")
     array = np.asarray(segmentation)
-    check_label_values(array, len(voc2012.CLASSES), path)
+    check_label_values(array, len(voc2012.CLASSES), path)  # integers >= 0 first: no uint8 wrap-around
     return array.astype(np.uint8)
 
 
