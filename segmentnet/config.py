@@ -99,7 +99,8 @@ def config_from_dict(cls, values: dict, source: str = "config"):
         expected = hints.get(key)
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if expected in (int, float, bool, str) and not isinstance(value, expected):
+        if expected in (int, float, bool, str) and (not isinstance(value, expected) or
+                                                    expected is not bool and isinstance(value, bool)):
             raise ConfigError(f"{source}: {key} must be {expected.__name__}, got {value!r}")
         clean[key] = value
     return cls(**clean)

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 
 class ResidualBlock(nn.Module):
     """Two 3x3 conv-BN layers with an identity (or 1x1 projection) shortcut, as in ResNet."""
@@ -55,7 +57,7 @@ class SegmentNet(nn.Module):
                  in_channels: int = 3, max_width: int = 512):
         super().__init__()
         if depth < 1 or width < 1 or blocks < 1:
-            raise ValueError(f"width, depth and blocks must be >= 1 (got {width}, {depth}, {blocks})")
+            raise ConfigError(f"width, depth and blocks must be >= 1 (got {width}, {depth}, {blocks})")
         self.depth = depth
         channels = [min(width * 2 ** i, max_width) for i in range(depth + 1)]
         self.stem = nn.Sequential(nn.Conv2d(in_channels, channels[0], 3, 1, 1, bias=False),
