@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import errno
 import glob
-import math
 import os
 import pickle
 import zipfile
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .config import entry_problems, is_colours, is_number, is_three_numbers, is_whole
 from .errors import DataError
 
 
@@ -136,14 +136,6 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     return check_checkpoint(state, path)
 
 
-def _is_int(value, low: int = 0) -> bool:
-    return type(value) is int and value >= low
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _is_byte_tensor(value) -> bool:
     return isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1
 
@@ -166,35 +158,33 @@ _ANY_CHECKPOINT = {
                                                     for k, t in v.items()), "a mapping of names to tensors"),
     "model_name": (lambda v: isinstance(v, str), "a model name (text)"),
     "model_options": (lambda v: isinstance(v, dict), "a JSON object (dict) of model options"),
-    "num_classes": (lambda v: _is_int(v, 1), "a whole number >= 1"),
+    "num_classes": (lambda v: is_whole(v, 1), "a whole number >= 1"),
     "run_id": (lambda v: isinstance(v, str), "a run id (text)"),
 }
 _RESUME = {
     "classes": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of class names"),
-    "palette": (lambda v: isinstance(v, list) and all(isinstance(c, list) and len(c) == 3 and all(_is_int(x) for x in c)
-                                                      for c in v), "a list of [r, g, b] colours"),
-    "mean": (lambda v: isinstance(v, list) and len(v) == 3 and all(map(_is_number, v)), "3 numbers"),
-    "std": (lambda v: isinstance(v, list) and len(v) == 3 and all(_is_number(x) and x > 0 for x in v),
-            "3 positive numbers"),
+    "palette": (is_colours, "a list of [r, g, b] colours (0 to 255)"),
+    "mean": (is_three_numbers, "3 numbers"),
+    "std": (lambda v: is_three_numbers(v, positive=True), "3 positive numbers"),
     "dataset": (lambda v: isinstance(v, str), "a dataset name (text)"),
     "config": (lambda v: isinstance(v, dict), "a JSON object (dict) of hyperparameters"),
     "optimizer": (lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
                   and isinstance(v.get("param_groups"), list)
                   and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in v["param_groups"]),
                   "an optimiser state (state and param_groups)"),
-    "scheduler": (lambda v: isinstance(v, dict) and all(_is_int(v.get(k)) for k in
+    "scheduler": (lambda v: isinstance(v, dict) and all(is_whole(v.get(k)) for k in
                                                         ("global_step", "total_steps", "warmup_steps")),
                   "global_step, total_steps and warmup_steps as whole numbers >= 0"),
-    "scaler": (lambda v: v is None or (isinstance(v, dict) and all(_is_number(v.get(k)) and v[k] > 0 for k in
+    "scaler": (lambda v: v is None or (isinstance(v, dict) and all(is_number(v.get(k)) and v[k] > 0 for k in
                                                                    ("scale", "growth_factor", "backoff_factor"))
-                                       and _is_int(v.get("growth_interval"), 1) and _is_int(v.get("_growth_tracker"))),
+                                       and is_whole(v.get("growth_interval"), 1) and is_whole(v.get("_growth_tracker"))),
                "none or a gradient scaler's state"),
-    "epoch": (_is_int, "a whole number >= 0"),
-    "step_in_epoch": (_is_int, "a whole number >= 0"),
-    "best_miou": (lambda v: _is_number(v) and -1 <= v <= 1, "a number from -1 to 1"),
-    "best_epoch": (lambda v: _is_int(v, -1), "a whole number >= -1"),
-    "nonfinite_steps": (_is_int, "a whole number >= 0"),
-    "epoch_losses": (lambda v: isinstance(v, list) and all(map(_is_number, v)), "a list of finite numbers"),
+    "epoch": (is_whole, "a whole number >= 0"),
+    "step_in_epoch": (is_whole, "a whole number >= 0"),
+    "best_miou": (lambda v: is_number(v) and -1 <= v <= 1, "a number from -1 to 1"),
+    "best_epoch": (lambda v: is_whole(v, -1), "a whole number >= -1"),
+    "nonfinite_steps": (is_whole, "a whole number >= 0"),
+    "epoch_losses": (lambda v: isinstance(v, list) and all(map(is_number, v)), "a list of finite numbers"),
     "rng": (lambda v: isinstance(v, dict) and isinstance(v.get("cuda"), list) and all(map(_is_byte_tensor, v["cuda"]))
             and _cpu_rng_problem(v.get("torch")) is None,
             "random-generator states: torch (the CPU generator's) and cuda (a list of uint8 tensors)"),
@@ -205,26 +195,14 @@ def check_checkpoint(state: dict, path, resume: bool = False) -> dict:
     """The one check of a loaded checkpoint's structure: each entry has the type it must have (a
     hostile or damaged file otherwise fails deep inside torch, far from the cause). resume=True: also
     every entry a training needs to continue. Raises one DataError naming every problem."""
-    problems = []
-    for key, (test, what) in (_ANY_CHECKPOINT | (_RESUME if resume else {})).items():
-        if key not in state:
-            if key == "model" or resume and key != "run_id":  # run_id: not in the previous release's
-                problems.append(f"'{key}' is missing")
-        elif not test(state[key]):
-            problems.append(f"'{key}' is not {what} (it is {_shown(state[key])})")
+    rules = _ANY_CHECKPOINT | (_RESUME if resume else {})
+    # run_id: not in the previous release's checkpoints
+    optional = {"run_id"} if resume else set(rules) - {"model"}
+    problems = entry_problems(state, rules, optional)
     if problems:
         raise DataError(f"checkpoint {path} is damaged or was not written by TrainSegmentNet.py: "
                         f"{'; '.join(problems)}. Use another copy (last.pt or best.pt) or start a new run")
     return state
-
-
-def _shown(value) -> str:
-    if isinstance(value, torch.Tensor):
-        return f"a tensor of {value.dtype}, shape {tuple(value.shape)}"
-    if isinstance(value, (dict, list)):
-        return f"a {type(value).__name__} of {len(value)}"
-    text = f"{type(value).__name__} {value!r}"
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def read_progress(path: Path) -> tuple[str | None, int, int] | None:

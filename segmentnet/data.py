@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from .config import entry_problems, is_colours, is_three_numbers, is_whole
 from .errors import DataError
 from .transforms import decode_rgb
 
@@ -19,45 +20,26 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 IGNORE_INDEX = 255  # the label of pixels that count for nothing (borders, padding)
 
 
-def _is_int(value, low: int, high: int) -> bool:
-    return type(value) is int and low <= value <= high
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def dataset_json_problems(info) -> list[str]:
     """What is wrong with the contents of a dataset.json (empty: nothing)."""
     if not isinstance(info, dict):
         return [f"it holds a {type(info).__name__}, not a JSON object"]
     n = info.get("num_classes")
-    if not _is_int(n, 1, IGNORE_INDEX):
+    if not is_whole(n, 1, IGNORE_INDEX):
         return [f"num_classes must be a whole number from 1 to {IGNORE_INDEX}, got {n!r}"]
-    checks = {
+    return entry_problems(info, {
         "classes": (lambda v: isinstance(v, list) and len(v) == n and all(isinstance(c, str) for c in v),
                     f"a list of {n} class names"),
-        "palette": (lambda v: isinstance(v, list) and len(v) >= n and all(
-            isinstance(c, list) and len(c) == 3 and all(_is_int(x, 0, 255) for x in c) for c in v),
-                    f"a list of at least {n} [r, g, b] colours (0 to 255)"),
-        "ignore_index": (lambda v: v == IGNORE_INDEX and type(v) is int, str(IGNORE_INDEX)),
-        "mean": (lambda v: isinstance(v, list) and len(v) == 3 and all(map(_is_number, v)), "3 numbers"),
-        "std": (lambda v: isinstance(v, list) and len(v) == 3 and all(_is_number(x) and x > 0 for x in v),
-                "3 positive numbers"),
-        "counts": (lambda v: isinstance(v, dict) and all(_is_int(c, 0, 2 ** 62) for c in v.values()),
+        "palette": (lambda v: is_colours(v, n), f"a list of at least {n} [r, g, b] colours (0 to 255)"),
+        "ignore_index": (lambda v: is_whole(v, IGNORE_INDEX, IGNORE_INDEX), str(IGNORE_INDEX)),
+        "mean": (is_three_numbers, "3 numbers"),
+        "std": (lambda v: is_three_numbers(v, positive=True), "3 positive numbers"),
+        "counts": (lambda v: isinstance(v, dict) and all(is_whole(c) for c in v.values()),
                    "a JSON object of image counts per split"),
         "pixel_counts": (lambda v: isinstance(v, dict) and all(
-            isinstance(c, list) and len(c) == n and all(_is_int(x, 0, 2 ** 62) for x in c) for c in v.values()),
+            isinstance(c, list) and len(c) == n and all(map(is_whole, c)) for c in v.values()),
                          f"a JSON object of {n} pixel counts per split"),
-    }
-    problems = []
-    for key, (test, what) in checks.items():
-        if key not in info:
-            problems.append(f"{key} is missing")
-        elif not test(info[key]):
-            shown = repr(info[key])
-            problems.append(f"{key} must be {what}, got {shown if len(shown) <= 60 else shown[:57] + '...'}")
-    return problems
+    })
 
 
 def read_dataset_json(root: Path) -> dict:

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .checkpoint import check_checkpoint, load_checkpoint, load_weights, save_checkpoint, writing
+from .config import is_number
 from .data import EpochSampler, SegmentationDataset, collate_pairs, read_dataset_json
 from .datasets import DATASETS
 from .distributed import (DistEnv, all_ranks_agree, all_reduce_mean, broadcast_buffers, broadcast_from_main,
@@ -79,8 +80,7 @@ def check_config(cfg) -> None:
          f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     need(isinstance(cfg.model_options, dict), f"model_options must be a JSON object, got {cfg.model_options!r}")
     need(isinstance(cfg.aux_weights, dict) and all(
-        isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
-        for w in cfg.aux_weights.values()),
+        is_number(w) and w >= 0 for w in cfg.aux_weights.values()),
          f"aux_weights must be a JSON object of numbers >= 0, got {cfg.aux_weights!r}")
     if cfg.model in MODELS and isinstance(cfg.model_options, dict):
         problems += model_option_problems(cfg.model, cfg.model_options)
@@ -552,7 +552,7 @@ def _same_kind(loaded, fresh) -> bool:
     if isinstance(fresh, bool) or fresh is None or isinstance(fresh, str):
         return type(loaded) is type(fresh)
     if isinstance(fresh, (int, float)):
-        return isinstance(loaded, (int, float)) and not isinstance(loaded, bool) and math.isfinite(loaded)
+        return is_number(loaded)
     if isinstance(fresh, (tuple, list)):
         return isinstance(loaded, (tuple, list)) and len(loaded) == len(fresh) and all(map(_same_kind, loaded, fresh))
     return True

@@ -643,17 +643,16 @@ def test_truncated_checkpoint(capsys, tmp_path, tiny_voc, trained):
 
 
 @pytest.mark.parametrize("changes,message", [
-    (dict(model="weights"), "'model' is not a mapping of names to tensors (it is str 'weights')"),
-    (dict(model_options="width=8"), "'model_options' is not a JSON object (dict) of model options (it is str "
-                                    "'width=8')"),
-    (dict(num_classes=21.0), "'num_classes' is not a whole number >= 1 (it is float 21.0)"),
-    (dict(rng={"torch": torch.zeros(10, dtype=torch.uint8), "cuda": []}), "'rng' is not random-generator states"),
-    (dict(rng={"torch": torch.get_rng_state(), "cuda": "none"}), "'rng' is not random-generator states"),
-    (dict(epoch=-1, step_in_epoch="2"), "'epoch' is not a whole number >= 0 (it is int -1); 'step_in_epoch' is not "
-                                        "a whole number >= 0 (it is str '2')"),
-    (dict(scaler={"scale": "big"}), "'scaler' is not none or a gradient scaler's state"),
-    (dict(optimizer=None), "'optimizer' is missing"),
-    (dict(scheduler=None, epoch_losses=None), "'scheduler' is missing; 'epoch_losses' is missing"),
+    (dict(model="weights"), "model must be a mapping of names to tensors, got 'weights'"),
+    (dict(model_options="width=8"), "model_options must be a JSON object (dict) of model options, got 'width=8'"),
+    (dict(num_classes=21.0), "num_classes must be a whole number >= 1, got 21.0"),
+    (dict(rng={"torch": torch.zeros(10, dtype=torch.uint8), "cuda": []}), "rng must be random-generator states"),
+    (dict(rng={"torch": torch.get_rng_state(), "cuda": "none"}), "rng must be random-generator states"),
+    (dict(epoch=-1, step_in_epoch="2"), "epoch must be a whole number >= 0, got -1; step_in_epoch must be a whole "
+                                        "number >= 0, got '2'"),
+    (dict(scaler={"scale": "big"}), "scaler must be none or a gradient scaler's state, got {'scale': 'big'}"),
+    (dict(optimizer=None), "optimizer is missing"),
+    (dict(scheduler=None, epoch_losses=None), "scheduler is missing; epoch_losses is missing"),
 ])
 def test_resume_from_a_checkpoint_of_the_wrong_structure(capsys, tmp_path, tiny_voc, trained, changes, message):
     state = load_checkpoint(trained)

@@ -36,14 +36,10 @@ def test_out_folder_is_never_silently_reused(small_voc, tmp_path):
         train(tiny_train_config(small_voc, tmp_path / "run"))
 
 
-@pytest.mark.parametrize("amp_dtype", ["auto", "float16"])  # fp32 on CPU; fp16 autocast with a gradient scaler
-def test_interrupted_and_resumed_equals_uninterrupted(small_voc, tmp_path, monkeypatch, amp_dtype):
+def train_until_a_crash_in_the_second_validation(cfg, monkeypatch) -> None:
+    """Train cfg, crashing during epoch 2 (in its validation): last.pt still holds the end of epoch 1."""
     from segmentnet import engine
 
-    train(tiny_train_config(small_voc, tmp_path / "full", epochs=3, amp_dtype=amp_dtype))
-    full = load_checkpoint(tmp_path / "full" / "last.pt")
-
-    # A crash during epoch 2 (in its validation): last.pt still holds the end of epoch 1.
     real_evaluate, calls = engine.evaluate, []
 
     def crash_on_second_call(*args, **kwargs):
@@ -54,8 +50,17 @@ def test_interrupted_and_resumed_equals_uninterrupted(small_voc, tmp_path, monke
 
     monkeypatch.setattr(engine, "evaluate", crash_on_second_call)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_train_config(small_voc, tmp_path / "part", epochs=3, amp_dtype=amp_dtype))
+        train(cfg)
     monkeypatch.setattr(engine, "evaluate", real_evaluate)
+
+
+@pytest.mark.parametrize("amp_dtype", ["auto", "float16"])  # fp32 on CPU; fp16 autocast with a gradient scaler
+def test_interrupted_and_resumed_equals_uninterrupted(small_voc, tmp_path, monkeypatch, amp_dtype):
+    train(tiny_train_config(small_voc, tmp_path / "full", epochs=3, amp_dtype=amp_dtype))
+    full = load_checkpoint(tmp_path / "full" / "last.pt")
+
+    train_until_a_crash_in_the_second_validation(
+        tiny_train_config(small_voc, tmp_path / "part", epochs=3, amp_dtype=amp_dtype), monkeypatch)
     assert load_checkpoint(tmp_path / "part" / "last.pt")["epoch"] == 1
 
     train(tiny_train_config(small_voc, "", epochs=3, amp_dtype=amp_dtype, resume=str(tmp_path / "part" / "last.pt")))
@@ -148,21 +153,9 @@ def test_accumulation_windows_end_with_each_epoch(small_voc, tmp_path, monkeypat
 
 def test_resume_with_a_window_that_does_not_divide_the_epoch(small_voc, tmp_path, monkeypatch):
     """The checkpoint at an epoch's end holds every gradient: nothing half-accumulated is lost."""
-    from segmentnet import engine
-
     train(sgd_config(small_voc, tmp_path / "full", grad_accum=4, epochs=2))
-    real_evaluate, calls = engine.evaluate, []
-
-    def crash_on_second_call(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("simulated crash")
-        return real_evaluate(*args, **kwargs)
-
-    monkeypatch.setattr(engine, "evaluate", crash_on_second_call)
-    with pytest.raises(KeyboardInterrupt):
-        train(sgd_config(small_voc, tmp_path / "part", grad_accum=4, epochs=2))
-    monkeypatch.setattr(engine, "evaluate", real_evaluate)
+    train_until_a_crash_in_the_second_validation(sgd_config(small_voc, tmp_path / "part", grad_accum=4, epochs=2),
+                                                 monkeypatch)
     train(sgd_config(small_voc, "", grad_accum=4, epochs=2, resume=str(tmp_path / "part" / "last.pt")))
     full, resumed = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "part" / "last.pt")
     for key, weight in full["model"].items():

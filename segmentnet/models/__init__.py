@@ -12,13 +12,13 @@ checkpoint, call build_model(..., pretrained=False): the checkpoint holds every 
 from __future__ import annotations
 
 import inspect
-import math
 import types
 import typing
 from typing import Callable
 
 from torch import nn
 
+from ..config import is_number
 from ..errors import ConfigError, UnknownNameError
 from .deeplab import deeplabv3_resnet50, deeplabv3_resnet101, fcn_resnet50, fcn_resnet101
 from .fcn import fcn8s, fcn16s, fcn32s
@@ -87,7 +87,7 @@ def _fits(value, hint) -> bool:
     if hint is int:
         return type(value) is int
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return is_number(value)
     if hint is str:
         return isinstance(value, str)
     return True  # an annotation this check does not know: the model checks the value itself
