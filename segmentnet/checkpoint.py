@@ -208,10 +208,13 @@ def check_checkpoint(state: dict, path, resume: bool = False) -> dict:
 def read_progress(path: Path) -> tuple[str | None, int, int] | None:
     """(run id, epoch, step_in_epoch) of a training checkpoint, reading only those (the tensors are
     mapped, not read); None when it cannot be read or lacks them."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # unreadable for any reason: the caller treats it as absent
-        return None
+    state = None
+    for mmap in (True, False):  # (a file system without mmap: read it whole)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            break
+        except Exception:  # unreadable for any reason: the caller treats it as absent
+            continue
     if not isinstance(state, dict):
         return None
     epoch, step, run_id = state.get("epoch"), state.get("step_in_epoch"), state.get("run_id")

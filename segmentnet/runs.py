@@ -47,8 +47,12 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self) -> "RunLock":
-        import fcntl
-
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system
+            print(f"warning: no file locks here: nothing stops a second training from writing into "
+                  f"{self.path.parent} at the same time", file=sys.stderr)
+            return self
         with writing(self.path):
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -107,7 +111,7 @@ def folder_state(folder: Path) -> FolderState:
 
 
 def progress_text(epoch: int, step: int) -> str:
-    return f"epoch {epoch}, batch {step} of epoch {epoch + 1}" if step else f"the end of epoch {epoch}"
+    return f"batch {step} of epoch {epoch + 1}" if step else f"the end of epoch {epoch}"
 
 
 @dataclass
@@ -184,19 +188,22 @@ def _decide(out: Path, now: FolderState, resume, state, resume_older: bool) -> R
             f"would overwrite its checkpoints and mix the two runs' metrics. To continue the checkpoint, {way} a "
             f"new or empty --out (it then continues as a new run there; {out} stays as it is)")
     if same:
+        # A folder of the previous release gets a run id now; its checkpoints without one stay its own.
+        folder = RunFolder(out, now.run_id or state.get("run_id") or new_run_id(),
+                           forked_from=(now.record or {}).get("forked_from"))
         last = out / "last.pt"
         if last.is_file() and resume.resolve() != last.resolve():
             later = read_progress(last)
             mine = (state["epoch"], state["step_in_epoch"])
-            if later is not None and later[1:] > mine and not resume_older:
+            if later is None:  # the recovery path: last.pt is damaged, best.pt is not
+                folder.notes.append(f"{last} cannot be read: continuing from {resume}; the next save replaces it")
+            elif later[1:] > mine and not resume_older:
                 raise ConfigError(
                     f"checkpoint {resume} is at {progress_text(*mine)}, but its run folder {out} has a later "
                     f"last.pt (at {progress_text(*later[1:])}): resuming it there would discard what came after. "
                     f"Continue with --resume {last}; or continue from {resume.name} as a new run in a new folder "
                     f"with --out NEW; or, to discard the later part in {out}, add --resume-older true")
-        # A folder of the previous release gets a run id now; its checkpoints without one stay its own.
-        return RunFolder(out, now.run_id or state.get("run_id") or new_run_id(),
-                         forked_from=(now.record or {}).get("forked_from"))
+        return folder
 
     folder = RunFolder(out, new_run_id(), forked_from={"run_id": ckpt_id, "checkpoint": str(resume),
                                                        "epoch": state["epoch"],
