@@ -20,31 +20,36 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 IGNORE_INDEX = 255  # the label of pixels that count for nothing (borders, padding)
 
 
-def dataset_json_problems(info) -> list[str]:
-    """What is wrong with the contents of a dataset.json (empty: nothing)."""
+def dataset_json_problems(info, complete: bool = True) -> list[str]:
+    """What is wrong with the contents of a dataset.json (empty: nothing). complete=False: only the
+    entries it has are checked (those of the number of classes only when it has that)."""
     if not isinstance(info, dict):
         return [f"it holds a {type(info).__name__}, not a JSON object"]
     n = info.get("num_classes")
-    if not is_whole(n, 1, IGNORE_INDEX):
+    if (complete or "num_classes" in info) and not is_whole(n, 1, IGNORE_INDEX):
         return [f"num_classes must be a whole number from 1 to {IGNORE_INDEX}, got {n!r}"]
-    return entry_problems(info, {
-        "classes": (lambda v: isinstance(v, list) and len(v) == n and all(isinstance(c, str) for c in v),
-                    f"a list of {n} class names"),
-        "palette": (lambda v: is_colours(v, n), f"a list of at least {n} [r, g, b] colours (0 to 255)"),
+    rules = {
         "ignore_index": (lambda v: is_whole(v, IGNORE_INDEX, IGNORE_INDEX), str(IGNORE_INDEX)),
         "mean": (is_three_numbers, "3 numbers"),
         "std": (lambda v: is_three_numbers(v, positive=True), "3 positive numbers"),
         "counts": (lambda v: isinstance(v, dict) and all(is_whole(c) for c in v.values()),
                    "a JSON object of image counts per split"),
-        "pixel_counts": (lambda v: isinstance(v, dict) and all(
-            isinstance(c, list) and len(c) == n and all(map(is_whole, c)) for c in v.values()),
-                         f"a JSON object of {n} pixel counts per split"),
-    })
+    }
+    if n is not None:
+        rules |= {
+            "classes": (lambda v: isinstance(v, list) and len(v) == n and all(isinstance(c, str) for c in v),
+                        f"a list of {n} class names"),
+            "palette": (lambda v: is_colours(v, n), f"a list of at least {n} [r, g, b] colours (0 to 255)"),
+            "pixel_counts": (lambda v: isinstance(v, dict) and all(
+                isinstance(c, list) and len(c) == n and all(map(is_whole, c)) for c in v.values()),
+                             f"a JSON object of {n} pixel counts per split"),
+        }
+    return entry_problems(info, rules, optional=() if complete else set(rules))
 
 
-def read_dataset_json(root: Path) -> dict:
+def read_dataset_json(root: Path, complete: bool = True) -> dict:
     """The dataset.json DataSeparate.py wrote, checked: a file damaged or edited by hand stops here, not
-    deep inside the training."""
+    deep inside the training. complete=False: entries may be missing (those present are checked)."""
     path = Path(root) / "dataset.json"
     if not path.is_file():
         raise DataError(f"{path} not found: run DataSeparate.py first (or point --data-dir at the right folder)")
@@ -55,7 +60,7 @@ def read_dataset_json(root: Path) -> dict:
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
     else:
-        problems = dataset_json_problems(info)
+        problems = dataset_json_problems(info, complete)
     if problems:
         raise DataError(f"{path} is damaged: {'; '.join(problems)}. Run DataSeparate.py again with --force to "
                         f"write it anew")
@@ -72,7 +77,7 @@ class SegmentationDataset(Dataset):
     def __init__(self, root, split: str, transform=None, seed: int = 0, with_masks: bool = True,
                  require_masks: bool = False):
         self.root, self.split, self.transform, self.seed = Path(root), split, transform, seed
-        self.info = read_dataset_json(self.root)
+        self.info = read_dataset_json(self.root, complete=False)  # (a training has read it whole already)
         folder = self.root / split / "images"
         if not folder.is_dir():
             raise DataError(f"{folder} not found: split {split!r} is not in {self.root} "
@@ -85,7 +90,7 @@ class SegmentationDataset(Dataset):
             raise DataError(f"{self.root / split / 'masks'} not found: the prepared split {split!r} has images but no "
                             f"masks, and training needs them. Run DataSeparate.py again with --force (it writes "
                             f"images/ and masks/ for every labelled split)")
-        self.num_classes = self.info["num_classes"]
+        self.num_classes = self.info.get("num_classes", IGNORE_INDEX)  # unknown: every label but 255 passes
         self.epoch = 0
 
     def __len__(self) -> int:
