@@ -4,6 +4,7 @@
     python TrainSegmentNet.py --model segmentnet --epochs 50 --lr 0.01
     python TrainSegmentNet.py --config my_run.json --batch-size 16
     python TrainSegmentNet.py --resume runs/NAME/last.pt       # continue where it stopped
+    python TrainSegmentNet.py --resume runs/NAME/best.pt --out runs/NEW   # a new run from that checkpoint
     torchrun --nproc_per_node=4 TrainSegmentNet.py ...         # several GPUs
 
 Every hyperparameter below can be set as --name value (dashes or underscores alike) or in a JSON
@@ -58,8 +59,9 @@ class Config:
     sync_bn: bool = False             # synchronise batch norm statistics across processes
     # run
     seed: int = 0                     # seeds initialisation, data order and augmentation
-    out: str = ""                     # run folder (default runs/<dataset>-<model>-<time>); never reused silently
-    resume: str = ""                  # checkpoint (last.pt) to continue from
+    out: str = ""                     # run folder (default runs/<dataset>-<model>-<time>): one run, locked in use
+    resume: str = ""                  # checkpoint to continue (last.pt); with a new or empty --out: as a new run there
+    resume_older: bool = False        # resume a checkpoint older than its folder's last.pt (drops later epochs)
     progress: bool = True             # show progress bars
     tensorboard: bool = False         # also write TensorBoard events (needs: pip install tensorboard; else a warning)
 

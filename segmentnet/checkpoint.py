@@ -6,15 +6,32 @@ import glob
 import os
 import pickle
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from .archive import DataError
+from .config import entry_problems, is_colours, is_number, is_three_numbers, is_whole
+from .errors import DataError
 
 
-class CheckpointWriteError(DataError):
-    """A checkpoint could not be written (disk full, no permission); the previous one is untouched."""
+class OutputWriteError(DataError):
+    """An output file could not be written (disk full, no permission, its folder gone)."""
+
+
+class CheckpointWriteError(OutputWriteError):
+    """A checkpoint could not be written; the previous one is untouched."""
+
+
+@contextmanager
+def writing(path, then: str = ""):
+    """Turn an OSError of the block (which writes `path`) into an OutputWriteError that names the file,
+    the cause and what to do (write_advice), then `then` (e.g. how to resume)."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputWriteError(f"could not write {path}: {write_error(path, exc)}"
+                               + (f", then {then}" if then else "")) from None
 
 
 class _KeepWriteError:
@@ -35,34 +52,67 @@ class _KeepWriteError:
         self.file.flush()
 
 
+def os_error_text(exc: OSError) -> str:
+    """'No space left on device (ENOSPC)'."""
+    return f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno, exc.errno)})"
+
+
+def write_advice(path: Path, exc: OSError) -> str:
+    """What to do when writing `path` failed with `exc`: only a full disk or quota is about free space."""
+    path = Path(path)
+    code = exc.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "Free space on that disk or choose another folder"
+    if code == errno.ENOENT:
+        return (f"The folder {path.parent} does not exist (any more: was it moved or deleted?): create it again "
+                f"or choose another folder")
+    if code == errno.EISDIR:
+        return f"{path} is a folder, where the file must be written: move that folder away or choose another folder"
+    if code == errno.ENOTDIR:
+        return f"a part of the path {path.parent} is a file, not a folder: choose another folder"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"No permission to write in {path.parent}: allow it (chmod, chown) or choose another folder"
+    if code == errno.EROFS:
+        return f"{path.parent} is on a read-only file system: choose another folder"
+    return "Check that disk (its system log may say more) or choose another folder"
+
+
+def write_error(path: Path, exc: OSError) -> str:
+    """'<what> (<ERRNO>); <what to do>' for a failed write of `path`."""
+    return f"{os_error_text(exc)}; {write_advice(path, exc)}"
+
+
 def save_checkpoint(state: dict, path: Path) -> None:
     """Write to a temporary name in the same folder, fsync, then rename over the old file.
 
     A crash or a full disk at any moment leaves the previous checkpoint whole.
     """
     path = Path(path)
-    for stale in path.parent.glob(glob.escape(f".{path.name}.tmp-") + "*"):  # left by a process killed while saving
-        stale.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     writer = None
     try:
-        with open(tmp, "wb") as f:
-            writer = _KeepWriteError(f)
-            torch.save(state, writer)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
+        for stale in path.parent.glob(glob.escape(f".{path.name}.tmp-") + "*"):  # left by a process killed while saving
+            stale.unlink(missing_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                writer = _KeepWriteError(f)
+                torch.save(state, writer)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except (OSError, RuntimeError) as exc:
         cause = writer.error if writer is not None and writer.error is not None else exc
-        if isinstance(cause, OSError) and isinstance(exc, (OSError, RuntimeError)):
-            kept = f"the previous {path.name} is untouched" if path.exists() else "nothing was kept"
-            raise CheckpointWriteError(
-                f"could not write checkpoint {path}: {cause.strerror or cause} "
-                f"({errno.errorcode.get(cause.errno, cause.errno)}); {kept}. Free space on that disk or "
-                f"choose another folder, then run again (a training run continues with --resume "
-                f"{path.parent / 'last.pt'})") from exc
-        raise
+        if not isinstance(cause, OSError):
+            raise
+        kept = f"the previous {path.name} is untouched" if path.is_file() else "nothing was kept"
+        last = path.parent / "last.pt"
+        then = (f"a training run continues with --resume {last}" if last.is_file() else
+                "a training run that has no checkpoint yet starts over")
+        raise CheckpointWriteError(f"could not write checkpoint {path}: {os_error_text(cause)}; {kept}. "
+                                   f"{write_advice(path, cause)}, then run again ({then})") from exc
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
@@ -83,7 +133,94 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
                         f"use another copy (last.pt or best.pt) or train again") from None
     if not isinstance(state, dict) or "model" not in state:
         raise DataError(f"checkpoint {path} is not a SegmentNet checkpoint (no 'model' entry)")
+    return check_checkpoint(state, path)
+
+
+def _is_byte_tensor(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.dim() == 1
+
+
+def _cpu_rng_problem(value) -> str | None:
+    if not _is_byte_tensor(value):
+        return "is not a random-generator state (a 1-D uint8 tensor)"
+    with torch.random.fork_rng(devices=[]):  # try it on, then put the present state back
+        try:
+            torch.set_rng_state(value)
+        except (RuntimeError, ValueError) as exc:
+            return f"is not a CPU random-generator state ({str(exc).splitlines()[0]})"
+    return None
+
+
+# What each entry must be: (test, what it should be). Entries of any checkpoint (when present; 'model'
+# always), then those a training needs to resume.
+_ANY_CHECKPOINT = {
+    "model": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor)
+                                                    for k, t in v.items()), "a mapping of names to tensors"),
+    "model_name": (lambda v: isinstance(v, str), "a model name (text)"),
+    "model_options": (lambda v: isinstance(v, dict), "a JSON object (dict) of model options"),
+    "num_classes": (lambda v: is_whole(v, 1), "a whole number >= 1"),
+    "run_id": (lambda v: isinstance(v, str), "a run id (text)"),
+}
+_RESUME = {
+    "classes": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of class names"),
+    "palette": (is_colours, "a list of [r, g, b] colours (0 to 255)"),
+    "mean": (is_three_numbers, "3 numbers"),
+    "std": (lambda v: is_three_numbers(v, positive=True), "3 positive numbers"),
+    "dataset": (lambda v: isinstance(v, str), "a dataset name (text)"),
+    "config": (lambda v: isinstance(v, dict), "a JSON object (dict) of hyperparameters"),
+    "optimizer": (lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
+                  and isinstance(v.get("param_groups"), list)
+                  and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in v["param_groups"]),
+                  "an optimiser state (state and param_groups)"),
+    "scheduler": (lambda v: isinstance(v, dict) and all(is_whole(v.get(k)) for k in
+                                                        ("global_step", "total_steps", "warmup_steps")),
+                  "global_step, total_steps and warmup_steps as whole numbers >= 0"),
+    "scaler": (lambda v: v is None or (isinstance(v, dict) and all(is_number(v.get(k)) and v[k] > 0 for k in
+                                                                   ("scale", "growth_factor", "backoff_factor"))
+                                       and is_whole(v.get("growth_interval"), 1) and is_whole(v.get("_growth_tracker"))),
+               "none or a gradient scaler's state"),
+    "epoch": (is_whole, "a whole number >= 0"),
+    "step_in_epoch": (is_whole, "a whole number >= 0"),
+    "best_miou": (lambda v: is_number(v) and -1 <= v <= 1, "a number from -1 to 1"),
+    "best_epoch": (lambda v: is_whole(v, -1), "a whole number >= -1"),
+    "nonfinite_steps": (is_whole, "a whole number >= 0"),
+    "epoch_losses": (lambda v: isinstance(v, list) and all(map(is_number, v)), "a list of finite numbers"),
+    "rng": (lambda v: isinstance(v, dict) and isinstance(v.get("cuda"), list) and all(map(_is_byte_tensor, v["cuda"]))
+            and _cpu_rng_problem(v.get("torch")) is None,
+            "random-generator states: torch (the CPU generator's) and cuda (a list of uint8 tensors)"),
+}
+
+
+def check_checkpoint(state: dict, path, resume: bool = False) -> dict:
+    """The one check of a loaded checkpoint's structure: each entry has the type it must have (a
+    hostile or damaged file otherwise fails deep inside torch, far from the cause). resume=True: also
+    every entry a training needs to continue. Raises one DataError naming every problem."""
+    rules = _ANY_CHECKPOINT | (_RESUME if resume else {})
+    # run_id: not in the previous release's checkpoints
+    optional = {"run_id"} if resume else set(rules) - {"model"}
+    problems = entry_problems(state, rules, optional)
+    if problems:
+        raise DataError(f"checkpoint {path} is damaged or was not written by TrainSegmentNet.py: "
+                        f"{'; '.join(problems)}. Use another copy (last.pt or best.pt) or start a new run")
     return state
+
+
+def read_progress(path: Path) -> tuple[str | None, int, int] | None:
+    """(run id, epoch, step_in_epoch) of a training checkpoint, reading only those (the tensors are
+    mapped, not read); None when it cannot be read or lacks them."""
+    state = None
+    for mmap in (True, False):  # (a file system without mmap: read it whole)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            break
+        except Exception:  # unreadable for any reason: the caller treats it as absent
+            continue
+    if not isinstance(state, dict):
+        return None
+    epoch, step, run_id = state.get("epoch"), state.get("step_in_epoch"), state.get("run_id")
+    if type(epoch) is not int or type(step) is not int or not (run_id is None or isinstance(run_id, str)):
+        return None
+    return run_id, epoch, step
 
 
 def load_weights(model: torch.nn.Module, state_dict: dict, path) -> None:

@@ -11,11 +11,61 @@ import dataclasses
 import inspect
 import io
 import json
+import math
 import tokenize
 import typing
 from pathlib import Path
 
 from .errors import ConfigError
+
+
+# ----------------------------------------------------------------------------- values read from files
+# Config files, checkpoints and dataset.json are hostile input: each entry a program uses is checked
+# for its type and range where the file is read, and every problem is named at once.
+
+
+def is_number(value) -> bool:
+    """A finite number (true and false, NaN and Infinity are none)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def is_whole(value, low: int = 0, high: float = math.inf) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def is_three_numbers(value, positive: bool = False) -> bool:
+    """A per-channel mean (or, positive, a standard deviation)."""
+    return isinstance(value, list) and len(value) == 3 and all(is_number(x) and (x > 0 or not positive) for x in value)
+
+
+def is_colours(value, count: int = 0) -> bool:
+    """A palette: a list of at least `count` [r, g, b] colours, each 0 to 255."""
+    return isinstance(value, list) and len(value) >= count and all(
+        isinstance(c, list) and len(c) == 3 and all(is_whole(x, 0, 255) for x in c) for c in value)
+
+
+def shown(value) -> str:
+    """A value as an error message quotes it: short (a tensor by its type and shape)."""
+    if hasattr(value, "dtype") and hasattr(value, "shape"):
+        return f"a tensor of {value.dtype}, shape {tuple(value.shape)}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def entry_problems(values: dict, rules: dict, optional=()) -> list[str]:
+    """rules: key -> (test, what it must be). For each entry of `values` that fails its test:
+    '<key> must be <what>, got <value>'; for each missing one not in `optional`: '<key> is missing'."""
+    problems = []
+    for key, (test, what) in rules.items():
+        if key not in values:
+            if key not in optional:
+                problems.append(f"{key} is missing")
+        elif not test(values[key]):
+            problems.append(f"{key} must be {what}, got {shown(values[key])}")
+    return problems
+
+
+# ----------------------------------------------------------------------------- hyperparameters
 
 
 def field_comments(cls) -> dict[str, str]:
@@ -99,7 +149,8 @@ def config_from_dict(cls, values: dict, source: str = "config"):
         expected = hints.get(key)
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if expected in (int, float, bool, str) and not isinstance(value, expected):
+        if expected in (int, float, bool, str) and (not isinstance(value, expected) or
+                                                    expected is not bool and isinstance(value, bool)):
             raise ConfigError(f"{source}: {key} must be {expected.__name__}, got {value!r}")
         clean[key] = value
     return cls(**clean)

@@ -10,17 +10,61 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-from .archive import DataError
+from .config import entry_problems, is_colours, is_three_numbers, is_whole
+from .errors import DataError
 from .transforms import decode_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-def read_dataset_json(root: Path) -> dict:
+IGNORE_INDEX = 255  # the label of pixels that count for nothing (borders, padding)
+
+
+def dataset_json_problems(info, complete: bool = True) -> list[str]:
+    """What is wrong with the contents of a dataset.json (empty: nothing). complete=False: only the
+    entries it has are checked (those of the number of classes only when it has that)."""
+    if not isinstance(info, dict):
+        return [f"it holds a {type(info).__name__}, not a JSON object"]
+    n = info.get("num_classes")
+    if (complete or "num_classes" in info) and not is_whole(n, 1, IGNORE_INDEX):
+        return [f"num_classes must be a whole number from 1 to {IGNORE_INDEX}, got {n!r}"]
+    rules = {
+        "ignore_index": (lambda v: is_whole(v, IGNORE_INDEX, IGNORE_INDEX), str(IGNORE_INDEX)),
+        "mean": (is_three_numbers, "3 numbers"),
+        "std": (lambda v: is_three_numbers(v, positive=True), "3 positive numbers"),
+        "counts": (lambda v: isinstance(v, dict) and all(is_whole(c) for c in v.values()),
+                   "a JSON object of image counts per split"),
+    }
+    if n is not None:
+        rules |= {
+            "classes": (lambda v: isinstance(v, list) and len(v) == n and all(isinstance(c, str) for c in v),
+                        f"a list of {n} class names"),
+            "palette": (lambda v: is_colours(v, n), f"a list of at least {n} [r, g, b] colours (0 to 255)"),
+            "pixel_counts": (lambda v: isinstance(v, dict) and all(
+                isinstance(c, list) and len(c) == n and all(map(is_whole, c)) for c in v.values()),
+                             f"a JSON object of {n} pixel counts per split"),
+        }
+    return entry_problems(info, rules, optional=() if complete else set(rules))
+
+
+def read_dataset_json(root: Path, complete: bool = True) -> dict:
+    """The dataset.json DataSeparate.py wrote, checked: a file damaged or edited by hand stops here, not
+    deep inside the training. complete=False: entries may be missing (those present are checked)."""
     path = Path(root) / "dataset.json"
-    if not path.exists():
+    if not path.is_file():
         raise DataError(f"{path} not found: run DataSeparate.py first (or point --data-dir at the right folder)")
-    return json.loads(path.read_text())
+    try:
+        info = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        problems = [f"it is not valid JSON ({exc})"]
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    else:
+        problems = dataset_json_problems(info, complete)
+    if problems:
+        raise DataError(f"{path} is damaged: {'; '.join(problems)}. Run DataSeparate.py again with --force to "
+                        f"write it anew")
+    return info
 
 
 class SegmentationDataset(Dataset):
@@ -30,9 +74,10 @@ class SegmentationDataset(Dataset):
     from a generator seeded with (seed, epoch, index), so it is the same whichever worker runs it.
     """
 
-    def __init__(self, root, split: str, transform=None, seed: int = 0, with_masks: bool = True):
+    def __init__(self, root, split: str, transform=None, seed: int = 0, with_masks: bool = True,
+                 require_masks: bool = False):
         self.root, self.split, self.transform, self.seed = Path(root), split, transform, seed
-        self.info = read_dataset_json(self.root)
+        self.info = read_dataset_json(self.root, complete=False)  # (a training has read it whole already)
         folder = self.root / split / "images"
         if not folder.is_dir():
             raise DataError(f"{folder} not found: split {split!r} is not in {self.root} "
@@ -41,6 +86,11 @@ class SegmentationDataset(Dataset):
         if not self.images:
             raise DataError(f"{folder} holds no images: split {split!r} is empty")
         self.with_masks = with_masks and (self.root / split / "masks").is_dir()
+        if require_masks and not self.with_masks:
+            raise DataError(f"{self.root / split / 'masks'} not found: the prepared split {split!r} has images but no "
+                            f"masks, and training needs them. Run DataSeparate.py again with --force (it writes "
+                            f"images/ and masks/ for every labelled split)")
+        self.num_classes = self.info.get("num_classes", IGNORE_INDEX)  # unknown: every label but 255 passes
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -65,7 +115,24 @@ class SegmentationDataset(Dataset):
                 mask.load()
         except (OSError, SyntaxError, ValueError) as exc:
             raise DataError(f"sample {index} of {self.root / self.split}: cannot read {path.name} or its mask ({exc})") from None
+        if mask is not None:
+            self.check_labels(mask, index)
         return image, mask
+
+    def check_labels(self, mask: Image.Image, index: int) -> None:
+        """Class indices below num_classes, or IGNORE_INDEX: a larger one would crash the loss (or, on a
+        GPU, end the process with a device-side assert) far from its cause."""
+        where = f"sample {index} of {self.root / self.split}: mask {self.mask_path(index).name}"
+        if mask.mode not in ("P", "L"):
+            raise DataError(f"{where} has mode {mask.mode}, but masks of class indices (mode P or L) are expected; "
+                            f"run DataSeparate.py again with --force")
+        labels = np.asarray(mask)
+        bad = (labels >= self.num_classes) & (labels != IGNORE_INDEX)
+        if bad.any():
+            values = sorted(set(np.unique(labels[bad]).tolist()))
+            raise DataError(f"{where} holds label values {values[:10]}, outside the {self.num_classes} classes of "
+                            f"dataset.json (0..{self.num_classes - 1}, or {IGNORE_INDEX} for 'ignore'): the prepared "
+                            f"dataset is damaged or mixed with another one. Run DataSeparate.py again with --force")
 
     def __getitem__(self, index):
         epoch, index = index if isinstance(index, tuple) else (self.epoch, index)

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +21,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .archive import DataError
-from .checkpoint import load_checkpoint, load_weights, save_checkpoint
-from .config import ConfigError
-from .errors import NonFiniteLossError
+from .checkpoint import check_checkpoint, load_checkpoint, load_weights, save_checkpoint, writing
+from .config import is_number
 from .data import EpochSampler, SegmentationDataset, collate_pairs, read_dataset_json
 from .datasets import DATASETS
 from .distributed import (DistEnv, all_ranks_agree, all_reduce_mean, broadcast_buffers, broadcast_from_main,
                           cleanup_distributed, setup_distributed, unwrap)
+from .errors import ConfigError, DataError, NonFiniteLossError, SegmentNetError
+from .files import write_text_atomic
 from .losses import LOSSES, build_loss
 from .metrics import ConfusionMatrix
-from .models import MODELS, build_model
+from .models import MODELS, build_model, model_option_problems
+from .runs import METRICS, RunFolder, claim_run_folder, read_metrics, write_metrics
 from .transforms import eval_transform, normalize, train_transform
 from .visualize import EpochPictures
 
@@ -56,23 +57,33 @@ def check_config(cfg) -> None:
     need(cfg.optimizer in OPTIMIZERS, f"optimizer {cfg.optimizer!r} is unknown; choices: {', '.join(OPTIMIZERS)}")
     need(cfg.class_weights in CLASS_WEIGHTS,
          f"class_weights {cfg.class_weights!r} is unknown; choices: {', '.join(CLASS_WEIGHTS)}")
+    for f in dataclasses.fields(cfg):  # Infinity and NaN would pass range checks, then break the arithmetic
+        value = getattr(cfg, f.name)
+        need(f.name == "lr" or not isinstance(value, float) or math.isfinite(value),  # (lr: checked below)
+             f"{f.name} must be a finite number, got {value}")
     need(cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}")
     need(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
     need(cfg.lr > 0 and math.isfinite(cfg.lr), f"lr must be a positive number, got {cfg.lr}")
-    need(cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}")
-    need(0 <= cfg.momentum < 1, f"momentum must be in [0, 1), got {cfg.momentum}")
-    need(cfg.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {cfg.warmup_epochs}")
-    need(cfg.poly_power >= 0, f"poly_power must be >= 0, got {cfg.poly_power}")
+    need(not cfg.weight_decay < 0, f"weight_decay must be >= 0, got {cfg.weight_decay}")
+    need(0 <= cfg.momentum < 1 or math.isnan(cfg.momentum), f"momentum must be in [0, 1), got {cfg.momentum}")
+    need(not cfg.warmup_epochs < 0, f"warmup_epochs must be >= 0, got {cfg.warmup_epochs}")
+    need(not cfg.poly_power < 0, f"poly_power must be >= 0, got {cfg.poly_power}")
     need(cfg.crop_size >= 8, f"crop_size must be >= 8 pixels, got {cfg.crop_size}")
-    need(0 < cfg.scale_min <= cfg.scale_max, f"need 0 < scale_min <= scale_max, got {cfg.scale_min}, {cfg.scale_max}")
-    need(0 <= cfg.flip <= 1, f"flip is a probability in [0, 1], got {cfg.flip}")
+    need(not cfg.scale_min <= 0 and not cfg.scale_min > cfg.scale_max,
+         f"need 0 < scale_min <= scale_max, got {cfg.scale_min}, {cfg.scale_max}")
+    need(0 <= cfg.flip <= 1 or math.isnan(cfg.flip), f"flip is a probability in [0, 1], got {cfg.flip}")
     need(cfg.workers >= -1, f"workers must be >= 0 (or -1 for one per CPU core), got {cfg.workers}")
     need(cfg.amp_dtype in AMP_DTYPES, f"amp_dtype {cfg.amp_dtype!r} is unknown; choices: {', '.join(AMP_DTYPES)}")
     need(cfg.grad_accum >= 1, f"grad_accum must be >= 1, got {cfg.grad_accum}")
+    need(0 <= cfg.seed < 2 ** 32, f"seed must be from 0 to 2**32 - 1, got {cfg.seed}")
     need(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"),
          f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
     need(isinstance(cfg.model_options, dict), f"model_options must be a JSON object, got {cfg.model_options!r}")
-    need(isinstance(cfg.aux_weights, dict), f"aux_weights must be a JSON object, got {cfg.aux_weights!r}")
+    need(isinstance(cfg.aux_weights, dict) and all(
+        is_number(w) and w >= 0 for w in cfg.aux_weights.values()),
+         f"aux_weights must be a JSON object of numbers >= 0, got {cfg.aux_weights!r}")
+    if cfg.model in MODELS and isinstance(cfg.model_options, dict):
+        problems += model_option_problems(cfg.model, cfg.model_options)
     if problems:
         raise ConfigError("impossible hyperparameters:\n  " + "\n  ".join(problems))
 
@@ -186,6 +197,25 @@ def compute_loss(outputs, target: torch.Tensor, criterion: nn.Module, aux_weight
     return total
 
 
+def optimizer_steps_per_epoch(steps_per_epoch: int, accum: int) -> int:
+    """Accumulation windows never span two epochs: the last one of an epoch may hold fewer batches."""
+    return -(-steps_per_epoch // accum)
+
+
+def accumulation_window(epoch: int, step_in_epoch: int, steps_per_epoch: int, accum: int) -> tuple[int, int, bool]:
+    """For a batch: (the optimiser step it counts towards, from the run's start; the number of batches
+    of its window, by which its loss is divided; whether it is the window's last, which steps).
+
+    Windows restart with each epoch, so that an epoch ends with nothing half-accumulated: its last
+    window steps on the batches left (all of them when grad_accum exceeds an epoch's batches), and a
+    checkpoint at an epoch's end holds every gradient taken.
+    """
+    start = step_in_epoch // accum * accum
+    window = min(accum, steps_per_epoch - start)
+    step = epoch * optimizer_steps_per_epoch(steps_per_epoch, accum) + step_in_epoch // accum
+    return step, window, step_in_epoch + 1 == start + window
+
+
 def optimizer_step(optimizer: torch.optim.Optimizer, scaler) -> None:
     """Step (through the gradient scaler, when there is one) and clear the gradients."""
     if scaler:
@@ -244,9 +274,8 @@ def out_of_memory_advice(cfg, run, during: str):
         raise ConfigError(
             f"out of GPU memory during {during} in epoch {run['epoch'] + 1}, after {run['global_step']} steps: "
             f"{str(exc).splitlines()[0]}\nTo need less memory: {'; '.join(settings)}. Validation runs whole images "
-            f"one at a time, so there only amp or a smaller model helps. Then continue from the last finished "
-            f"epoch with --resume <run folder>/last.pt"
-        ) from exc
+            f"one at a time, so there only amp or a smaller model helps. Change them, "
+            f"then {resume_hint(run.get('run_dir'))}") from exc
 
 
 # ----------------------------------------------------------------------------- the two loops
@@ -263,6 +292,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, run, cfg, env: 
     bar = tqdm(loader, desc=f"epoch {run['epoch'] + 1}/{cfg.epochs}", disable=not env.is_main or not cfg.progress,
                leave=False, initial=run["step_in_epoch"], total=run["step_in_epoch"] + len(loader))
     accum = cfg.grad_accum
+    steps_per_epoch = run.get("steps_per_epoch") or run["step_in_epoch"] + len(loader)
     fetch_started = time.perf_counter()
     for images, masks in bar:
         # Time blocked here is time the device sat idle (loss.item() below waits for each step).
@@ -271,10 +301,10 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, run, cfg, env: 
         masks = masks.to(device, non_blocking=True)
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        lr = lr_at(run["global_step"] // accum, run["total_steps"], run["warmup_steps"], cfg.lr, cfg.poly_power)
+        step, window, last_micro = accumulation_window(run["epoch"], run["step_in_epoch"], steps_per_epoch, accum)
+        lr = lr_at(step, run["total_steps"], run["warmup_steps"], cfg.lr, cfg.poly_power)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        last_micro = (run["global_step"] + 1) % accum == 0
         # Between optimiser steps DDP need not all-reduce gradients: forward and backward under no_sync.
         with model.no_sync() if env.distributed and not last_micro else nullcontext():
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -283,15 +313,14 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, run, cfg, env: 
             finite, keep_going = all_ranks_agree(
                 [torch.isfinite(loss.detach()), torch.tensor(stop.signum is None, device=device)], env)
             if finite:
-                (scaler.scale(loss / accum) if scaler else loss / accum).backward()
+                (scaler.scale(loss / window) if scaler else loss / window).backward()
         if not finite:
             run["nonfinite_steps"] += 1
             if not cfg.skip_nonfinite:
                 raise NonFiniteLossError(
                     f"loss is {loss.item()} at step {run['global_step'] + 1} (epoch {run['epoch'] + 1}, batch "
                     f"{run['step_in_epoch'] + 1}){' in one of the processes' if env.distributed else ''}: lower lr, "
-                    f"check the data, or set skip_nonfinite true, then continue from the last finished epoch with "
-                    f"--resume <run folder>/last.pt")
+                    f"check the data, or set skip_nonfinite true, then {resume_hint(run.get('run_dir'))}")
             optimizer.zero_grad(set_to_none=True)
         else:
             if last_micro:
@@ -341,25 +370,43 @@ def evaluate(model, loader, num_classes: int, env: DistEnv, mean, std, criterion
 # ----------------------------------------------------------------------------- the run
 
 
-def prepare_run_dir(cfg, env: DistEnv) -> Path:
-    """The run folder: never silently reuse one that holds an earlier run.
+def prepare_run_dir(cfg, env: DistEnv, resume_state: dict | None = None, held: ExitStack | None = None):
+    """The run folder, claimed for this run (runs.claim_run_folder): a new run, the continuation of
+    the resumed checkpoint's run, or a fork of it into a new folder; never another run's folder.
 
-    Rank 0 names and checks it and tells the others, so that all agree (the default name holds
-    the time) and none sees the files rank 0 has just started writing.
+    Rank 0 names, checks, locks and marks it and tells the others (the default name holds the time),
+    so that all agree and stop together. Returns the RunFolder: on rank 0 with the lock, released
+    when `held` closes (without `held`, when the process ends); the other ranks write nothing.
     """
-    if cfg.resume and not cfg.out:
-        return Path(cfg.resume).parent
-    problem = None
-    out = Path(cfg.out) if cfg.out else Path("runs") / f"{cfg.dataset}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if env.is_main and not cfg.resume and out.exists() and any(out.iterdir()):
-        problem = (f"run folder {out} already holds a run: pass a new --out, or --resume {out}/last.pt "
-                   f"to continue it")
-    out, problem = broadcast_from_main((out, problem), env)
-    if problem:
-        raise ConfigError(problem)
+    folder, problem = None, None
+    out = Path(cfg.out) if cfg.out else (Path(cfg.resume).parent if cfg.resume else
+                                         Path("runs") / f"{cfg.dataset}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    return out
+        try:
+            folder = claim_run_folder(out, Path(cfg.resume) if cfg.resume else None, resume_state, cfg.resume_older)
+        except SegmentNetError as exc:
+            problem = exc
+        else:
+            if held is not None:
+                held.callback(folder.lock.release)
+            for note in folder.notes:
+                print(note)
+    out, run_id, problem = broadcast_from_main((out, folder.run_id if folder else None, problem), env)
+    if problem:
+        raise problem
+    return folder if env.is_main else RunFolder(out, run_id)
+
+
+def resume_hint(run_dir) -> str:
+    """How to go on after a run stopped with an error: from its last.pt, or, before its first
+    checkpoint, by running again (the folder, holding no checkpoint, is then reused)."""
+    last = Path(run_dir) / "last.pt" if run_dir else None
+    if last is None:
+        return "continue from the last finished epoch with --resume <run folder>/last.pt"
+    if last.is_file():
+        return f"continue from the last finished epoch with --resume {last}"
+    return (f"run the same command again: the run folder {run_dir} holds no checkpoint yet, so a new run starts "
+            f"over in it (or remove the folder)")
 
 
 def loader_workers(requested: int) -> int:
@@ -373,8 +420,9 @@ def loader_workers(requested: int) -> int:
 
 def build_loaders(cfg, env: DistEnv, root: Path):
     train_set = SegmentationDataset(root, "train", train_transform(cfg.crop_size, (cfg.scale_min, cfg.scale_max),
-                                                                   cfg.flip, cfg.pad), seed=cfg.seed)
-    val_set = SegmentationDataset(root, "val", eval_transform(), seed=cfg.seed)
+                                                                   cfg.flip, cfg.pad), seed=cfg.seed,
+                                    require_masks=True)
+    val_set = SegmentationDataset(root, "val", eval_transform(), seed=cfg.seed, require_masks=True)
     check_crop_fits(train_set, cfg)
     train_sampler = EpochSampler(len(train_set), cfg.seed, shuffle=True, rank=env.rank, world_size=env.world_size,
                                  drop_last=True)
@@ -396,6 +444,7 @@ def build_loaders(cfg, env: DistEnv, root: Path):
 def checkpoint_state(model, optimizer, scaler, run, cfg) -> dict:
     return {
         "model": unwrap(model).state_dict(),
+        "run_id": run["run_id"],
         "model_name": cfg.model,
         "model_options": dict(cfg.model_options),
         "num_classes": run["num_classes"],
@@ -440,17 +489,87 @@ def check_compatible(state: dict, cfg, num_classes: int, path) -> None:
                         ". Resume with the settings it was trained with (see its config.json), or start a new run.")
 
 
+def check_resumable(state: dict, cfg, path) -> None:
+    """A checkpoint's values that its types (checkpoint.check_checkpoint) let through but this run cannot
+    continue from."""
+    trained_with = state["config"].get("optimizer", cfg.optimizer)
+    if trained_with != cfg.optimizer:
+        raise DataError(f"checkpoint {path} does not fit this run: it was trained with optimizer {trained_with!r}, "
+                        f"this run uses {cfg.optimizer!r} (their states differ). Resume with the settings it was "
+                        f"trained with (see its config.json), or start a new run.")
+
+
+OPTIMIZER_STATE = {"adamw": ("step", "exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer",)}
+
+
+def restore_training_state(state: dict, path, optimizer, scaler, run: dict, cfg) -> None:
+    """Put a checkpoint's optimiser, scaler, schedule position and random states back; DataError
+    naming the entry when one does not fit this run (check_checkpoint has checked their types)."""
+    if state["step_in_epoch"] >= run["steps_per_epoch"]:
+        raise DataError(f"checkpoint {path} stopped after batch {state['step_in_epoch']} of an epoch, but an epoch of "
+                        f"this run has {run['steps_per_epoch']} batches (another train split, batch_size or number "
+                        f"of processes?): resume with the settings it was trained with, or start a new run")
+    fresh = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
+        raise DataError(f"checkpoint {path}: its optimizer state does not fit this model "
+                        f"({str(exc).splitlines()[0]}); use another copy (last.pt or best.pt) or start a new run") from None
+    problems = []
+    for group, before in zip(optimizer.param_groups, fresh):
+        problems += [f"param_groups {key} is {group.get(key)!r}" for key, value in before.items()
+                     if not _same_kind(group.get(key), value)]
+        for param in group["params"]:
+            entries = optimizer.state.get(param, {})
+            if entries and any(key not in entries for key in OPTIMIZER_STATE[cfg.optimizer]):
+                problems.append(f"a parameter's state has {sorted(entries)}, not {list(OPTIMIZER_STATE[cfg.optimizer])}")
+            problems += [f"{key} of a parameter of shape {tuple(param.shape)} has shape {tuple(value.shape)}"
+                         for key, value in entries.items()
+                         if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != param.shape]
+            problems += [f"{key} of a parameter is {type(value).__name__}, not a tensor" for key, value in entries.items()
+                         if key in OPTIMIZER_STATE[cfg.optimizer] and not isinstance(value, (torch.Tensor, type(None)))]
+    if problems:
+        raise DataError(f"checkpoint {path}: its optimizer state is damaged: {'; '.join(sorted(set(problems))[:5])}. "
+                        f"Use another copy (last.pt or best.pt) or start a new run")
+    if scaler and state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    for key in ("epoch", "step_in_epoch", "best_miou", "best_epoch", "nonfinite_steps"):
+        run[key] = state[key]
+    run["epoch_losses"] = list(state["epoch_losses"])
+    run["global_step"] = state["scheduler"]["global_step"]
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        try:
+            for device, rng in enumerate(state["rng"]["cuda"][:torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(rng, device)
+        except RuntimeError as exc:
+            raise DataError(f"checkpoint {path}: its 'rng' cuda states are damaged ({str(exc).splitlines()[0]}); "
+                            f"use another copy (last.pt or best.pt) or start a new run") from None
+
+
+def _same_kind(loaded, fresh) -> bool:
+    """Whether an optimiser setting loaded from a checkpoint is of the kind torch's own is."""
+    if isinstance(fresh, bool) or fresh is None or isinstance(fresh, str):
+        return type(loaded) is type(fresh)
+    if isinstance(fresh, (int, float)):
+        return is_number(loaded)
+    if isinstance(fresh, (tuple, list)):
+        return isinstance(loaded, (tuple, list)) and len(loaded) == len(fresh) and all(map(_same_kind, loaded, fresh))
+    return True
+
+
 def train(cfg) -> dict:
     """Run a whole training; returns a summary (run_dir, best and final validation scores)."""
     check_config(cfg)
     env = setup_distributed(cfg.device)
     try:
-        return _train(cfg, env)
+        with ExitStack() as held:  # the run folder's lock: released however the run ends
+            return _train(cfg, env, held)
     finally:
         cleanup_distributed()
 
 
-def _train(cfg, env: DistEnv) -> dict:
+def _train(cfg, env: DistEnv, held: ExitStack | None = None) -> dict:
     if env.distributed and cfg.sync_bn and env.device.type != "cuda":
         raise ConfigError("sync_bn needs CUDA devices: torch's SyncBatchNorm has no CPU implementation (gloo); "
                           "set sync_bn false when training on CPUs")
@@ -459,14 +578,15 @@ def _train(cfg, env: DistEnv) -> dict:
     num_classes = info["num_classes"]
     resume_state = load_checkpoint(cfg.resume, map_location="cpu") if cfg.resume else None
     if resume_state is not None:
+        check_checkpoint(resume_state, cfg.resume, resume=True)
         check_compatible(resume_state, cfg, num_classes, cfg.resume)
+        check_resumable(resume_state, cfg, cfg.resume)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, num_classes, pretrained=resume_state is None, **cfg.model_options)
     if resume_state is not None:
         load_weights(model, resume_state["model"], cfg.resume)
     scaler = make_scaler(env.device, cfg.amp, cfg.amp_dtype)  # (a bf16 asked of a GPU without it stops here)
     train_loader, val_loader, train_sampler = build_loaders(cfg, env, root)
-    run_dir = prepare_run_dir(cfg, env)
 
     if cfg.channels_last and env.device.type != "cuda":
         if env.is_main:
@@ -488,7 +608,11 @@ def _train(cfg, env: DistEnv) -> dict:
     if cfg.compile:
         train_model = compile_model(train_model, env.device)
 
-    weights = class_weights_from_counts(info["pixel_counts"]["train"], cfg.class_weights)
+    counts = info["pixel_counts"].get("train")
+    if cfg.class_weights != "none" and not (counts and sum(counts)):
+        raise DataError(f"{root / 'dataset.json'} has no pixel counts of the train split, which class_weights "
+                        f"{cfg.class_weights} needs: run DataSeparate.py again with --force, or set class_weights none")
+    weights = class_weights_from_counts(counts, cfg.class_weights)
     criterion = build_loss(cfg.loss, ignore_index=info["ignore_index"], weight=weights).to(env.device)
     optimizer = build_optimizer(model, cfg)
 
@@ -497,29 +621,25 @@ def _train(cfg, env: DistEnv) -> dict:
         "epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_miou": -1.0, "best_epoch": -1,
         "nonfinite_steps": 0, "lr": cfg.lr, "num_classes": num_classes, "classes": info["classes"],
         "palette": info["palette"], "mean": info["mean"], "std": info["std"],
-        "total_steps": steps_per_epoch * cfg.epochs // cfg.grad_accum,
-        "warmup_steps": int(steps_per_epoch * cfg.warmup_epochs) // cfg.grad_accum,
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": optimizer_steps_per_epoch(steps_per_epoch, cfg.grad_accum) * cfg.epochs,
+        "warmup_steps": int(optimizer_steps_per_epoch(steps_per_epoch, cfg.grad_accum) * cfg.warmup_epochs),
         "aux_weights": {**getattr(unwrap(model), "aux_weights", {}), **cfg.aux_weights},
     }
     if resume_state is not None:
-        optimizer.load_state_dict(resume_state["optimizer"])
-        if scaler and resume_state.get("scaler"):
-            scaler.load_state_dict(resume_state["scaler"])
-        for key in ("epoch", "step_in_epoch", "best_miou", "best_epoch", "nonfinite_steps"):
-            run[key] = resume_state[key]
-        run["epoch_losses"] = list(resume_state.get("epoch_losses", []))
-        run["global_step"] = resume_state["scheduler"]["global_step"]
-        torch.set_rng_state(resume_state["rng"]["torch"])
-        if resume_state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(resume_state["rng"]["cuda"])
-        if env.is_main:
-            print(f"resuming {cfg.resume}: epoch {run['epoch'] + 1}, batch {run['step_in_epoch']}")
+        restore_training_state(resume_state, cfg.resume, optimizer, scaler, run, cfg)
 
+    folder = prepare_run_dir(cfg, env, resume_state, held)  # the last check: nothing is written before it
+    run_dir = run["run_dir"] = folder.path
+    run["run_id"] = folder.run_id
     if env.is_main and resume_state is not None:
-        drop_metrics_after(run_dir / "metrics.jsonl", run["epoch"])
+        print(f"resuming {cfg.resume}: epoch {run['epoch'] + 1}, batch {run['step_in_epoch']}")
+        drop_metrics_after(run_dir / METRICS, run["epoch"])
     if env.is_main:
-        config = dataclasses.asdict(cfg) | {"run_dir": str(run_dir), "world_size": env.world_size}
-        (run_dir / "config.json").write_text(json.dumps(config, indent=1))
+        config = dataclasses.asdict(cfg) | {"run_dir": str(run_dir), "world_size": env.world_size,
+                                            "run_id": folder.run_id, "forked_from": folder.forked_from}
+        with writing(run_dir / "config.json", then=resume_hint(run_dir)):
+            write_text_atomic(run_dir / "config.json", json.dumps(config, indent=1))
         print(f"training {cfg.model} on {cfg.dataset} ({len(train_loader.dataset)} train / "
               f"{len(val_loader.dataset)} val images) on {env.device}, {env.world_size} process(es), "
               f"{train_loader.num_workers} loader workers each; run folder {run_dir}")
@@ -561,7 +681,7 @@ def _train(cfg, env: DistEnv) -> dict:
                           "images_per_second": seen * env.world_size / max(elapsed, 1e-9),
                           "nonfinite_steps": run["nonfinite_steps"],
                           "data_wait_fraction": run["data_wait_seconds"] / max(elapsed, 1e-9)}
-                with open(run_dir / "metrics.jsonl", "a") as f:
+                with writing(run_dir / METRICS, then=resume_hint(run_dir)), open(run_dir / METRICS, "a") as f:
                     f.write(json.dumps(record) + "\n")
                 state = checkpoint_state(model, optimizer, scaler, run, cfg)
                 save_checkpoint(state, run_dir / "last.pt")
@@ -570,7 +690,8 @@ def _train(cfg, env: DistEnv) -> dict:
                 print(f"epoch {run['epoch']}/{cfg.epochs}: train loss {train_loss:.4f}, val loss {scores['loss']:.4f}, "
                       f"val mIoU {scores['miou']:.4f}, pixel acc {scores['pixel_acc']:.4f}, lr {run['lr']:.2e}, "
                       f"{elapsed:.1f}s")
-                pictures.write(model, run["epoch"], record)
+                with writing(run_dir / "samples", then=resume_hint(run_dir)):  # (and curves.png)
+                    pictures.write(model, run["epoch"], record)
     if env.is_main:
         print(f"final val mIoU {last_scores.get('miou', float('nan')):.4f} (best {run['best_miou']:.4f} at epoch "
               f"{run['best_epoch']}); checkpoints: {run_dir / 'last.pt'}, {run_dir / 'best.pt'}")
@@ -586,10 +707,10 @@ def stopped_by_signal(stop: StopRequest, run: dict, run_dir: Path, env: DistEnv,
 
 
 def drop_metrics_after(path: Path, epoch: int) -> None:
-    """On resume, forget records of epochs the checkpoint does not include (a crash between the two writes)."""
+    """On resume, forget records of epochs the checkpoint does not include (a crash between the two
+    writes, or --resume-older), and any line cut short (a crash while appending)."""
     if path.exists():
-        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= epoch]
-        path.write_text("".join(line + "\n" for line in keep))
+        write_metrics(path, [record for record in read_metrics(path) if record["epoch"] <= epoch])
 
 
 def run_summary(run: dict, scores: dict) -> dict:

@@ -747,6 +747,16 @@ def train_args(data: Path, out: Path, **overrides) -> list[str]:
     ({"crop_size": 400, "pad": False}, "crop_size 400 is larger than"),
     ({"batch_size": 5}, "the train split has 4 images, fewer than one batch of 5"),
     ({"model_options": {"widht": 8}}, "model 'segmentnet' has no option(s) widht"),
+    ({"warmup_epochs": float("inf")}, "warmup_epochs must be a finite number, got inf"),
+    ({"warmup_epochs": float("nan")}, "warmup_epochs must be a finite number, got nan"),
+    ({"scale_max": float("inf")}, "scale_max must be a finite number, got inf"),
+    ({"scale_max": float("nan")}, "scale_max must be a finite number, got nan"),
+    ({"seed": -1}, "seed must be from 0 to 2**32 - 1, got -1"),
+    ({"model_options": {"width": "32"}}, "model_options width of model 'segmentnet' must be a whole number, got '32'"),
+    ({"model_options": {"width": 0}}, "model_options width of model 'segmentnet' must be from 1 to 1024, got 0"),
+    ({"model_options": {"width": -8}}, "model_options width of model 'segmentnet' must be from 1 to 1024, got -8"),
+    ({"model_options": {"width": 7.5}}, "model_options width of model 'segmentnet' must be a whole number, got 7.5"),
+    ({"model_options": {"depth": 40}}, "model_options depth of model 'segmentnet' must be from 1 to 8, got 40"),
 ])
 def test_impossible_settings_rejected_before_any_work(capsys, tmp_path, tiny_voc, overrides, message):
     status, err = main_exit(capsys, TrainSegmentNet.main, *train_args(tiny_voc, tmp_path / "run", **overrides))
@@ -756,10 +766,140 @@ def test_impossible_settings_rejected_before_any_work(capsys, tmp_path, tiny_voc
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
 
 
+def test_infinity_in_a_config_file(capsys, tmp_path, tiny_voc):
+    import dataclasses
+
+    values = dataclasses.asdict(tiny_train_config(tiny_voc, tmp_path / "run", batch_size=2, scale_max=float("inf"),
+                                                  warmup_epochs=float("nan")))
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(values))  # Python's json writes (and reads) Infinity and NaN
+    assert "Infinity" in path.read_text()
+    status, err = main_exit(capsys, TrainSegmentNet.main, "--config", path)
+    assert status == 2 and "scale_max must be a finite number, got inf" in err, err
+    assert "warmup_epochs must be a finite number, got nan" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_checks_the_type_and_range_of_its_options(name):
+    import inspect
+
+    from segmentnet.config import ConfigError
+    from segmentnet.models import model_option_problems
+
+    options = [p for p in inspect.signature(MODELS[name]).parameters if p not in ("self", "num_classes")]
+    assert "width" in options
+    for option in options:  # no option takes a JSON object
+        problems = model_option_problems(name, {option: {"x": 1}})
+        assert len(problems) == 1 and problems[0].startswith(f"model_options {option} of model {name!r} must be ")
+        assert problems[0].endswith("got {'x': 1}"), problems
+    for width in ("32", 0, -1, 2.5, 10 ** 6):
+        problems = model_option_problems(name, {"width": width})
+        assert len(problems) == 1 and problems[0].startswith(f"model_options width of model {name!r} must be "), width
+        with pytest.raises(ConfigError, match="model_options width"):
+            build_model(name, 21, width=width)
+
+
 def test_missing_prepared_dataset(capsys, tmp_path):
     status, err = main_exit(capsys, TrainSegmentNet.main, *train_args(tmp_path / "nothing", tmp_path / "run"))
     assert status == 2 and "dataset.json not found: run DataSeparate.py first" in err, err
     assert not (tmp_path / "run").exists()
+
+
+def copied_dataset(source: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    shutil.copytree(source / "voc2012", tmp_path / "data" / "voc2012")
+    return tmp_path / "data"
+
+
+def damaged_dataset_json(kind: str, info: dict):
+    if kind == "not JSON":
+        return '{"num_classes": 21, "classes": ['
+    if kind == "a list":
+        return [info]
+    if kind == "num_classes as text":
+        return info | {"num_classes": "21"}
+    if kind == "too few class names":
+        return info | {"classes": info["classes"][:3]}
+    if kind == "mean missing":
+        return {k: v for k, v in info.items() if k != "mean"}
+    if kind == "std of zero":
+        return info | {"std": [0, 0.2, 0.2]}
+    if kind == "pixel counts as text":
+        return info | {"pixel_counts": {"train": "many"}}
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("not JSON", "it is not valid JSON (Expecting value"),
+    ("a list", "it holds a list, not a JSON object"),
+    ("num_classes as text", "num_classes must be a whole number from 1 to 255, got '21'"),
+    ("too few class names", "classes must be a list of 21 class names"),
+    ("mean missing", "mean is missing"),
+    ("std of zero", "std must be 3 positive numbers, got [0, 0.2, 0.2]"),
+    ("pixel counts as text", "pixel_counts must be a JSON object of 21 pixel counts per split"),
+])
+def test_damaged_dataset_json(capsys, tmp_path, tiny_voc, kind, message):
+    data = copied_dataset(tiny_voc, tmp_path)
+    path = data / "voc2012" / "dataset.json"
+    damaged = damaged_dataset_json(kind, json.loads(path.read_text()))
+    path.write_text(damaged if isinstance(damaged, str) else json.dumps(damaged))
+    status, err = main_exit(capsys, TrainSegmentNet.main, *train_args(data, tmp_path / "run"))
+    assert status == 2 and err.startswith(f"error: {path} is damaged: ") and message in err, err
+    assert "Run DataSeparate.py again with --force" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_prepared_split_without_masks(capsys, tmp_path, tiny_voc):
+    import shutil
+
+    data = copied_dataset(tiny_voc, tmp_path)
+    shutil.rmtree(data / "voc2012" / "val" / "masks")
+    status, err = main_exit(capsys, TrainSegmentNet.main, *train_args(data, tmp_path / "run"))
+    assert status == 2, err
+    assert f"error: {data / 'voc2012' / 'val' / 'masks'} not found: the prepared split 'val' has images but no " \
+           f"masks, and training needs them" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_labels_beyond_the_classes_in_a_prepared_dataset(capsys, tmp_path, tiny_voc, workers):
+    data = copied_dataset(tiny_voc, tmp_path)
+    mask_path = sorted((data / "voc2012" / "train" / "masks").iterdir())[1]  # (not one of the sample grid's)
+    with Image.open(mask_path) as mask:
+        labels, palette = np.array(mask), mask.getpalette()
+    labels[:5, :5] = 21  # one past the last class
+    labels[-3:, -3:] = 40
+    spoiled = Image.fromarray(labels, mode="P")
+    spoiled.putpalette(palette)
+    spoiled.save(mask_path)
+    status, err = main_exit(capsys, TrainSegmentNet.main,
+                            *train_args(data, tmp_path / "run", workers=workers, crop_size=400))
+    assert status == 2, err
+    assert f"mask {mask_path.name} holds label values [21, 40], outside the 21 classes of dataset.json (0..20, or " \
+           f"255 for 'ignore')" in err
+    assert err.rstrip().endswith("(in a data loader worker)") == (workers > 0)
+    assert "Traceback" not in err
+
+
+def test_out_is_an_existing_file(capsys, tmp_path, tiny_voc):
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    status, err = main_exit(capsys, TrainSegmentNet.main, *train_args(tiny_voc, out))
+    assert status == 2 and f"error: run folder {out} is an existing file, not a folder; choose another --out" in err
+    assert out.read_text() == "mine"
+
+
+def test_out_holding_files_of_another_kind(capsys, tmp_path, tiny_voc):
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"mine")
+    status, err = main_exit(capsys, TrainSegmentNet.main, *train_args(tiny_voc, out))
+    assert status == 2, err
+    assert f"error: run folder {out} cannot be used: it holds files that TrainSegmentNet did not write " \
+           f"(holiday.jpg)" in err
+    assert sorted(p.name for p in out.iterdir()) == ["holiday.jpg"]
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -863,3 +1003,44 @@ def test_truncated_checkpoint(capsys, tmp_path, tiny_voc, trained):
         load_checkpoint(cut)
     status, err = main_exit(capsys, TrainSegmentNet.main, *train_args(tiny_voc, tmp_path / "run", resume=cut))
     assert status == 2 and f"checkpoint {cut} is truncated or corrupt" in err and "last.pt or best.pt" in err, err
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(model="weights"), "model must be a mapping of names to tensors, got 'weights'"),
+    (dict(model_options="width=8"), "model_options must be a JSON object (dict) of model options, got 'width=8'"),
+    (dict(num_classes=21.0), "num_classes must be a whole number >= 1, got 21.0"),
+    (dict(rng={"torch": torch.zeros(10, dtype=torch.uint8), "cuda": []}), "rng must be random-generator states"),
+    (dict(rng={"torch": torch.get_rng_state(), "cuda": "none"}), "rng must be random-generator states"),
+    (dict(epoch=-1, step_in_epoch="2"), "epoch must be a whole number >= 0, got -1; step_in_epoch must be a whole "
+                                        "number >= 0, got '2'"),
+    (dict(scaler={"scale": "big"}), "scaler must be none or a gradient scaler's state, got {'scale': 'big'}"),
+    (dict(optimizer=None), "optimizer is missing"),
+    (dict(scheduler=None, epoch_losses=None), "scheduler is missing; epoch_losses is missing"),
+])
+def test_resume_from_a_checkpoint_of_the_wrong_structure(capsys, tmp_path, tiny_voc, trained, changes, message):
+    state = load_checkpoint(trained)
+    for key, value in changes.items():
+        if value is None:
+            del state[key]
+        else:
+            state[key] = value
+    bad = tmp_path / "bad.pt"
+    save_checkpoint(state, bad)
+    status, err = main_exit(capsys, TrainSegmentNet.main,
+                            *train_args(tiny_voc, tmp_path / "run", resume=bad, epochs=2))
+    assert status == 2, err
+    assert err.startswith(f"error: checkpoint {bad} is damaged or was not written by TrainSegmentNet.py: ") and \
+        message in err, err
+    assert "Use another copy (last.pt or best.pt) or start a new run" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_from_a_checkpoint_whose_optimizer_state_does_not_fit(capsys, tmp_path, tiny_voc, trained):
+    state = load_checkpoint(trained)
+    first = next(iter(state["optimizer"]["state"]))
+    state["optimizer"]["state"][first]["exp_avg"] = torch.zeros(3)
+    save_checkpoint(state, tmp_path / "bad.pt")
+    status, err = main_exit(capsys, TrainSegmentNet.main,
+                            *train_args(tiny_voc, tmp_path / "run", resume=tmp_path / "bad.pt", epochs=2))
+    assert status == 2 and "its optimizer state is damaged: exp_avg of a parameter of shape" in err, err
+    assert not (tmp_path / "run").exists()

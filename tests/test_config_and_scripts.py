@@ -34,6 +34,17 @@ def test_json_config_then_flags_override(tmp_path):
         parse_config(Config, ["--config", str(path)])
 
 
+@pytest.mark.parametrize("values,message", [
+    ({"epochs": True}, "epochs must be int, got True"),       # JSON true is not the number 1
+    ({"resume_older": 1}, "resume_older must be bool, got 1"),
+])
+def test_json_config_values_of_the_wrong_type(tmp_path, values, message):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(values))
+    with pytest.raises(ConfigError, match=message):
+        parse_config(Config, ["--config", str(path)])
+
+
 def test_help_lists_every_hyperparameter_with_its_comment_and_default():
     out = subprocess.run([sys.executable, "TrainSegmentNet.py", "--help"], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout

@@ -27,11 +27,14 @@ from segmentnet.config import ConfigError
 from segmentnet.data import EpochSampler, SegmentationDataset
 from segmentnet.distributed import DistEnv
 from segmentnet.engine import _train, evaluate, train
+from segmentnet.files import OWNER_FILE
 from segmentnet.losses import build_loss
 from segmentnet.models import MODELS, build_model
+from segmentnet.runs import LOCK_FILE
 from segmentnet.transforms import eval_transform
 
-RUN_FILES = {"config.json", "metrics.jsonl", "last.pt", "best.pt", "curves.png", "samples"}  # rank 0 only
+RUN_FILES = {OWNER_FILE, LOCK_FILE, "config.json", "metrics.jsonl", "last.pt", "best.pt", "curves.png",
+             "samples"}  # rank 0 only
 
 
 @pytest.fixture(scope="module")

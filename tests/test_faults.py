@@ -26,6 +26,8 @@ from segmentnet import engine
 from segmentnet.checkpoint import load_checkpoint
 from segmentnet.cli import run_main
 from segmentnet.engine import train
+from segmentnet.files import OWNER_FILE
+from segmentnet.runs import LOCK_FILE
 
 LAUNCHER = """
 import io, os, signal, sys, time
@@ -43,6 +45,17 @@ if kind == "signal-at-step":  # the main process signals itself during step N
         calls.append(1)
         if len(calls) == int(step):
             os.kill(os.getpid(), getattr(signal, name))
+        return real_compute_loss(*args, **kwargs)
+    engine.compute_loss = compute_loss
+
+if kind == "sleep-at-step":  # step N takes a while: the run is busy, with no checkpoint yet
+    step, seconds = arg.split()
+    real_compute_loss, calls = engine.compute_loss, []
+    def compute_loss(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == int(step):
+            print("sleeping", flush=True)
+            time.sleep(float(seconds))
         return real_compute_loss(*args, **kwargs)
     engine.compute_loss = compute_loss
 
@@ -219,7 +232,8 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(capsys, tiny_voc,
            f"the previous last.pt is untouched" in err
     assert [name.split(".tmp-")[0] for name in opened] == [".last.pt", ".best.pt", ".last.pt"]
     assert load_checkpoint(run / "last.pt")["epoch"] == 1
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl", "samples"]
+    assert sorted(p.name for p in run.iterdir()) == sorted([OWNER_FILE, LOCK_FILE, "best.pt", "config.json", "curves.png",
+                                                           "last.pt", "metrics.jsonl", "samples"])
 
     monkeypatch.undo()  # space freed: the run continues
     train(config(tiny_voc, "", resume=run / "last.pt"))
@@ -360,3 +374,115 @@ def test_failing_loader_worker_names_the_sample(capsys, tiny_voc, tmp_path):
     assert f"error: sample 5 of {data / 'voc2012' / 'train'}: cannot decode {bad.name}" in err
     assert "image file is truncated" in err and err.rstrip().endswith("(in a data loader worker)")
     assert "Traceback" not in err
+
+
+def test_a_second_training_into_a_busy_folder_is_refused_and_a_dead_ones_lock_does_not_block(
+        capsys, tiny_voc, launcher, tmp_path):
+    run = tmp_path / "run"
+    child = start_child(launcher, config(tiny_voc, run), "sleep-at-step 1 300", stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL)
+    try:
+        for line in child.stdout:  # it holds the folder and is inside its first step
+            if line.startswith("sleeping"):
+                break
+        status = run_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
+        err = capsys.readouterr().err
+        assert status == 2, err
+        assert f"error: run folder {run} is in use: another training (pid {child.pid} on " in err
+        assert "Wait for it to finish (or stop it), or choose another --out" in err
+        assert not (run / "last.pt").exists()
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)  # dies holding the lock, before its first checkpoint
+        child.wait(timeout=60)
+        child.stdout.close()
+    # Its lock went with it; the folder it left (config.json, no checkpoint) is taken for the new run.
+    assert sorted(p.name for p in run.iterdir()) == sorted([OWNER_FILE, LOCK_FILE, "config.json"])
+    killed_id = json.loads((run / "config.json").read_text())["run_id"]
+    status = run_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert "stopped before its first checkpoint: starting over there" in out
+    assert load_checkpoint(run / "last.pt")["run_id"] != killed_id
+    assert [record["epoch"] for record in metrics(run)] == [1, 2]
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_says_so_and_its_folder_is_reused(
+        capsys, tiny_voc, tmp_path, monkeypatch):
+    loss_becomes_nan_at(2, monkeypatch)
+    run = tmp_path / "run"
+    status = run_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
+    err = " ".join(capsys.readouterr().err.split())
+    assert status == 2, err
+    assert f"then run the same command again: the run folder {run} holds no checkpoint yet, so a new run starts " \
+           f"over in it" in err
+    assert "last.pt" not in err
+    monkeypatch.undo()
+    assert run_main(TrainSegmentNet.main, config_args(config(tiny_voc, run))) == 0
+    assert load_checkpoint(run / "last.pt")["epoch"] == 2
+
+
+def test_a_half_written_metrics_line_does_not_block_resume(capsys, tiny_voc, tmp_path):
+    run = tmp_path / "run"
+    train(config(tiny_voc, run, epochs=1))
+    with open(run / "metrics.jsonl", "a") as f:  # killed while appending the next epoch's record
+        f.write('{"epoch": 2, "train_loss": 0.5, "val_lo')
+    status = run_main(TrainSegmentNet.main, config_args(config(tiny_voc, "", resume=run / "last.pt")))
+    err = capsys.readouterr().err
+    assert status == 0, err
+    assert "left out 1 line(s) that are not complete records" in err
+    assert [record["epoch"] for record in metrics(run)] == [1, 2]
+
+
+@pytest.mark.parametrize("code,advice", [
+    (errno.ENOSPC, "Free space on that disk or choose another folder"),
+    (errno.EDQUOT, "Free space on that disk or choose another folder"),
+    (errno.EACCES, "No permission to write in {folder}"),
+    (errno.EROFS, "{folder} is on a read-only file system"),
+])
+def test_a_failed_save_says_what_failed(tmp_path, monkeypatch, code, advice):
+    from segmentnet import checkpoint
+
+    def refuse(path, mode="r", *args, **kwargs):
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr(checkpoint, "open", refuse, raising=False)
+    with pytest.raises(checkpoint.CheckpointWriteError) as info:
+        checkpoint.save_checkpoint({"model": {}}, tmp_path / "last.pt")
+    message = str(info.value)
+    assert f"({errno.errorcode[code]}); nothing was kept. {advice.format(folder=tmp_path)}" in message
+    assert ("Free space" in message) == (code in (errno.ENOSPC, errno.EDQUOT))
+    # No last.pt there: no --resume of one (a run that fails before its first checkpoint starts over)
+    assert message.endswith("then run again (a training run that has no checkpoint yet starts over)"), message
+
+
+def test_a_save_into_a_missing_folder_or_onto_a_folder_is_not_called_a_full_disk(tmp_path):
+    from segmentnet.checkpoint import CheckpointWriteError, save_checkpoint
+
+    gone = tmp_path / "gone"
+    with pytest.raises(CheckpointWriteError) as missing:
+        save_checkpoint({"model": {}}, gone / "last.pt")
+    assert f"(ENOENT); nothing was kept. The folder {gone} does not exist" in str(missing.value)
+    (tmp_path / "last.pt").mkdir()
+    with pytest.raises(CheckpointWriteError) as folder:
+        save_checkpoint({"model": {}}, tmp_path / "last.pt")
+    assert f"(EISDIR); nothing was kept. {tmp_path / 'last.pt'} is a folder, where the file must be written" in \
+        str(folder.value)
+    assert "Free space" not in str(missing.value) and "Free space" not in str(folder.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left
+
+
+def test_run_folder_removed_during_the_run(capsys, tiny_voc, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real_evaluate = engine.evaluate
+
+    def evaluate_then_remove_the_folder(*args, **kwargs):
+        shutil.rmtree(run)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "evaluate", evaluate_then_remove_the_folder)
+    status = run_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert f"error: could not write {run / 'metrics.jsonl'}: No such file or directory (ENOENT); The folder {run} " \
+           f"does not exist" in err
+    assert "Free space" not in err and "Traceback" not in err

@@ -10,6 +10,9 @@ from conftest import tiny_train_config
 from segmentnet.checkpoint import load_checkpoint
 from segmentnet.config import ConfigError
 from segmentnet.engine import train
+from segmentnet.files import OWNER_FILE, owner_of
+from segmentnet.models import build_model
+from segmentnet.runs import LOCK_FILE
 
 
 def test_short_run_writes_outputs(small_voc, tmp_path):
@@ -33,14 +36,10 @@ def test_out_folder_is_never_silently_reused(small_voc, tmp_path):
         train(tiny_train_config(small_voc, tmp_path / "run"))
 
 
-@pytest.mark.parametrize("amp_dtype", ["auto", "float16"])  # fp32 on CPU; fp16 autocast with a gradient scaler
-def test_interrupted_and_resumed_equals_uninterrupted(small_voc, tmp_path, monkeypatch, amp_dtype):
+def train_until_a_crash_in_the_second_validation(cfg, monkeypatch) -> None:
+    """Train cfg, crashing during epoch 2 (in its validation): last.pt still holds the end of epoch 1."""
     from segmentnet import engine
 
-    train(tiny_train_config(small_voc, tmp_path / "full", epochs=3, amp_dtype=amp_dtype))
-    full = load_checkpoint(tmp_path / "full" / "last.pt")
-
-    # A crash during epoch 2 (in its validation): last.pt still holds the end of epoch 1.
     real_evaluate, calls = engine.evaluate, []
 
     def crash_on_second_call(*args, **kwargs):
@@ -51,8 +50,17 @@ def test_interrupted_and_resumed_equals_uninterrupted(small_voc, tmp_path, monke
 
     monkeypatch.setattr(engine, "evaluate", crash_on_second_call)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_train_config(small_voc, tmp_path / "part", epochs=3, amp_dtype=amp_dtype))
+        train(cfg)
     monkeypatch.setattr(engine, "evaluate", real_evaluate)
+
+
+@pytest.mark.parametrize("amp_dtype", ["auto", "float16"])  # fp32 on CPU; fp16 autocast with a gradient scaler
+def test_interrupted_and_resumed_equals_uninterrupted(small_voc, tmp_path, monkeypatch, amp_dtype):
+    train(tiny_train_config(small_voc, tmp_path / "full", epochs=3, amp_dtype=amp_dtype))
+    full = load_checkpoint(tmp_path / "full" / "last.pt")
+
+    train_until_a_crash_in_the_second_validation(
+        tiny_train_config(small_voc, tmp_path / "part", epochs=3, amp_dtype=amp_dtype), monkeypatch)
     assert load_checkpoint(tmp_path / "part" / "last.pt")["epoch"] == 1
 
     train(tiny_train_config(small_voc, "", epochs=3, amp_dtype=amp_dtype, resume=str(tmp_path / "part" / "last.pt")))
@@ -107,3 +115,128 @@ def test_default_loader_workers_share_the_cores(monkeypatch, requested, cores, l
     else:
         monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world_size)
     assert loader_workers(requested) == expected
+
+
+# ----------------------------------------------------------------------------- gradient accumulation
+
+
+def sgd_config(data, out, **overrides):
+    """Plain SGD (no momentum, constant rate): the weights change by exactly lr x the gradient, so a
+    gradient taken at the wrong scale, or not applied, shows."""
+    return tiny_train_config(data, out, **{"optimizer": "sgd", "momentum": 0.0, "warmup_epochs": 0.0,
+                                           "poly_power": 0.0, "lr": 0.05, **overrides})
+
+
+def test_grad_accum_beyond_an_epoch_steps_on_the_batches_there_are(small_voc, tmp_path):
+    # 24 train images in batches of 4: 6 batches per epoch. grad_accum 8 once made no step at all.
+    train(sgd_config(small_voc, tmp_path / "eight", grad_accum=8))
+    train(sgd_config(small_voc, tmp_path / "six", grad_accum=6))  # the same window: all 6 batches, loss / 6
+    eight, six = load_checkpoint(tmp_path / "eight" / "last.pt"), load_checkpoint(tmp_path / "six" / "last.pt")
+    torch.manual_seed(0)
+    initial = build_model("segmentnet", 21, **eight["model_options"]).state_dict()
+    assert max(float((eight["model"][k] - initial[k]).abs().max()) for k in initial) > 1e-3, "no optimiser step"
+    for key, weight in six["model"].items():
+        assert torch.equal(eight["model"][key], weight), key
+
+
+def test_accumulation_windows_end_with_each_epoch(small_voc, tmp_path, monkeypatch):
+    from segmentnet import engine
+
+    steps, real_step = [], engine.optimizer_step
+    monkeypatch.setattr(engine, "optimizer_step", lambda *a: (steps.append(1), real_step(*a)))
+    # 6 batches per epoch in windows of 4: 4 + 2 per epoch, so 2 steps per epoch, nothing carried over.
+    train(sgd_config(small_voc, tmp_path / "run", grad_accum=4, epochs=2))
+    assert len(steps) == 4
+    assert [engine.accumulation_window(1, i, 6, 4) for i in range(6)] == [
+        (2, 4, False), (2, 4, False), (2, 4, False), (2, 4, True), (3, 2, False), (3, 2, True)]
+
+
+def test_resume_with_a_window_that_does_not_divide_the_epoch(small_voc, tmp_path, monkeypatch):
+    """The checkpoint at an epoch's end holds every gradient: nothing half-accumulated is lost."""
+    train(sgd_config(small_voc, tmp_path / "full", grad_accum=4, epochs=2))
+    train_until_a_crash_in_the_second_validation(sgd_config(small_voc, tmp_path / "part", grad_accum=4, epochs=2),
+                                                 monkeypatch)
+    train(sgd_config(small_voc, "", grad_accum=4, epochs=2, resume=str(tmp_path / "part" / "last.pt")))
+    full, resumed = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "part" / "last.pt")
+    for key, weight in full["model"].items():
+        assert torch.equal(resumed["model"][key], weight), key
+
+
+# ----------------------------------------------------------------------------- run folders
+
+
+def run_files(run) -> dict:
+    """The run's files and their contents (the lock file names its last holder: not the run's)."""
+    return {p.name: p.read_bytes() for p in sorted(run.iterdir()) if p.is_file() and p.name != LOCK_FILE}
+
+
+def test_resume_into_another_runs_folder_is_refused(small_voc, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(tiny_train_config(small_voc, a))
+    train(tiny_train_config(small_voc, b, seed=1))
+    before = run_files(b)
+    with pytest.raises(ConfigError) as info:
+        train(tiny_train_config(small_voc, b, epochs=2, resume=str(a / "last.pt")))
+    message = str(info.value)
+    assert f"run folder {b} holds another run" in message and "overwrite its checkpoints" in message
+    assert f"leave out --out to continue it in its own folder {a}" in message and "a new or empty --out" in message
+    assert run_files(b) == before  # nothing of b was touched
+
+
+def test_resume_into_a_new_folder_continues_as_a_new_run(small_voc, tmp_path):
+    a, c = tmp_path / "a", tmp_path / "c"
+    train(tiny_train_config(small_voc, a))
+    before = run_files(a)
+    train(tiny_train_config(small_voc, c, epochs=2, resume=str(a / "last.pt")))
+    a_id = json.loads((a / "config.json").read_text())["run_id"]
+    config = json.loads((c / "config.json").read_text())
+    assert config["run_id"] != a_id and config["forked_from"]["run_id"] == a_id
+    assert owner_of(c)["run_id"] == config["run_id"] == load_checkpoint(c / "last.pt")["run_id"]
+    assert [json.loads(line)["epoch"] for line in (c / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert run_files(a) == before
+    # The fork continues as its own run: resuming its last.pt (in its folder) is a plain continuation.
+    train(tiny_train_config(small_voc, "", epochs=3, resume=str(c / "last.pt")))
+    assert json.loads((c / "config.json").read_text())["forked_from"]["run_id"] == a_id
+
+
+def test_resuming_a_checkpoint_older_than_last_pt_needs_resume_older(small_voc, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_train_config(small_voc, run))
+    epoch_one = (run / "last.pt").read_bytes()
+    train(tiny_train_config(small_voc, "", epochs=2, resume=str(run / "last.pt")))
+    (run / "best.pt").write_bytes(epoch_one)  # best.pt of epoch 1, last.pt of epoch 2
+    before = run_files(run)
+    with pytest.raises(ConfigError) as info:
+        train(tiny_train_config(small_voc, "", epochs=3, resume=str(run / "best.pt")))
+    message = str(info.value)
+    assert "is at the end of epoch 1, but its run folder" in message and "(at the end of epoch 2)" in message
+    assert f"Continue with --resume {run / 'last.pt'}" in message and "--out NEW" in message
+    assert "add --resume-older true" in message
+    assert run_files(run) == before
+    train(tiny_train_config(small_voc, "", epochs=3, resume=str(run / "best.pt"), resume_older=True))
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert load_checkpoint(run / "last.pt")["epoch"] == 3
+
+
+def test_checkpoint_of_the_previous_release_resumes_into_its_own_folder(small_voc, tmp_path):
+    from segmentnet.checkpoint import save_checkpoint
+
+    run, other = tmp_path / "run", tmp_path / "other"
+    for folder in (run, other):  # as the previous release left them: no run id, no ownership record, no lock
+        train(tiny_train_config(small_voc, folder))
+        state = load_checkpoint(folder / "last.pt")
+        del state["run_id"]
+        for name in ("last.pt", "best.pt"):
+            save_checkpoint(state, folder / name)
+        config = json.loads((folder / "config.json").read_text())
+        del config["run_id"], config["forked_from"]
+        (folder / "config.json").write_text(json.dumps(config))
+        (folder / OWNER_FILE).unlink()
+        (folder / LOCK_FILE).unlink()
+    with pytest.raises(ConfigError, match="holds another run .a run of an earlier SegmentNet release."):
+        train(tiny_train_config(small_voc, other, epochs=2, resume=str(run / "last.pt")))
+    train(tiny_train_config(small_voc, "", epochs=2, resume=str(run / "last.pt")))
+    run_id = owner_of(run)["run_id"]
+    assert load_checkpoint(run / "last.pt")["run_id"] == run_id == json.loads((run / "config.json").read_text())["run_id"]
+    # Its best.pt, still without a run id, belongs to the folder it lies in.
+    train(tiny_train_config(small_voc, "", epochs=3, resume=str(run / "best.pt"), resume_older=True))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import ResNet, conv_bn
-from .pretrained import load_pretrained_backbone
+from .pretrained import BackboneSpec, load_pretrained_backbone
 
 AUX_WEIGHT = 0.5
 
@@ -80,17 +80,17 @@ class ResNetSegmentation(nn.Module):
         return {"out": out, "aux": aux}
 
 
-def fcn_resnet50(num_classes: int, aux: bool = True, pretrained_backbone=None, width: int = 64):
+def fcn_resnet50(num_classes: int, aux: bool = True, pretrained_backbone: BackboneSpec = None, width: int = 64):
     return ResNetSegmentation(num_classes, 50, "fcn", aux, pretrained_backbone, width)
 
 
-def fcn_resnet101(num_classes: int, aux: bool = True, pretrained_backbone=None, width: int = 64):
+def fcn_resnet101(num_classes: int, aux: bool = True, pretrained_backbone: BackboneSpec = None, width: int = 64):
     return ResNetSegmentation(num_classes, 101, "fcn", aux, pretrained_backbone, width)
 
 
-def deeplabv3_resnet50(num_classes: int, aux: bool = True, pretrained_backbone=None, width: int = 64):
+def deeplabv3_resnet50(num_classes: int, aux: bool = True, pretrained_backbone: BackboneSpec = None, width: int = 64):
     return ResNetSegmentation(num_classes, 50, "deeplabv3", aux, pretrained_backbone, width)
 
 
-def deeplabv3_resnet101(num_classes: int, aux: bool = True, pretrained_backbone=None, width: int = 64):
+def deeplabv3_resnet101(num_classes: int, aux: bool = True, pretrained_backbone: BackboneSpec = None, width: int = 64):
     return ResNetSegmentation(num_classes, 101, "deeplabv3", aux, pretrained_backbone, width)

@@ -17,13 +17,13 @@ smaller only for tests.
 """
 from __future__ import annotations
 
-from ..errors import UnknownNameError
+from ..errors import ConfigError, UnknownNameError
 
 import torch
 from torch import nn
 
 from .backbones import VGG
-from .pretrained import load_pretrained_backbone
+from .pretrained import BackboneSpec, load_pretrained_backbone
 
 VGG_DEPTHS = {"vgg16": 16, "vgg19": 19}
 FINAL_CROP = {32: 19, 16: 27, 8: 31}
@@ -64,7 +64,7 @@ class FCN(nn.Module):
                  width: int = 64, fc_width: int = 4096):
         super().__init__()
         if stride not in FINAL_CROP:
-            raise ValueError(f"FCN stride must be one of {sorted(FINAL_CROP)}, got {stride}")
+            raise ConfigError(f"FCN stride must be one of {sorted(FINAL_CROP)}, got {stride}")
         if backbone not in VGG_DEPTHS:
             raise UnknownNameError(f"unknown FCN backbone {backbone!r}; choices: {', '.join(VGG_DEPTHS)}")
         self.stride, self.arch = stride, backbone
@@ -119,16 +119,16 @@ class FCN(nn.Module):
         return crop_like(scores, FINAL_CROP[self.stride], x)
 
 
-def fcn32s(num_classes: int, backbone: str = "vgg16", pretrained_backbone=None, width: int = 64,
+def fcn32s(num_classes: int, backbone: str = "vgg16", pretrained_backbone: BackboneSpec = None, width: int = 64,
            fc_width: int = 4096) -> FCN:
     return FCN(num_classes, 32, backbone, pretrained_backbone, width, fc_width)
 
 
-def fcn16s(num_classes: int, backbone: str = "vgg16", pretrained_backbone=None, width: int = 64,
+def fcn16s(num_classes: int, backbone: str = "vgg16", pretrained_backbone: BackboneSpec = None, width: int = 64,
            fc_width: int = 4096) -> FCN:
     return FCN(num_classes, 16, backbone, pretrained_backbone, width, fc_width)
 
 
-def fcn8s(num_classes: int, backbone: str = "vgg16", pretrained_backbone=None, width: int = 64,
+def fcn8s(num_classes: int, backbone: str = "vgg16", pretrained_backbone: BackboneSpec = None, width: int = 64,
           fc_width: int = 4096) -> FCN:
     return FCN(num_classes, 8, backbone, pretrained_backbone, width, fc_width)

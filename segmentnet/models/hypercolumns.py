@@ -24,7 +24,7 @@ from this seed, so that every stage builds the same random CNN).
 """
 from __future__ import annotations
 
-from ..errors import UnknownNameError
+from ..errors import ConfigError, UnknownNameError
 
 import hashlib
 from dataclasses import dataclass
@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..archive import DataError
+from ..errors import DataError
 from ..checkpoint import load_checkpoint
 from .backbones import vgg16
-from .pretrained import load_pretrained_backbone
+from .pretrained import BackboneSpec, load_pretrained_backbone
 from .squeezenet import Fire, squeezenet1_1
 
 DEFAULT_HIDDEN = 512
@@ -63,7 +63,7 @@ CNNS = {
 def check_layers(layers, cnn: str, count: int) -> tuple[int, ...]:
     layers = tuple(sorted(set(int(i) for i in layers)))
     if not layers or layers[0] < 0 or layers[-1] >= count:
-        raise ValueError(f"layers {list(layers)} for {cnn}: give indices into its features, 0 to {count - 1} "
+        raise ConfigError(f"layers {list(layers)} for {cnn}: give indices into its features, 0 to {count - 1} "
                          f"(default {list(CNNS[cnn].default_layers)})")
     return layers
 
@@ -225,15 +225,18 @@ def load_cnn_weights(full: nn.Module, spec, cnn: CNNSpec) -> None:
     load_pretrained_backbone(spec, cnn.arch, dict(full.state_dict()), ignore=cnn.ignore)
 
 
-def hypercolumn_squeezenet(num_classes: int, layers=None, hidden: int = DEFAULT_HIDDEN, finetune: bool = False,
-                           pretrained_backbone=None, classifier_init=None, width: int = 64,
-                           cnn_seed: int = 0) -> Hypercolumns:
+def hypercolumn_squeezenet(num_classes: int, layers: list[int] | None = None, hidden: int = DEFAULT_HIDDEN,
+                           finetune: bool = False, pretrained_backbone: BackboneSpec = None,
+                           classifier_init: str | None = None, width: int = 64, cnn_seed: int = 0) -> Hypercolumns:
     return Hypercolumns(num_classes, "squeezenet", layers, hidden, finetune, pretrained_backbone, classifier_init,
                         width, cnn_seed)
 
 
-def hypercolumn_vgg16(num_classes: int, layers=None, hidden: int = DEFAULT_HIDDEN, finetune: bool = False,
-                      pretrained_backbone=None, classifier_init=None, width: int = 64,
-                      cnn_seed: int = 0) -> Hypercolumns:
+def hypercolumn_vgg16(num_classes: int, layers: list[int] | None = None, hidden: int = DEFAULT_HIDDEN,
+                      finetune: bool = False, pretrained_backbone: BackboneSpec = None,
+                      classifier_init: str | None = None, width: int = 64, cnn_seed: int = 0) -> Hypercolumns:
     return Hypercolumns(num_classes, "vgg16", layers, hidden, finetune, pretrained_backbone, classifier_init,
                         width, cnn_seed)
+
+
+hypercolumn_squeezenet.option_ranges = {"width": (4, 1024)}  # SqueezeNet's narrowest Fire module needs width/16 >= 1

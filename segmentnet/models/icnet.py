@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import ResNet, conv_bn
-from .pretrained import load_pretrained_backbone
+from .pretrained import BackboneSpec, load_pretrained_backbone
 
 PYRAMID_BINS = (1, 2, 3, 6)
 LABEL_GUIDANCE_WEIGHTS = {"sub24": 0.4, "sub4": 0.4}
@@ -63,7 +63,9 @@ class CascadeFeatureFusion(nn.Module):
 
 
 class ICNet(nn.Module):
-    def __init__(self, num_classes: int, pretrained_backbone=None, width: int = 64):
+    option_ranges = {"width": (2, 1024)}  # its first branch has width // 2 channels
+
+    def __init__(self, num_classes: int, pretrained_backbone: BackboneSpec = None, width: int = 64):
         super().__init__()
         self.sub1 = nn.Sequential(conv_bn(3, width // 2, 3, 2), conv_bn(width // 2, width // 2, 3, 2),
                                   conv_bn(width // 2, width, 3, 2))

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from ..archive import DataError
+from ..errors import DataError
 
+BackboneSpec = str | bool | None  # the type of the option pretrained_backbone (see above)
 URL_ROOT = "https://download.pytorch.org/models/"
 BACKBONE_FILES = {
     "vgg16": "vgg16-397923af.pth",

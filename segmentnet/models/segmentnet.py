@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 
 STEM_STRIDES = (1, 2, 4)
 
@@ -62,9 +64,9 @@ class SegmentNet(nn.Module):
                  in_channels: int = 3, max_width: int = 512, stem_stride: int = 1):
         super().__init__()
         if depth < 1 or width < 1 or blocks < 1:
-            raise ValueError(f"width, depth and blocks must be >= 1 (got {width}, {depth}, {blocks})")
+            raise ConfigError(f"width, depth and blocks must be >= 1 (got {width}, {depth}, {blocks})")
         if stem_stride not in STEM_STRIDES:
-            raise ValueError(f"stem_stride must be one of {STEM_STRIDES}, got {stem_stride}")
+            raise ConfigError(f"stem_stride must be one of {STEM_STRIDES}, got {stem_stride}")
         self.depth, self.stem_stride = depth, stem_stride
         channels = [min(width * 2 ** i, max_width) for i in range(depth + 1)]
         if stem_stride == 1:

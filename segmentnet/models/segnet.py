@@ -13,12 +13,12 @@ from __future__ import annotations
 from torch import nn
 
 from .backbones import conv_bn, vgg16_bn
-from .pretrained import load_pretrained_backbone
+from .pretrained import BackboneSpec, load_pretrained_backbone
 from .segmentnet import pad_to_multiple
 
 
 class SegNet(nn.Module):
-    def __init__(self, num_classes: int, pretrained_backbone=None, width: int = 64):
+    def __init__(self, num_classes: int, pretrained_backbone: BackboneSpec = None, width: int = 64):
         super().__init__()
         self.encoder = vgg16_bn(width=width, return_indices=True)
         # The encoder's convolutions stage by stage as (in, out) channel pairs, to mirror.

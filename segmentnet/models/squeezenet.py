@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 # (squeeze, expand) channels of the eight Fire modules, in units of width/64; "M" a max-pool.
 FIRE_LAYERS = [(16, 64), (16, 64), "M", (32, 128), (32, 128), "M", (48, 192), (48, 192), (64, 256), (64, 256)]
 
@@ -42,7 +44,7 @@ class SqueezeNet(nn.Module):
     def __init__(self, num_classes: int = 1000, width: int = 64, in_channels: int = 3):
         super().__init__()
         if width < 4:
-            raise ValueError(f"width must be >= 4, got {width}")
+            raise ConfigError(f"width must be >= 4, got {width}")
 
         def scaled(channels: int) -> int:
             return max(1, channels * width // 64)

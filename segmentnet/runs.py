@@ -1,0 +1,252 @@
+"""Run folders: a folder holds one training run, and one training at a time writes into it.
+
+- Identity: a run has a run id, written into the folder's ownership record (files.OWNER_FILE),
+  config.json and every checkpoint. A checkpoint of the previous release has no run id: it belongs
+  to the folder it lies in.
+- Lock: while a training writes into a folder it holds an exclusive lock on LOCK_FILE there. It is a
+  POSIX record lock (fcntl.lockf): the kernel drops it when the process ends, however it ends, so a
+  stale lock file never blocks; data loader workers forked from the process do not inherit it; and
+  it works on NFS. Only the process that writes the run (rank 0 under torchrun) takes it.
+- claim_run_folder decides, under that lock, whether a training may write into a folder: a new,
+  empty or leftover folder (written by TrainSegmentNet, holding no checkpoint: a run that failed
+  before its first one) starts a run there; a folder of the same run continues it; anything else is
+  refused, naming the way out.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import secrets
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .checkpoint import read_progress, writing
+from .errors import ConfigError, DataError
+from .files import OWNER_FILE, mark_owned, owner_of, write_text_atomic
+
+TOOL = "TrainSegmentNet"
+LOCK_FILE = ".segmentnet-train.lock"
+CHECKPOINTS = ("last.pt", "best.pt")
+METRICS = "metrics.jsonl"
+
+
+def new_run_id() -> str:
+    """Sortable by start time, unique: 20260102-130405-3fa9c1."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+
+class RunLock:
+    """An exclusive lock on `folder`/LOCK_FILE, held until release() (or the process's end)."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system
+            print(f"warning: no file locks here: nothing stops a second training from writing into "
+                  f"{self.path.parent} at the same time", file=sys.stderr)
+            return self
+        with writing(self.path):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            if exc.errno in (errno.EACCES, errno.EAGAIN):
+                raise ConfigError(
+                    f"run folder {self.path.parent} is in use: another training ({holder}) is writing into it right "
+                    f"now, and two at once would overwrite each other's checkpoints and mix their metrics. Wait for "
+                    f"it to finish (or stop it), or choose another --out") from None
+            print(f"warning: cannot lock {self.path} ({exc.strerror}; the file system has no locks?): nothing stops "
+                  f"a second training from writing into {self.path.parent} at the same time", file=sys.stderr)
+            return self
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+                  .encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        # The file stays: removing it would let a process that opened it just before lock a file that
+        # no longer has a name while a third locks a new one. An unlocked file blocks nobody.
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+@dataclass
+class FolderState:
+    kind: str                   # new (absent or empty), leftover (ours, no checkpoint), run, foreign
+    run_id: str | None = None   # from the ownership record; None: none recorded (previous release)
+    why: str = ""               # foreign: what is in it
+    record: dict | None = None  # the ownership record
+
+
+def folder_state(folder: Path) -> FolderState:
+    folder = Path(folder)
+    if not folder.is_dir():
+        return FolderState("new")
+    names = sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE)
+    if not names:
+        return FolderState("new")
+    has_checkpoint = any((folder / name).is_file() for name in CHECKPOINTS)
+    record = owner_of(folder)
+    if record is not None:
+        if record["tool"] != TOOL:
+            return FolderState("foreign", why=f"it was written by {record['tool']}, not {TOOL}")
+        run_id = record.get("run_id") if isinstance(record.get("run_id"), str) else None
+        return FolderState("run" if has_checkpoint else "leftover", run_id, record=record)
+    if has_checkpoint and "config.json" in names:  # a run folder of the previous release: no ownership record
+        return FolderState("run")
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return FolderState("foreign", why=f"it holds files that {TOOL} did not write ({shown})")
+
+
+def progress_text(epoch: int, step: int) -> str:
+    return f"batch {step} of epoch {epoch + 1}" if step else f"the end of epoch {epoch}"
+
+
+@dataclass
+class RunFolder:
+    path: Path
+    run_id: str
+    lock: RunLock | None = None
+    forked_from: dict | None = None     # a resumed checkpoint of another run (or another folder)
+    notes: list[str] = field(default_factory=list)
+
+
+def claim_run_folder(out: Path, resume: Path | None = None, state: dict | None = None,
+                     resume_older: bool = False) -> RunFolder:
+    """Check, lock and mark `out` for a training (a new run, or `state` resumed from `resume`).
+
+    Raises ConfigError or DataError saying why the folder cannot be used and what to do; on success
+    the folder holds the ownership record with the run id, and the returned RunFolder holds the lock.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"run folder {out} is an existing file, not a folder; choose another --out")
+    before = folder_state(out)
+    if before.kind == "foreign":
+        raise DataError(f"run folder {out} cannot be used: {before.why}; a training never writes into such a "
+                        f"folder. Choose a new or empty --out")
+    created = not out.exists()
+    with writing(out):
+        out.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(out)
+    try:
+        lock.acquire()
+        folder = _decide(out, folder_state(out), resume, state, resume_older)  # under the lock: current
+        folder.lock = lock
+        facts = {"run_id": folder.run_id}
+        if folder.forked_from:
+            facts["forked_from"] = folder.forked_from
+        with writing(out / OWNER_FILE):
+            mark_owned(out, TOOL, **facts)
+        return folder
+    except BaseException:
+        lock.release()
+        if created:  # refused: leave nothing behind
+            (out / LOCK_FILE).unlink(missing_ok=True)
+            try:
+                out.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+def _decide(out: Path, now: FolderState, resume, state, resume_older: bool) -> RunFolder:
+    if now.kind == "foreign":  # appeared since the first look
+        raise DataError(f"run folder {out} cannot be used: {now.why}; choose a new or empty --out")
+    if resume is None:
+        if now.kind == "run":
+            raise ConfigError(f"run folder {out} already holds a run: pass a new --out, or --resume "
+                              f"{out / 'last.pt'} to continue it")
+        folder = RunFolder(out, new_run_id())
+        if now.kind == "leftover":
+            drop_leftovers(out)
+            folder.notes.append(f"{out} held a run that stopped before its first checkpoint: starting over there")
+        return folder
+
+    resume = Path(resume)
+    own = resume.parent.resolve() == out.resolve()
+    ckpt_id = state.get("run_id")
+    same = (ckpt_id == now.run_id) if ckpt_id is not None else (own and now.kind == "run")
+    if now.kind == "run" and not same:
+        theirs = f"run {now.run_id}" if now.run_id else "a run of an earlier SegmentNet release"
+        mine = f"run {ckpt_id}" if ckpt_id else ("its own run" if own else "a run of an earlier release")
+        way = (f"leave out --out to continue it in its own folder {resume.parent}, or give" if not own else "give")
+        raise ConfigError(
+            f"run folder {out} holds another run ({theirs}) than checkpoint {resume} ({mine}): resuming there "
+            f"would overwrite its checkpoints and mix the two runs' metrics. To continue the checkpoint, {way} a "
+            f"new or empty --out (it then continues as a new run there; {out} stays as it is)")
+    if same:
+        # A folder of the previous release gets a run id now; its checkpoints without one stay its own.
+        folder = RunFolder(out, now.run_id or state.get("run_id") or new_run_id(),
+                           forked_from=(now.record or {}).get("forked_from"))
+        last = out / "last.pt"
+        if last.is_file() and resume.resolve() != last.resolve():
+            later = read_progress(last)
+            mine = (state["epoch"], state["step_in_epoch"])
+            if later is None:  # the recovery path: last.pt is damaged, best.pt is not
+                folder.notes.append(f"{last} cannot be read: continuing from {resume}; the next save replaces it")
+            elif later[1:] > mine and not resume_older:
+                raise ConfigError(
+                    f"checkpoint {resume} is at {progress_text(*mine)}, but its run folder {out} has a later "
+                    f"last.pt (at {progress_text(*later[1:])}): resuming it there would discard what came after. "
+                    f"Continue with --resume {last}; or continue from {resume.name} as a new run in a new folder "
+                    f"with --out NEW; or, to discard the later part in {out}, add --resume-older true")
+        return folder
+
+    folder = RunFolder(out, new_run_id(), forked_from={"run_id": ckpt_id, "checkpoint": str(resume),
+                                                       "epoch": state["epoch"],
+                                                       "step_in_epoch": state["step_in_epoch"]})
+    if now.kind == "leftover":
+        drop_leftovers(out)
+    source = resume.parent / METRICS
+    source_state = folder_state(resume.parent)
+    if source.is_file() and not own and source_state.kind == "run" and source_state.run_id == ckpt_id:
+        records = [r for r in read_metrics(source) if r["epoch"] <= state["epoch"]]
+        write_metrics(out / METRICS, records)  # the curves continue from the epochs the checkpoint holds
+    folder.notes.append(f"continuing checkpoint {resume} as a new run {folder.run_id} in {out}"
+                        + (f" (a fork of run {ckpt_id})" if ckpt_id else ""))
+    return folder
+
+
+def drop_leftovers(out: Path) -> None:
+    """What a run that stopped before its first checkpoint left, besides config.json (rewritten)."""
+    (out / METRICS).unlink(missing_ok=True)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The complete records of a metrics.jsonl. A line that is not one (the half-written last line of
+    a process killed while appending, or damage) is left out, with a warning: the resume path is the
+    recovery path and must not be blocked by it."""
+    records, dropped = [], 0
+    for line in Path(path).read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict) and type(record.get("epoch")) is int:
+            records.append(record)
+        else:
+            dropped += 1
+    if dropped:
+        print(f"warning: {path}: left out {dropped} line(s) that are not complete records (a write cut short)",
+              file=sys.stderr)
+    return records
+
+
+def write_metrics(path: Path, records: list[dict]) -> None:
+    with writing(path):
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
