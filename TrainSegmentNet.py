@@ -31,12 +31,14 @@ class Config:
     scale_max: float = 2.0            # upper end of the random scale range
     flip: float = 0.5                 # probability of a horizontal flip
     pad: bool = True                  # pad images smaller than the crop (mask padded with 255)
+    colour_jitter: float = 0.0        # random brightness, contrast and saturation, each by a factor in 1 +- this
     workers: int = -1                 # data loader processes per training process; -1: one per CPU core, at most 8
     # model
     model: str = "segmentnet"         # a name from the registry (python SegmentNet.py lists them)
     model_options: dict = field(default_factory=dict)  # JSON object of model options, e.g. {"width": 32}
     # optimisation
-    epochs: int = 50                  # passes over the training set
+    epochs: int = 50                  # passes over the training set (with time_budget: at most this many)
+    time_budget: float = 0.0          # minutes for the whole training, validation included; > 0 fits the schedule to them
     batch_size: int = 8               # images per step per process
     grad_accum: int = 1               # micro-batches accumulated per optimiser step
     optimizer: str = "adamw"          # adamw or sgd

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .checkpoint import check_checkpoint, load_checkpoint, load_weights, save_checkpoint, writing
-from .config import is_number
+from .config import is_number, is_whole
 from .data import EpochSampler, SegmentationDataset, collate_pairs, read_dataset_json
 from .datasets import DATASETS
 from .distributed import (DistEnv, all_ranks_agree, all_reduce_mean, broadcast_buffers, broadcast_from_main,
@@ -75,6 +75,8 @@ def check_config(cfg) -> None:
     need(cfg.workers >= -1, f"workers must be >= 0 (or -1 for one per CPU core), got {cfg.workers}")
     need(cfg.amp_dtype in AMP_DTYPES, f"amp_dtype {cfg.amp_dtype!r} is unknown; choices: {', '.join(AMP_DTYPES)}")
     need(cfg.grad_accum >= 1, f"grad_accum must be >= 1, got {cfg.grad_accum}")
+    need(0 <= cfg.colour_jitter < 1, f"colour_jitter must be in [0, 1), got {cfg.colour_jitter}")
+    need(not cfg.time_budget < 0, f"time_budget must be >= 0 minutes (0: no budget), got {cfg.time_budget}")
     need(0 <= cfg.seed < 2 ** 32, f"seed must be from 0 to 2**32 - 1, got {cfg.seed}")
     need(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"),
          f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")
@@ -289,7 +291,7 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, run, cfg, env: 
     device = env.device
     dtype, _ = autocast_settings(device, cfg.amp, cfg.amp_dtype)
     losses, seen = run.setdefault("epoch_losses", []), 0  # carried in the checkpoint across a stop
-    bar = tqdm(loader, desc=f"epoch {run['epoch'] + 1}/{cfg.epochs}", disable=not env.is_main or not cfg.progress,
+    bar = tqdm(loader, desc=f"epoch {run['epoch'] + 1}/{run['planned_epochs']}", disable=not env.is_main or not cfg.progress,
                leave=False, initial=run["step_in_epoch"], total=run["step_in_epoch"] + len(loader))
     accum = cfg.grad_accum
     steps_per_epoch = run.get("steps_per_epoch") or run["step_in_epoch"] + len(loader)
@@ -420,7 +422,7 @@ def loader_workers(requested: int) -> int:
 
 def build_loaders(cfg, env: DistEnv, root: Path):
     train_set = SegmentationDataset(root, "train", train_transform(cfg.crop_size, (cfg.scale_min, cfg.scale_max),
-                                                                   cfg.flip, cfg.pad), seed=cfg.seed,
+                                                                   cfg.flip, cfg.pad, cfg.colour_jitter), seed=cfg.seed,
                                     require_masks=True)
     val_set = SegmentationDataset(root, "val", eval_transform(), seed=cfg.seed, require_masks=True)
     check_crop_fits(train_set, cfg)
@@ -457,7 +459,8 @@ def checkpoint_state(model, optimizer, scaler, run, cfg) -> dict:
         "config": dataclasses.asdict(cfg),
         "optimizer": optimizer.state_dict(),
         "scheduler": {"global_step": run["global_step"], "total_steps": run["total_steps"],
-                      "warmup_steps": run["warmup_steps"]},
+                      "warmup_steps": run["warmup_steps"], "planned_epochs": run["planned_epochs"],
+                      "elapsed_seconds": elapsed_seconds(run), "epoch_seconds": run["epoch_seconds"]},
         "scaler": scaler.state_dict() if scaler else None,
         "epoch": run["epoch"],                   # the epoch in progress (0-based)
         "step_in_epoch": run["step_in_epoch"],   # batches of it already done (0 at an epoch's start)
@@ -537,6 +540,15 @@ def restore_training_state(state: dict, path, optimizer, scaler, run: dict, cfg)
         run[key] = state[key]
     run["epoch_losses"] = list(state["epoch_losses"])
     run["global_step"] = state["scheduler"]["global_step"]
+    if cfg.time_budget > 0:  # (an older checkpoint, without these: the budget counts from now)
+        elapsed, pace = (state["scheduler"].get(k, 0.0) for k in ("elapsed_seconds", "epoch_seconds"))
+        if not (is_number(elapsed) and elapsed >= 0 and is_number(pace) and pace >= 0):
+            raise DataError(f"checkpoint {path}: its scheduler's elapsed_seconds {elapsed!r} or epoch_seconds "
+                            f"{pace!r} is not a number of seconds; use another copy (last.pt or best.pt) or start "
+                            f"a new run")
+        run["elapsed_before"], run["epoch_seconds"] = float(elapsed), float(pace)
+        if pace:  # the pace of the last epoch: the epochs that this run's budget still holds
+            fit_to_budget(run, cfg, pace)
     torch.set_rng_state(state["rng"]["torch"])
     if state["rng"]["cuda"] and torch.cuda.is_available():
         try:
@@ -569,7 +581,30 @@ def train(cfg) -> dict:
         cleanup_distributed()
 
 
+def elapsed_seconds(run: dict) -> float:
+    """Wall-clock seconds of the whole training so far, validation included, across resumes."""
+    return run["elapsed_before"] + time.time() - run["clock_start"]
+
+
+def plan_epochs(run: dict, epochs: int) -> None:
+    """Fit the learning-rate schedule to `epochs` epochs (it decays to 0 at the end of the last)."""
+    run["planned_epochs"] = epochs
+    run["total_steps"] = optimizer_steps_per_epoch(run["steps_per_epoch"], run["grad_accum"]) * epochs
+
+
+def fit_to_budget(run: dict, cfg, epoch_seconds: float) -> None:
+    """With a time budget: as many more epochs as the minutes left hold at the last epoch's pace
+    (training, validation and saving), at most `epochs` in all, and the schedule fitted to them."""
+    left = cfg.time_budget * 60 - elapsed_seconds(run)
+    more = max(0, int(left // (epoch_seconds * BUDGET_MARGIN)))
+    plan_epochs(run, min(cfg.epochs, run["epoch"] + more))
+
+
+BUDGET_MARGIN = 1.03  # an epoch may run a little slower than the last one; the budget is a promise
+
+
 def _train(cfg, env: DistEnv, held: ExitStack | None = None) -> dict:
+    clock_start = time.time()  # a time budget counts everything from here
     if env.distributed and cfg.sync_bn and env.device.type != "cuda":
         raise ConfigError("sync_bn needs CUDA devices: torch's SyncBatchNorm has no CPU implementation (gloo); "
                           "set sync_bn false when training on CPUs")
@@ -621,11 +656,12 @@ def _train(cfg, env: DistEnv, held: ExitStack | None = None) -> dict:
         "epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_miou": -1.0, "best_epoch": -1,
         "nonfinite_steps": 0, "lr": cfg.lr, "num_classes": num_classes, "classes": info["classes"],
         "palette": info["palette"], "mean": info["mean"], "std": info["std"],
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": optimizer_steps_per_epoch(steps_per_epoch, cfg.grad_accum) * cfg.epochs,
+        "steps_per_epoch": steps_per_epoch, "grad_accum": cfg.grad_accum,
+        "clock_start": clock_start, "elapsed_before": 0.0, "epoch_seconds": 0.0,
         "warmup_steps": int(optimizer_steps_per_epoch(steps_per_epoch, cfg.grad_accum) * cfg.warmup_epochs),
         "aux_weights": {**getattr(unwrap(model), "aux_weights", {}), **cfg.aux_weights},
     }
+    plan_epochs(run, cfg.epochs)  # with a time budget, refitted after every epoch
     if resume_state is not None:
         restore_training_state(resume_state, cfg.resume, optimizer, scaler, run, cfg)
 
@@ -648,7 +684,7 @@ def _train(cfg, env: DistEnv, held: ExitStack | None = None) -> dict:
     if env.is_main:  # curves.png and samples/epoch_NNN.png after every epoch
         pictures = EpochPictures(run_dir, train_loader.dataset, val_loader.dataset, run, cfg.tensorboard)
     with StopRequest() as stop:
-        while run["epoch"] < cfg.epochs:
+        while run["epoch"] < run["planned_epochs"]:
             if stop.signum is not None:  # it came during validation or a save: last.pt is already current
                 return stopped_by_signal(stop, run, run_dir, env, last_scores)
             train_sampler.set_epoch(run["epoch"], start=run["step_in_epoch"] * cfg.batch_size)
@@ -668,6 +704,9 @@ def _train(cfg, env: DistEnv, held: ExitStack | None = None) -> dict:
                                   amp_dtype=cfg.amp_dtype)
             last_scores = scores
             run["epoch"] += 1
+            run["epoch_seconds"] = time.time() - started  # training and validation
+            if cfg.time_budget > 0:
+                fit_to_budget(run, cfg, run["epoch_seconds"])
             run["step_in_epoch"] = 0
             run["epoch_losses"] = []
             improved = scores["miou"] > run["best_miou"]
@@ -680,14 +719,15 @@ def _train(cfg, env: DistEnv, held: ExitStack | None = None) -> dict:
                           "lr": run["lr"], "epoch_seconds": elapsed,
                           "images_per_second": seen * env.world_size / max(elapsed, 1e-9),
                           "nonfinite_steps": run["nonfinite_steps"],
-                          "data_wait_fraction": run["data_wait_seconds"] / max(elapsed, 1e-9)}
+                          "data_wait_fraction": run["data_wait_seconds"] / max(elapsed, 1e-9),
+                          "elapsed_seconds": elapsed_seconds(run)}
                 with writing(run_dir / METRICS, then=resume_hint(run_dir)), open(run_dir / METRICS, "a") as f:
                     f.write(json.dumps(record) + "\n")
                 state = checkpoint_state(model, optimizer, scaler, run, cfg)
                 save_checkpoint(state, run_dir / "last.pt")
                 if improved:
                     save_checkpoint(state, run_dir / "best.pt")
-                print(f"epoch {run['epoch']}/{cfg.epochs}: train loss {train_loss:.4f}, val loss {scores['loss']:.4f}, "
+                print(f"epoch {run['epoch']}/{run['planned_epochs']}: train loss {train_loss:.4f}, val loss {scores['loss']:.4f}, "
                       f"val mIoU {scores['miou']:.4f}, pixel acc {scores['pixel_acc']:.4f}, lr {run['lr']:.2e}, "
                       f"{elapsed:.1f}s")
                 with writing(run_dir / "samples", then=resume_hint(run_dir)):  # (and curves.png)

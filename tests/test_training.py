@@ -1,6 +1,7 @@
 """Training loop: a short run writes its outputs, and resuming gives the same weights."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -10,6 +11,7 @@ from conftest import tiny_train_config
 from segmentnet.checkpoint import load_checkpoint
 from segmentnet.config import ConfigError
 from segmentnet.engine import train
+from segmentnet.errors import DataError
 from segmentnet.files import OWNER_FILE, owner_of
 from segmentnet.models import build_model
 from segmentnet.runs import LOCK_FILE
@@ -90,6 +92,7 @@ def test_resume_refuses_a_checkpoint_of_another_model(small_voc, tmp_path):
     ("loss", "dice?", "choices"), ("epochs", 0, "epochs must be"),
     ("amp_dtype", "fp8", "amp_dtype 'fp8' is unknown; choices: auto, bfloat16, float16"),
     ("workers", -2, r"workers must be >= 0 \(or -1 for one per CPU core\), got -2"),
+    ("time_budget", -1.0, "time_budget must be >= 0 minutes"), ("colour_jitter", 1.0, "colour_jitter must be in"),
 ])
 def test_impossible_hyperparameters_rejected_before_work(tmp_path, field, value, message):
     cfg = tiny_train_config(tmp_path / "no-data-here", tmp_path / "run", **{field: value})
@@ -240,3 +243,57 @@ def test_checkpoint_of_the_previous_release_resumes_into_its_own_folder(small_vo
     assert load_checkpoint(run / "last.pt")["run_id"] == run_id == json.loads((run / "config.json").read_text())["run_id"]
     # Its best.pt, still without a run id, belongs to the folder it lies in.
     train(tiny_train_config(small_voc, "", epochs=3, resume=str(run / "best.pt"), resume_older=True))
+
+
+def test_fit_to_budget_plans_the_epochs_the_minutes_left_hold():
+    import time as clock
+
+    from segmentnet.engine import fit_to_budget
+
+    run = {"elapsed_before": 300.0, "clock_start": clock.time() - 300.0, "epoch": 2, "steps_per_epoch": 10,
+           "grad_accum": 1}
+    cfg = tiny_train_config("data", "out", time_budget=20.0, epochs=100)  # 1200 s, 600 s spent
+    fit_to_budget(run, cfg, epoch_seconds=100.0)   # 600 s left / (100 s x margin 1.03) -> 5 more
+    assert run["planned_epochs"] == 7 and run["total_steps"] == 70
+    fit_to_budget(run, dataclasses.replace(cfg, epochs=4), epoch_seconds=100.0)  # epochs stays the ceiling
+    assert run["planned_epochs"] == 4
+    fit_to_budget(run, dataclasses.replace(cfg, time_budget=5.0), epoch_seconds=100.0)  # over budget: stop now
+    assert run["planned_epochs"] == 2
+
+
+def test_time_budget_ends_the_run_and_resumes_with_its_clock(small_voc, tmp_path):
+    # A budget far below one epoch: the schedule is refitted to the one epoch done, and the run ends.
+    summary = train(tiny_train_config(small_voc, tmp_path / "run", epochs=5, time_budget=1e-4))
+    assert summary["epoch"] == 1
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["scheduler"]["planned_epochs"] == 1 and state["scheduler"]["total_steps"] == 6
+    assert 0 < records[0]["elapsed_seconds"] <= state["scheduler"]["elapsed_seconds"]
+    # A larger budget on resume: the clock carries on from the checkpoint's elapsed seconds.
+    summary = train(tiny_train_config(small_voc, tmp_path / "run", epochs=2, time_budget=60.0,
+                                      resume=str(tmp_path / "run" / "last.pt")))
+    assert summary["epoch"] == 2
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[1]["elapsed_seconds"] > records[0]["elapsed_seconds"]
+
+
+def test_damaged_budget_entries_of_a_checkpoint_are_named(small_voc, tmp_path):
+    train(tiny_train_config(small_voc, tmp_path / "run", time_budget=1e-4))
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    state["scheduler"]["elapsed_seconds"] = "lots"
+    state["epoch"] = 0  # so that the resume gets as far as the schedule
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(DataError, match="elapsed_seconds 'lots' or epoch_seconds"):
+        train(tiny_train_config(small_voc, tmp_path / "run2", time_budget=5.0, resume=str(tmp_path / "bad.pt")))
+
+
+def test_colour_jitter_reaches_the_training_transform(small_voc):
+    from segmentnet.distributed import DistEnv
+    from segmentnet.engine import build_loaders
+    from segmentnet.transforms import ColourJitter
+
+    cfg = tiny_train_config(small_voc, "unused", colour_jitter=0.3)
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    train_loader, _, _ = build_loaders(cfg, env, small_voc / "voc2012")
+    jitters = [t for t in train_loader.dataset.transform.transforms if isinstance(t, ColourJitter)]
+    assert [j.strength for j in jitters] == [0.3]
