@@ -69,3 +69,29 @@ def test_unknown_dataset_exits_2_with_the_choices(tmp_path):
                              "--data-dir", str(tmp_path)], capture_output=True, text=True)
     assert result.returncode == 2
     assert "unknown dataset 'mnist'; choices:" in result.stderr and "voc2012" in result.stderr
+
+
+def test_run_main_tells_a_users_error_from_a_bug(capsys):
+    from segmentnet.cli import BUG_EXIT, run_main
+    from segmentnet.errors import DataError, UnknownNameError
+
+    def users_error(argv):
+        raise DataError("x.png: the mask cannot be decoded; replace it")
+
+    assert run_main(users_error) == 2
+    err = capsys.readouterr().err
+    assert err == "error: x.png: the mask cannot be decoded; replace it\n"
+
+    def unknown_name(argv):
+        raise UnknownNameError("unknown loss 'dice'; choices: ce, jaccard")
+
+    assert run_main(unknown_name) == 2
+    assert capsys.readouterr().err == "error: unknown loss 'dice'; choices: ce, jaccard\n"  # not quoted as KeyError
+
+    def bug(argv):
+        return {}["optimizer"]  # a KeyError from the code itself is no user's error
+
+    assert run_main(bug) == BUG_EXIT == 70
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError: 'optimizer'" in err and "This is a bug in SegmentNet" in err
+    assert not err.startswith("error:")
