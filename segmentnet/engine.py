@@ -335,7 +335,9 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, run, cfg, env: 
         bar.set_postfix(loss=f"{losses[-1] if losses else float('nan'):.4f}", lr=f"{lr:.2e}")
         if not keep_going:
             stop.signum = stop.signum or signal.SIGTERM  # another rank got the signal
-        if stop.signum is not None and last_micro:  # a whole optimiser step: nothing half-accumulated
+        # Stop after a whole optimiser step (nothing half-accumulated); at the epoch's last batch, only
+        # after its validation and save (a checkpoint says "epoch N + 1, batch 0", never "batch N of N").
+        if stop.signum is not None and last_micro and run["step_in_epoch"] < steps_per_epoch:
             return float(np.mean(losses)) if losses else float("nan"), seen, False
         fetch_started = time.perf_counter()
     return float(np.mean(losses)) if losses else float("nan"), seen, True
@@ -598,6 +600,14 @@ def fit_to_budget(run: dict, cfg, epoch_seconds: float) -> None:
     left = cfg.time_budget * 60 - elapsed_seconds(run)
     more = max(0, int(left // (epoch_seconds * BUDGET_MARGIN)))
     plan_epochs(run, min(cfg.epochs, run["epoch"] + more))
+    run["warmup_steps"] = min(run["warmup_steps"], run["total_steps"] // 2)  # a short plan still decays
+
+
+def share_plan(run: dict, env: DistEnv) -> None:
+    """Every process follows rank 0's plan: each one's clock differs a little, and a process that
+    planned one epoch fewer would leave the others waiting for it for ever."""
+    plan_epochs(run, broadcast_from_main(run["planned_epochs"], env))
+    run["warmup_steps"] = broadcast_from_main(run["warmup_steps"], env)
 
 
 BUDGET_MARGIN = 1.03  # an epoch may run a little slower than the last one; the budget is a promise
@@ -664,6 +674,8 @@ def _train(cfg, env: DistEnv, held: ExitStack | None = None) -> dict:
     plan_epochs(run, cfg.epochs)  # with a time budget, refitted after every epoch
     if resume_state is not None:
         restore_training_state(resume_state, cfg.resume, optimizer, scaler, run, cfg)
+        if cfg.time_budget > 0:
+            share_plan(run, env)
 
     folder = prepare_run_dir(cfg, env, resume_state, held)  # the last check: nothing is written before it
     run_dir = run["run_dir"] = folder.path
@@ -683,12 +695,13 @@ def _train(cfg, env: DistEnv, held: ExitStack | None = None) -> dict:
     last_scores: dict = {}
     if env.is_main:  # curves.png and samples/epoch_NNN.png after every epoch
         pictures = EpochPictures(run_dir, train_loader.dataset, val_loader.dataset, run, cfg.tensorboard)
+    cycle_start = time.time()  # an epoch's pace: from the end of the previous validation to its own
     with StopRequest() as stop:
         while run["epoch"] < run["planned_epochs"]:
             if stop.signum is not None:  # it came during validation or a save: last.pt is already current
                 return stopped_by_signal(stop, run, run_dir, env, last_scores)
             train_sampler.set_epoch(run["epoch"], start=run["step_in_epoch"] * cfg.batch_size)
-            started, run["data_wait_seconds"] = time.time(), 0.0
+            started, run["data_wait_seconds"], first_batch = time.time(), 0.0, run["step_in_epoch"]
             with out_of_memory_advice(cfg, run, "training"):
                 train_loss, seen, finished = train_one_epoch(train_model, train_loader, criterion, optimizer,
                                                              scaler, run, cfg, env, stop)
@@ -704,9 +717,13 @@ def _train(cfg, env: DistEnv, held: ExitStack | None = None) -> dict:
                                   amp_dtype=cfg.amp_dtype)
             last_scores = scores
             run["epoch"] += 1
-            run["epoch_seconds"] = time.time() - started  # training and validation
+            # The pace of a whole epoch (the last one's saving, training, validation), scaled up when
+            # this one was resumed part way; with a time budget, the epochs left are refitted to it.
+            run["epoch_seconds"] = (time.time() - cycle_start) * steps_per_epoch / (steps_per_epoch - first_batch)
+            cycle_start = time.time()
             if cfg.time_budget > 0:
                 fit_to_budget(run, cfg, run["epoch_seconds"])
+                share_plan(run, env)
             run["step_in_epoch"] = 0
             run["epoch_losses"] = []
             improved = scores["miou"] > run["best_miou"]

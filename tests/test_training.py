@@ -251,7 +251,7 @@ def test_fit_to_budget_plans_the_epochs_the_minutes_left_hold():
     from segmentnet.engine import fit_to_budget
 
     run = {"elapsed_before": 300.0, "clock_start": clock.time() - 300.0, "epoch": 2, "steps_per_epoch": 10,
-           "grad_accum": 1}
+           "grad_accum": 1, "warmup_steps": 10}
     cfg = tiny_train_config("data", "out", time_budget=20.0, epochs=100)  # 1200 s, 600 s spent
     fit_to_budget(run, cfg, epoch_seconds=100.0)   # 600 s left / (100 s x margin 1.03) -> 5 more
     assert run["planned_epochs"] == 7 and run["total_steps"] == 70
@@ -259,6 +259,9 @@ def test_fit_to_budget_plans_the_epochs_the_minutes_left_hold():
     assert run["planned_epochs"] == 4
     fit_to_budget(run, dataclasses.replace(cfg, time_budget=5.0), epoch_seconds=100.0)  # over budget: stop now
     assert run["planned_epochs"] == 2
+    run["warmup_steps"] = 50  # a warmup longer than the plan is cut to half of it, so the rate still decays
+    fit_to_budget(run, cfg, epoch_seconds=100.0)
+    assert run["total_steps"] == 70 and run["warmup_steps"] == 35
 
 
 def test_time_budget_ends_the_run_and_resumes_with_its_clock(small_voc, tmp_path):
@@ -270,11 +273,13 @@ def test_time_budget_ends_the_run_and_resumes_with_its_clock(small_voc, tmp_path
     assert state["scheduler"]["planned_epochs"] == 1 and state["scheduler"]["total_steps"] == 6
     assert 0 < records[0]["elapsed_seconds"] <= state["scheduler"]["elapsed_seconds"]
     # A larger budget on resume: the clock carries on from the checkpoint's elapsed seconds.
+    state["scheduler"]["elapsed_seconds"] = 1000.0  # as if the first part had taken 1000 s
+    torch.save(state, tmp_path / "run" / "last.pt")
     summary = train(tiny_train_config(small_voc, tmp_path / "run", epochs=2, time_budget=60.0,
                                       resume=str(tmp_path / "run" / "last.pt")))
     assert summary["epoch"] == 2
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert records[1]["elapsed_seconds"] > records[0]["elapsed_seconds"]
+    assert 1000 < records[1]["elapsed_seconds"] < 1000 + 60  # the clock carried on from the checkpoint
 
 
 def test_damaged_budget_entries_of_a_checkpoint_are_named(small_voc, tmp_path):
@@ -297,3 +302,27 @@ def test_colour_jitter_reaches_the_training_transform(small_voc):
     train_loader, _, _ = build_loaders(cfg, env, small_voc / "voc2012")
     jitters = [t for t in train_loader.dataset.transform.transforms if isinstance(t, ColourJitter)]
     assert [j.strength for j in jitters] == [0.3]
+
+
+def test_a_signal_in_an_epochs_last_batch_stops_after_its_validation_and_resumes(small_voc, tmp_path, monkeypatch):
+    import signal
+
+    from segmentnet import engine
+
+    real_loss, calls = engine.compute_loss, []
+
+    def loss_then_signal_in_the_last_batch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:  # 24 images, batch 4: the 6th batch is epoch 1's last
+            signal.raise_signal(signal.SIGTERM)
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "compute_loss", loss_then_signal_in_the_last_batch)
+    cfg = tiny_train_config(small_voc, tmp_path / "run", epochs=2)
+    summary = train(cfg)
+    assert summary["interrupted"] == signal.SIGTERM
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert (state["epoch"], state["step_in_epoch"]) == (1, 0)  # the epoch whole, validated: resumable
+    monkeypatch.setattr(engine, "compute_loss", real_loss)
+    summary = train(dataclasses.replace(cfg, resume=str(tmp_path / "run" / "last.pt")))
+    assert summary["interrupted"] is None and summary["epoch"] == 2
