@@ -25,7 +25,7 @@ from segmentnet.errors import DataError
 from segmentnet.files import claim_folder
 from segmentnet.inference import (add_inference_arguments, image_size, load_model, predict_masks, read_rgb,
                                   resolve_device, tta_from_args)
-from segmentnet.outputs import refuse_input_data, writing
+from segmentnet.outputs import refuse_input_data, writing_into
 from segmentnet.visualize import overlay, panel, save_mask_png, save_png
 
 
@@ -47,13 +47,17 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     paths: list[Path] = []
     for text in inputs:
         path = Path(text)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        elif path.is_file():
-            found = [path]
-        else:
-            found = sorted(Path(p) for p in glob.glob(text)
-                           if Path(p).suffix.lower() in IMAGE_SUFFIXES and Path(p).is_file())
+        try:
+            if path.is_dir():
+                found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            elif path.is_file():
+                found = [path]
+            else:
+                found = sorted(Path(p) for p in glob.glob(text)
+                               if Path(p).suffix.lower() in IMAGE_SUFFIXES and Path(p).is_file())
+        except OSError as exc:
+            raise DataError(f"input {text!r} cannot be read: {exc.strerror or exc} ({exc.filename or text}); check "
+                            f"the permissions of that folder, or leave it out") from None
         if not found:
             raise DataError(f"input {text!r} is no image file, no folder holding images and no glob matching "
                             f"any (image suffixes: {', '.join(IMAGE_SUFFIXES)})")
@@ -118,12 +122,12 @@ def main(argv=None) -> int:
         truths = [read_truth(args.masks, p.stem, state["num_classes"]) for p in chunk]
         predictions = predict_masks(model, images, state["mean"], state["std"], tta, args.batch_size)
         for path, image, truth, prediction in zip(chunk, images, truths, predictions):
-            with writing(out / "masks" / f"{path.stem}.png") as target:
+            with writing_into(out, f"masks/{path.stem}.png", "--out") as target:
                 save_mask_png(prediction, palette, target)
-            with writing(out / "overlays" / f"{path.stem}.png") as target:
+            with writing_into(out, f"overlays/{path.stem}.png", "--out") as target:
                 save_png(overlay(image, prediction, palette), target)
             if truth is not None:
-                with writing(out / "panels" / f"{path.stem}.png") as target:
+                with writing_into(out, f"panels/{path.stem}.png", "--out") as target:
                     save_png(panel(image, truth, prediction, palette), target)
                 panels += 1
         bar.update(len(chunk))

@@ -157,17 +157,21 @@ _ANY_CHECKPOINT = {
     "model": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor)
                                                     for k, t in v.items()), "a mapping of names to tensors"),
     "model_name": (lambda v: isinstance(v, str), "a model name (text)"),
-    "model_options": (lambda v: isinstance(v, dict), "a JSON object (dict) of model options"),
+    "model_options": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+                      "a JSON object (dict) of model options"),  # (named by text: ** needs that)
     "num_classes": (lambda v: is_whole(v, 1), "a whole number >= 1"),
     "run_id": (lambda v: isinstance(v, str), "a run id (text)"),
-}
-_RESUME = {
+    # read by inference (Evaluate, Predict, Report) as well as by a resumed training
     "classes": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of class names"),
     "palette": (is_colours, "a list of [r, g, b] colours (0 to 255)"),
     "mean": (is_three_numbers, "3 numbers"),
     "std": (lambda v: is_three_numbers(v, positive=True), "3 positive numbers"),
-    "dataset": (lambda v: isinstance(v, str), "a dataset name (text)"),
-    "config": (lambda v: isinstance(v, dict), "a JSON object (dict) of hyperparameters"),
+    "ignore_index": (lambda v: is_whole(v, 0, 255), "a whole number from 0 to 255"),
+    "dataset": (lambda v: isinstance(v, str) and v != "", "a dataset name (text)"),
+    "config": (lambda v: isinstance(v, dict) and isinstance(v.get("data_dir", ""), str),
+               "a JSON object (dict) of hyperparameters, its data_dir a text"),
+}
+_RESUME = {
     "optimizer": (lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
                   and isinstance(v.get("param_groups"), list)
                   and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in v["param_groups"]),
@@ -196,8 +200,8 @@ def check_checkpoint(state: dict, path, resume: bool = False) -> dict:
     hostile or damaged file otherwise fails deep inside torch, far from the cause). resume=True: also
     every entry a training needs to continue. Raises one DataError naming every problem."""
     rules = _ANY_CHECKPOINT | (_RESUME if resume else {})
-    # run_id: not in the previous release's checkpoints
-    optional = {"run_id"} if resume else set(rules) - {"model"}
+    # run_id: not in the previous release's checkpoints; ignore_index: 255 when absent
+    optional = {"run_id", "ignore_index"} if resume else set(rules) - {"model"}
     problems = entry_problems(state, rules, optional)
     if problems:
         raise DataError(f"checkpoint {path} is damaged or was not written by TrainSegmentNet.py: "

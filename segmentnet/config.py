@@ -162,12 +162,23 @@ def parse_config(cls, argv=None, description: str = ""):
     values = {}
     if args.config:
         path = Path(args.config)
+        if path.exists() and not (path.is_file() or path.is_dir()):  # (reading a fifo would hang)
+            raise ConfigError(f"--config {path} is a special file (a fifo or a device); give the JSON file of "
+                              f"hyperparameters")
         try:
-            values = json.loads(path.read_text())
+            values = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ConfigError(f"--config {path}: no such file")
+            raise ConfigError(f"--config {path}: no such file") from None
+        except IsADirectoryError:
+            raise ConfigError(f"--config {path} is a folder; give the JSON file of hyperparameters") from None
+        except OSError as exc:
+            raise ConfigError(f"--config {path} cannot be read ({exc.strerror or exc}); check that it is a file "
+                              f"you may read") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"--config {path} is not text (UTF-8): {exc}; give the JSON file of "
+                              f"hyperparameters") from None
         except json.JSONDecodeError as exc:
-            raise ConfigError(f"--config {path}: not valid JSON ({exc})")
+            raise ConfigError(f"--config {path}: not valid JSON ({exc})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"--config {path}: expected a JSON object of hyperparameters")
         values = {k.replace("-", "_"): v for k, v in values.items()}

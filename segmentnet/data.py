@@ -29,6 +29,7 @@ def dataset_json_problems(info, complete: bool = True) -> list[str]:
     if (complete or "num_classes" in info) and not is_whole(n, 1, IGNORE_INDEX):
         return [f"num_classes must be a whole number from 1 to {IGNORE_INDEX}, got {n!r}"]
     rules = {
+        "name": (lambda v: isinstance(v, str) and v != "", "the dataset's name (text)"),
         "ignore_index": (lambda v: is_whole(v, IGNORE_INDEX, IGNORE_INDEX), str(IGNORE_INDEX)),
         "mean": (is_three_numbers, "3 numbers"),
         "std": (lambda v: is_three_numbers(v, positive=True), "3 positive numbers"),

@@ -32,7 +32,7 @@ from .files import write_text_atomic
 from .losses import LOSSES, build_loss
 from .metrics import ConfusionMatrix
 from .models import MODELS, build_model, model_option_problems
-from .runs import METRICS, RunFolder, claim_run_folder, read_metrics, write_metrics
+from .runs import METRICS, RunFolder, append_metrics, claim_run_folder, read_metrics, write_metrics
 from .transforms import eval_transform, normalize, train_transform
 from .visualize import EpochPictures
 
@@ -738,8 +738,8 @@ def _train(cfg, env: DistEnv, held: ExitStack | None = None) -> dict:
                           "nonfinite_steps": run["nonfinite_steps"],
                           "data_wait_fraction": run["data_wait_seconds"] / max(elapsed, 1e-9),
                           "elapsed_seconds": elapsed_seconds(run)}
-                with writing(run_dir / METRICS, then=resume_hint(run_dir)), open(run_dir / METRICS, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                with writing(run_dir / METRICS, then=resume_hint(run_dir)):
+                    append_metrics(run_dir / METRICS, record)
                 state = checkpoint_state(model, optimizer, scaler, run, cfg)
                 save_checkpoint(state, run_dir / "last.pt")
                 if improved:

@@ -38,9 +38,11 @@ from .data import IMAGE_SUFFIXES, SegmentationDataset, collate_pairs, read_datas
 from .datasets.common import save_index_png
 from .distributed import DistEnv, pick_device
 from .engine import evaluate, lr_at
+from .files import atomic_path, claim_folder
 from .metrics import ConfusionMatrix
 from .models import build_model
 from .models.hypercolumns import CLASSIFIER_KIND, CNNS, DEFAULT_HIDDEN, PixelMLP, check_layers, mismatches
+from .outputs import refuse_input_data, writing_into
 from .transforms import ToTensor, eval_transform, normalize
 
 MAGIC = b"SEGMENTNET HYPERCOLUMNS 1\n"
@@ -49,6 +51,7 @@ CLASSIFIER_FILE = "classifier.pt"
 SPLITS = ("train", "val")
 CNN_ALIASES = {"sqn": "squeezenet", "vgg": "vgg16"}
 RESERVED_TRAIN_FLAGS = ("dataset", "data_dir", "model", "model_options")
+TOOL = "Hypercolumns"  # the owner recorded in the folder of predicted masks (files.claim_folder)
 
 
 # ----------------------------------------------------------------------------- settings shared by the stages
@@ -437,25 +440,28 @@ def train(cfg, train_cfg, user_flags: list[str] = ()) -> dict:
 
 def image_files(spec: str) -> list[Path]:
     path = Path(spec)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DataError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        return files
-    if not path.is_file():
-        raise DataError(f"--images {path}: no such file or folder")
+    try:
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not files:
+                raise DataError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            return files
+        if not path.is_file():
+            raise DataError(f"--images {path}: no such file or folder")
+    except OSError as exc:
+        raise DataError(f"--images {path} cannot be read: {exc.strerror or exc} ({exc.filename or path}); check "
+                        f"its permissions") from None
     return [path]
 
 
 def load_trained_model(path: Path, device):
+    from .inference import load_model
+
     state = load_checkpoint(path, map_location="cpu")
     if not str(state.get("model_name", "")).startswith("hypercolumn_"):
         raise DataError(f"{path} holds a {state.get('model_name')!r} model, not a hypercolumn model; give the "
                         f"best.pt or last.pt of 'Hypercolumns.py train'")
-    # The checkpoint holds every weight: pretrained=False skips the options that only initialise.
-    model = build_model(state["model_name"], state["num_classes"], pretrained=False, **state["model_options"])
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), state
+    return load_model(path, device)  # with inference's checks of the entries it reads
 
 
 @torch.no_grad()
@@ -468,12 +474,20 @@ def run(cfg) -> list[Path]:
     model, state = load_trained_model(checkpoint, device)
     files = image_files(cfg.images)
     out = Path(cfg.out) if cfg.out else stage_dir(cfg) / "predictions"
+    refuse_input_data(out, "--out")
+    stems = {}
+    for f in files:
+        if f.stem in stems:
+            raise DataError(f"{stems[f.stem]} and {f} have the same name {f.stem!r}: their masks would overwrite "
+                            f"each other; predict them into separate --out folders")
+        stems[f.stem] = f
+    # Only a folder Hypercolumns wrote (its ownership record), or a new or empty one; --force redoes masks there.
+    out = claim_folder(out, TOOL, "--out")
     targets = [out / f"{f.stem}.png" for f in files]
-    existing = [t for t in targets if t.exists()]
+    existing = [t for t in targets if t.exists() or t.is_symlink()]
     if existing and not cfg.force:
         raise DataError(f"{len(existing)} masks exist already in {out} (e.g. {existing[0].name}): pass --force to "
                         f"replace them, or another --out")
-    out.mkdir(parents=True, exist_ok=True)
     to_tensor = ToTensor()
     for source, target in progress_bar(list(zip(files, targets)), cfg, desc="predicting"):
         try:
@@ -483,8 +497,7 @@ def run(cfg) -> list[Path]:
             raise DataError(f"{source}: cannot read the image ({exc})") from None
         x = normalize(image[None].to(device), state["mean"], state["std"])
         prediction = model(x).argmax(1)[0].cpu().numpy().astype(np.uint8)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        save_index_png(tmp, prediction, state["palette"])
-        os.replace(tmp, target)
+        with writing_into(out, target.name, "--out") as path, atomic_path(path) as tmp:
+            save_index_png(tmp, prediction, state["palette"])
     print(f"wrote {len(targets)} masks to {out}")
     return targets

@@ -27,7 +27,7 @@ from .archive import DataError
 from .checkpoint import load_checkpoint, load_weights
 from .cli import UsageError
 from .distributed import pick_device
-from .models import build_model
+from .models import build_model, model_option_problems
 from .transforms import normalize
 
 
@@ -110,8 +110,12 @@ def load_model(checkpoint, device="cpu") -> tuple[nn.Module, dict]:
                             f"TrainSegmentNet.py wrote, such as {Path(checkpoint) / 'best.pt'}")
         state, name = load_checkpoint(checkpoint), checkpoint
     check_checkpoint_entries(state, name)
-    model = build_model(state["model_name"], state["num_classes"], pretrained=False,
-                        **state.get("model_options", {}))
+    options = state.get("model_options", {})
+    problems = model_option_problems(state["model_name"], options)
+    if problems:
+        raise DataError(f"checkpoint {name}: {'; '.join(problems)}; the file is corrupt or was not written by "
+                        f"SegmentNet")
+    model = build_model(state["model_name"], state["num_classes"], pretrained=False, **options)
     load_weights(model, state["model"], name)
     return model.to(device).eval(), state
 
@@ -133,14 +137,16 @@ def check_checkpoint_entries(state: dict, name) -> None:
         ("num_classes", isinstance(state["num_classes"], int) and not isinstance(state["num_classes"], bool)
          and 1 <= state["num_classes"] <= 256),
         ("model_options", isinstance(state.get("model_options", {}), dict)),
+        ("classes", state.get("classes") is None or not isinstance(state["num_classes"], int)  # (named above)
+         or isinstance(state["classes"], list) and len(state["classes"]) == state["num_classes"]),
         ("mean", triple(state["mean"])), ("std", triple(state["std"]) and all(x > 0 for x in state["std"])),
         ("palette", isinstance(state["palette"], (list, tuple)) and len(state["palette"]) <= 256
          and all(triple(c) and all(isinstance(x, int) and 0 <= x <= 255 for x in c) for c in state["palette"])),
     ) if not ok]
     if wrong:
         raise DataError(f"checkpoint {name}: the entries {', '.join(wrong)} are not what TrainSegmentNet.py writes "
-                        f"(a model name, 1..256 classes, 3 channel means and stds, RGB palette triples, "
-                        f"a dict of tensors); the file is corrupt or was not written by SegmentNet")
+                        f"(a model name, 1..256 classes and as many class names, 3 channel means and stds, RGB "
+                        f"palette triples, a dict of tensors); the file is corrupt or was not written by SegmentNet")
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -294,16 +300,17 @@ def evaluate_checkpoint(checkpoint, data_dir=None, split: str = "val", tta: TTA 
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from .data import SegmentationDataset, collate_pairs
+    from .data import SegmentationDataset, collate_pairs, read_dataset_json
     from .metrics import ConfusionMatrix
     from .transforms import eval_transform
 
     model, state = load_model(checkpoint, device)
     data_dir = Path(data_dir if data_dir is not None else state.get("config", {}).get("data_dir", "data"))
     root = data_dir / state.get("dataset", "voc2012")
+    info = read_dataset_json(root, complete=True)  # the entries used below, all checked
     dataset = SegmentationDataset(root, split, eval_transform())
-    if dataset.info["num_classes"] != state["num_classes"]:
-        raise DataError(f"{root} has {dataset.info['num_classes']} classes but checkpoint {checkpoint} predicts "
+    if info["num_classes"] != state["num_classes"]:
+        raise DataError(f"{root} has {info['num_classes']} classes but checkpoint {checkpoint} predicts "
                         f"{state['num_classes']}: point --data-dir at the dataset it was trained on")
     if not dataset.with_masks:
         raise DataError(f"split {split!r} of {root} has no masks to evaluate against; use Predict.py for it")
@@ -313,8 +320,8 @@ def evaluate_checkpoint(checkpoint, data_dir=None, split: str = "val", tta: TTA 
         probs = predict_probabilities(model, images, state["mean"], state["std"], tta)
         confusion.update(masks.to(device), probs.argmax(1))
     scores = confusion.compute()
-    return {"checkpoint": str(checkpoint), "dataset": dataset.info["name"], "data_dir": str(data_dir), "split": split,
+    return {"checkpoint": str(checkpoint), "dataset": info["name"], "data_dir": str(data_dir), "split": split,
             "images": len(dataset), "epoch": state.get("epoch"), "model": state["model_name"],
             "tta": {"flip": tta.flip, "scales": list(tta.scales), "window": tta.window,
                     "stride": tta.tile_stride if tta.window else None},
-            "classes": list(state.get("classes") or dataset.info["classes"]), **scores}
+            "classes": list(state.get("classes") or info["classes"]), **scores}

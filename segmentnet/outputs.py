@@ -1,8 +1,12 @@
 """Where Predict.py, Evaluate.py and Report.py may write, on top of segmentnet.files.
 
 - Never into input data: a prepared dataset (a folder holding dataset.json, or one that DataSeparate
-  or DataExtract marked as theirs) or any folder inside one, links resolved.
-- A folder of outputs (Predict's --out, Report's pictures) is claimed with files.claim_folder.
+  or DataExtract marked as theirs), an extraction (a folder holding DataExtract's marker
+  archive.MARKER) or any folder inside one, links resolved.
+- A folder of outputs (Predict's --out, Report's pictures, Hypercolumns' masks) is claimed with
+  files.claim_folder, and every file in it is written through `writing_into`: no folder on the way
+  to it, nor the file itself, may be a link (one planted in the claimed folder would redirect the
+  write, e.g. onto a dataset's ground truth), and it must lie inside the folder and outside input data.
 - A single output file that lands in a folder the tool does not own (Evaluate's eval-*.json next to
   the checkpoint, Report's page) carries a signature, `signature(tool)`, in its first lines; an
   existing file at that path is replaced only when it carries the same tool's signature.
@@ -12,11 +16,13 @@
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from .archive import MARKER
 from .errors import DataError
-from .files import owner_of
+from .files import check_inside, owner_of
 
 DATA_TOOLS = ("DataSeparate", "DataExtract")   # owners of folders that hold input data
 HEAD_BYTES = 4096                              # a signature lies within a file's first bytes
@@ -26,7 +32,7 @@ def input_data_folder(path) -> Path | None:
     """The prepared dataset (or extracted data) folder that `path` is or lies inside, else None."""
     real = Path(path).resolve()
     for folder in (real, *real.parents):
-        if (folder / "dataset.json").is_file():
+        if (folder / "dataset.json").is_file() or (folder / MARKER).is_file():
             return folder
         record = owner_of(folder)
         if record is not None and record["tool"] in DATA_TOOLS:
@@ -38,7 +44,8 @@ def refuse_input_data(path, what: str) -> Path:
     """`path` unless it is, or lies inside, a prepared dataset; DataError naming both otherwise."""
     data = input_data_folder(path)
     if data is not None:
-        raise DataError(f"{what} {path} is inside the prepared dataset {data}: results are never written into "
+        kind = "extracted data" if (data / MARKER).is_file() else "prepared dataset"
+        raise DataError(f"{what} {path} is inside the {kind} {data}: results are never written into "
                         f"a dataset, where they could replace or be mistaken for its images and masks "
                         f"(ground truth). Choose a folder outside it")
     return Path(path)
@@ -91,3 +98,40 @@ def writing(path):
     except OSError as exc:
         raise DataError(f"could not write {path}: {exc.strerror or exc} ({exc.filename or path}). Free space on "
                         f"that disk, check its permissions, or choose another output path") from None
+
+
+@contextmanager
+def writing_into(folder, relative, what: str = "output"):
+    """Yields folder/relative for a tool that writes it inside `folder`, its claimed output folder
+    (files.claim_folder), after making the folders on the way. Refused (DataError naming it): a folder
+    on the way or the file itself that is a link, or not a folder (not a file); a file whose folder,
+    links resolved, lies outside `folder` or inside input data. A failed write is a DataError too."""
+    folder = Path(folder)
+    path = folder / relative
+    with writing(path):
+        current = folder
+        for part in Path(relative).parent.parts:
+            current = current / part
+            if current.is_symlink():
+                raise DataError(f"{what} {current} is a link (to {os_readlink(current)}) inside the output folder "
+                                f"{folder}; outputs are written only into real folders, never through a link, "
+                                f"which could lead them onto other files (such as a dataset's masks). Remove "
+                                f"the link, or choose a new --out")
+            if current.exists() and not current.is_dir():
+                raise DataError(f"{what} {current} is a file where a folder of outputs goes; move it away, or "
+                                f"choose a new --out")
+            current.mkdir(exist_ok=True)
+        check_inside(folder, path.parent, what)
+        refuse_input_data(path.parent, what)
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            kind = f"a link (to {os_readlink(path)})" if path.is_symlink() else "not a regular file"
+            raise DataError(f"{what} {path} is {kind}; an output replaces only a file it wrote, never a link or "
+                            f"a folder. Remove it, or choose a new --out")
+        yield path
+
+
+def os_readlink(path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"

@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import DataError, UsageError
 from .files import atomic_path, claim_folder, write_text_atomic
-from .outputs import check_replaceable, folder_not_file, json_signed, signature, writing
+from .outputs import check_replaceable, folder_not_file, json_signed, signature, writing, writing_into
 from .visualize import epoch_axis, pyplot, read_metrics
 
 ABSENT_RULE = ("a class absent from both truth and prediction (union 0) has no IoU: it is left out of the mean "
@@ -300,7 +300,7 @@ def build_report(run_dirs, out_html) -> tuple[Path, Path]:
             pictures[f"samples_{safe_name(label)}.png"] = run["grid"][1]
     claim_folder(files_dir, "Report", "the folder for the Markdown's pictures")
     for name, data in pictures.items():
-        with writing(files_dir / name) as target, atomic_path(target) as tmp:
+        with writing_into(files_dir, name, "the Markdown's picture") as target, atomic_path(target) as tmp:
             tmp.write_bytes(data)
     write_text(report_html(runs, labels, pictures), out_html)
     write_text(report_markdown(runs, labels, pictures, files_dir.name), out_md)

@@ -8,9 +8,10 @@
   stale lock file never blocks; data loader workers forked from the process do not inherit it; and
   it works on NFS. Only the process that writes the run (rank 0 under torchrun) takes it.
 - claim_run_folder decides, under that lock, whether a training may write into a folder: a new,
-  empty or leftover folder (written by TrainSegmentNet, holding no checkpoint: a run that failed
-  before its first one) starts a run there; a folder of the same run continues it; anything else is
-  refused, naming the way out.
+  empty or leftover folder (written by TrainSegmentNet, holding no checkpoint and no complete record
+  of a finished epoch in metrics.jsonl: a run that failed before its first one) starts a run there; a
+  folder of the same run continues it; anything else is refused, naming the way out. The lock file
+  and metrics.jsonl are opened without following links (files.open_no_follow).
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from pathlib import Path
 
 from .checkpoint import read_progress, writing
 from .errors import ConfigError, DataError
-from .files import OWNER_FILE, mark_owned, owner_of, write_text_atomic
+from .files import OWNER_FILE, mark_owned, open_no_follow, owner_of, write_text_atomic
+from .outputs import refuse_input_data
 
 TOOL = "TrainSegmentNet"
 LOCK_FILE = ".segmentnet-train.lock"
@@ -53,8 +55,8 @@ class RunLock:
             print(f"warning: no file locks here: nothing stops a second training from writing into "
                   f"{self.path.parent} at the same time", file=sys.stderr)
             return self
-        with writing(self.path):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        with writing(self.path):  # (never through a link: a copied folder's link to ~/.bashrc would empty it)
+            fd = open_no_follow(self.path, os.O_RDWR | os.O_CREAT, "the lock file")
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -84,17 +86,20 @@ class RunLock:
 
 @dataclass
 class FolderState:
-    kind: str                   # new (absent or empty), leftover (ours, no checkpoint), run, foreign
+    kind: str                   # new (absent or empty), leftover (ours, nothing finished), run, foreign
     run_id: str | None = None   # from the ownership record; None: none recorded (previous release)
     why: str = ""               # foreign: what is in it
     record: dict | None = None  # the ownership record
+    checkpoint: bool = True     # run: it holds last.pt or best.pt (False: finished epochs, checkpoints gone)
 
 
 def folder_state(folder: Path) -> FolderState:
     folder = Path(folder)
     if not folder.is_dir():
         return FolderState("new")
-    names = sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE)
+    # The lock file alone leaves a folder new; a link or anything else by that name is no lock file of ours.
+    names = sorted(p.name for p in folder.iterdir()
+                   if p.name != LOCK_FILE or p.is_symlink() or not p.is_file())
     if not names:
         return FolderState("new")
     has_checkpoint = any((folder / name).is_file() for name in CHECKPOINTS)
@@ -103,7 +108,9 @@ def folder_state(folder: Path) -> FolderState:
         if record["tool"] != TOOL:
             return FolderState("foreign", why=f"it was written by {record['tool']}, not {TOOL}")
         run_id = record.get("run_id") if isinstance(record.get("run_id"), str) else None
-        return FolderState("run" if has_checkpoint else "leftover", run_id, record=record)
+        if has_checkpoint or finished_epochs(folder / METRICS):  # a run, even with its checkpoints deleted
+            return FolderState("run", run_id, record=record, checkpoint=has_checkpoint)
+        return FolderState("leftover", run_id, record=record)
     if has_checkpoint and "config.json" in names:  # a run folder of the previous release: no ownership record
         return FolderState("run")
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
@@ -131,6 +138,7 @@ def claim_run_folder(out: Path, resume: Path | None = None, state: dict | None =
     the folder holds the ownership record with the run id, and the returned RunFolder holds the lock.
     """
     out = Path(out)
+    refuse_input_data(out, "run folder")  # (DataSeparate --force would replace it with the dataset)
     if out.exists() and not out.is_dir():
         raise DataError(f"run folder {out} is an existing file, not a folder; choose another --out")
     before = folder_state(out)
@@ -166,6 +174,10 @@ def _decide(out: Path, now: FolderState, resume, state, resume_older: bool) -> R
     if now.kind == "foreign":  # appeared since the first look
         raise DataError(f"run folder {out} cannot be used: {now.why}; choose a new or empty --out")
     if resume is None:
+        if now.kind == "run" and not now.checkpoint:
+            raise ConfigError(f"run folder {out} holds a run that finished epochs (its {METRICS} records them) but "
+                              f"no checkpoint ({' or '.join(CHECKPOINTS)}: deleted or moved?); a new run there would "
+                              f"discard its records. Pass a new --out, or remove the folder yourself")
         if now.kind == "run":
             raise ConfigError(f"run folder {out} already holds a run: pass a new --out, or --resume "
                               f"{out / 'last.pt'} to continue it")
@@ -218,6 +230,34 @@ def _decide(out: Path, now: FolderState, resume, state, resume_older: bool) -> R
     folder.notes.append(f"continuing checkpoint {resume} as a new run {folder.run_id} in {out}"
                         + (f" (a fork of run {ckpt_id})" if ckpt_id else ""))
     return folder
+
+
+def finished_epochs(path: Path) -> bool:
+    """Whether a metrics.jsonl may hold a complete record (a finished epoch); one that cannot be read
+    counts as holding one, so that a folder is never taken for a leftover without knowing."""
+    if not (path.exists() or path.is_symlink()):
+        return False
+    if path.is_symlink() or not path.is_file():  # (reading a fifo would hang)
+        return True
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return True
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and type(record.get("epoch")) is int:
+            return True
+    return False
+
+
+def append_metrics(path: Path, record: dict) -> None:
+    """Add one epoch's record to metrics.jsonl, never through a link planted at its name."""
+    fd = open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "the metrics file")
+    with os.fdopen(fd, "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def drop_leftovers(out: Path) -> None:

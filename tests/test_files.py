@@ -63,3 +63,46 @@ def test_claim_folder_takes_new_empty_or_own_folders_only(tmp_path):
     (users / OWNER_FILE).write_text("{not json")
     with pytest.raises(DataError, match="did not write"):  # a corrupt record is no ownership
         claim_folder(users, "Predict")
+
+
+def test_claim_folder_refuses_a_link_to_nothing(tmp_path):
+    (tmp_path / "out").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(DataError, match="is a link to .*nowhere, which does not exist"):
+        claim_folder(tmp_path / "out", "Predict", "--out")
+    assert sorted(os.listdir(tmp_path)) == ["out"] and (tmp_path / "out").is_symlink()
+
+
+def test_writing_into_a_claimed_folder_never_goes_through_a_link(tmp_path):
+    from segmentnet.outputs import writing_into
+
+    out, truth = claim_folder(tmp_path / "pred", "Predict"), tmp_path / "data" / "voc2012" / "val" / "masks"
+    truth.mkdir(parents=True)
+    (tmp_path / "data" / "voc2012" / "dataset.json").write_text("{}")
+    (truth / "a.png").write_bytes(b"ground truth")
+    (out / "masks").symlink_to(truth)                         # planted in the tool's own folder
+    with pytest.raises(DataError, match=f"{out / 'masks'} is a link"):
+        with writing_into(out, "masks/a.png", "--out") as path:
+            path.write_bytes(b"prediction")
+    (out / "masks").unlink()
+    (out / "masks").mkdir()
+    (out / "masks" / "a.png").symlink_to(truth / "a.png")     # the file itself
+    with pytest.raises(DataError, match="is a link"):
+        with writing_into(out, "masks/a.png", "--out") as path:
+            path.write_bytes(b"prediction")
+    assert (truth / "a.png").read_bytes() == b"ground truth"
+    with writing_into(out, "overlays/b.png", "--out") as path:  # a new subfolder is made
+        path.write_bytes(b"picture")
+    assert (out / "overlays" / "b.png").read_bytes() == b"picture"
+
+
+def test_extracted_data_counts_as_input_data(tmp_path):
+    from segmentnet.archive import MARKER
+    from segmentnet.outputs import input_data_folder, refuse_input_data
+
+    raw = tmp_path / "data" / "raw" / "VOCtrainval_11-May-2012"
+    raw.mkdir(parents=True)
+    (raw / MARKER).write_text("{}")                           # DataExtract's marker, its only mark
+    assert input_data_folder(raw / "VOCdevkit" / "x") == raw.resolve()
+    with pytest.raises(DataError, match=f"--out {raw / 'pred'} is inside the extracted data {raw.resolve()}"):
+        refuse_input_data(raw / "pred", "--out")
+    assert input_data_folder(tmp_path / "data" / "runs") is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -171,6 +172,33 @@ def test_run_writes_palette_masks(chained, small_voc):
             assert set(np.unique(np.array(mask))) <= set(range(21))
     with pytest.raises(DataError, match="--force"):
         stage("run", small_voc, work, "--images", str(images), "--out", str(work / "masks"))
+
+
+def test_run_writes_only_into_a_folder_of_its_own(chained, small_voc, tmp_path):
+    work, _ = chained
+    image = sorted((small_voc / "voc2012" / "val" / "images").iterdir())[0]
+    mask = f"{image.stem}.png"
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / mask).write_bytes(b"my mask")
+    for force in ("false", "true"):                       # --force redoes only its own masks
+        with pytest.raises(DataError, match=f"--out {users} already holds files that Hypercolumns did not write"):
+            stage("run", small_voc, work, "--images", str(image), "--out", str(users), "--force", force)
+    assert os.listdir(users) == [mask] and (users / mask).read_bytes() == b"my mask"
+    inside = small_voc / "voc2012" / "val" / "pred"
+    with pytest.raises(DataError, match=f"--out {inside} is inside the prepared dataset"):
+        stage("run", small_voc, work, "--images", str(image), "--out", str(inside))
+    assert not inside.exists()
+    own = tmp_path / "own"
+    assert stage("run", small_voc, work, "--images", str(image), "--out", str(own)) == 0
+    assert stage("run", small_voc, work, "--images", str(image), "--out", str(own), "--force", "true") == 0
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"mine")
+    (own / mask).unlink()
+    (own / mask).symlink_to(victim)                       # planted in its own folder
+    with pytest.raises(DataError, match=f"--out {own / mask} is a link"):
+        stage("run", small_voc, work, "--images", str(image), "--out", str(own), "--force", "true")
+    assert victim.read_bytes() == b"mine"
 
 
 def test_a_second_extract_and_pretrain_reuse_their_outputs(chained, small_voc, monkeypatch, capsys):

@@ -153,7 +153,7 @@ def test_load_model_refuses_a_folder_and_hostile_entries(tmp_path, small_voc):
         load_model(tmp_path)
     state = load_checkpoint(tiny_segmentnet_checkpoint(tmp_path / "net.pt", small_voc))
     for key, value in (("num_classes", "21"), ("palette", "red"), ("mean", [0.5]), ("model_options", [1]),
-                       ("model", {"w": 1})):
+                       ("model", {"w": 1}), ("classes", ["background", "aeroplane"])):
         with pytest.raises(DataError, match=f"the entries {key} are not what TrainSegmentNet.py writes"):
             load_model(state | {key: value})
     with pytest.raises(DataError, match="lacks model"):

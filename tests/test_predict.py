@@ -151,3 +151,53 @@ def test_predict_names_a_folder_without_images_and_a_missing_checkpoint(small_vo
     assert status == 2 and f"input {str(tmp_path / 'empty')!r} is no image file, no folder holding images" in err
     status, err = run_predict(tmp_path / "missing.pt", [small_voc / "voc2012" / "val" / "images"], tmp_path / "pred")
     assert status == 2 and "missing.pt not found" in err and not (tmp_path / "pred").exists()
+
+
+def test_a_link_planted_in_its_own_out_never_redirects_a_write(small_voc, checkpoint, tmp_path):
+    import shutil
+
+    dataset = tmp_path / "data" / "voc2012"
+    shutil.copytree(small_voc / "voc2012", dataset)
+    image = sorted((dataset / "val" / "images").iterdir())[0]
+    out = tmp_path / "pred"
+    assert run_predict(checkpoint, [image], out)[0] == 0      # Predict's own folder now
+    before = folder_bytes(dataset)
+    shutil.rmtree(out / "masks")
+    (out / "masks").symlink_to(dataset / "val" / "masks")     # its masks would replace the ground truth
+    status, err = run_predict(checkpoint, [image], out)
+    assert status == 2 and "Traceback" not in err
+    assert err.startswith(f"error: --out {out / 'masks'} is a link (to {dataset / 'val' / 'masks'})"), err
+    assert folder_bytes(dataset) == before
+
+
+def test_predict_never_writes_into_extracted_data(small_voc, checkpoint):
+    from segmentnet.datasets import voc2012
+
+    raw = small_voc / "raw" / voc2012.ARCHIVE.stem            # DataExtract's folder (only its marker marks it)
+    image = sorted((small_voc / "voc2012" / "val" / "images").iterdir())[0]
+    status, err = run_predict(checkpoint, [image], raw / "pred")
+    assert status == 2 and err.startswith(f"error: --out {raw / 'pred'} is inside the extracted data"), err
+    assert not (raw / "pred").exists()
+
+
+def test_predict_names_an_input_folder_it_cannot_read(small_voc, checkpoint, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT, unprivileged
+
+    prefix = unprivileged()
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    shutil.copy(sorted((small_voc / "voc2012" / "val" / "images").iterdir())[0], locked)
+    locked.chmod(0)
+    try:
+        result = subprocess.run([*prefix, sys.executable, str(ROOT / "Predict.py"), str(checkpoint), str(locked),
+                                 "--out", str(tmp_path / "pred"), "--device", "cpu", "--no-progress"],
+                                capture_output=True, text=True, timeout=300)
+    finally:
+        locked.chmod(0o755)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"error: input {str(locked)!r} cannot be read: Permission denied"), result.stderr
+    assert not (tmp_path / "pred").exists()

@@ -245,3 +245,64 @@ def test_the_next_run_removes_what_a_killed_run_left(raw_voc):
     assert not left.exists() and live.is_dir() and (unmarked / "keep.txt").exists()
     assert sorted(p.name for p in raw_voc.iterdir()) == sorted([".voc2012.partial-live", ".voc2012.partial-mine",
                                                                  "downloads", "raw", "voc2012"])
+
+
+# ----------------------------------------------------------------------------- what it did not write, write failures
+
+
+def test_force_never_deletes_what_it_did_not_write_inside_its_folder(tmp_path, capsys):
+    make_small_voc(tmp_path, counts={"train": 3, "val": 1, "unlabelled": 0})
+    out = tmp_path / "voc2012"
+    run = out / "runs" / "a"                                  # e.g. a training's --out of an earlier release
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    (out / "val" / "notes.txt").write_text("mine")
+    argv = ["--data-dir", str(tmp_path), "--workers", "1", "--force"]
+    assert run_main(DataSeparate.main, argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {out} was written by DataSeparate, but it also holds what DataSeparate did not "
+                          f"write ({run}, {out / 'val' / 'notes.txt'}); replacing the folder would delete "
+                          f"them"), err
+    assert (run / "metrics.jsonl").read_text() == '{"epoch": 1}\n' and (out / "val" / "notes.txt").exists()
+    assert not list(tmp_path.glob(".voc2012*"))
+    shutil.rmtree(out / "runs")
+    (out / "val" / "notes.txt").unlink()
+    assert run_main(DataSeparate.main, argv) == 0             # its own layout alone: redone
+
+
+@pytest.mark.parametrize("skip_bad", [False, True])
+def test_a_full_disk_is_one_error_naming_the_file(tmp_path, capsys, monkeypatch, skip_bad):
+    import errno
+
+    make_small_voc(tmp_path, counts={"train": 3, "val": 1, "unlabelled": 0})
+    shutil.rmtree(tmp_path / "voc2012")
+
+    def disk_full(source, target, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(shutil, "copyfile", disk_full)   # (the pool's workers are forked: they have it too)
+    status = run_main(DataSeparate.main, ["--data-dir", str(tmp_path), "--workers", "1"]
+                      + (["--skip-bad"] if skip_bad else []))
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err, err
+    assert re.search(rf"^error: could not write {re.escape(str(tmp_path))}/\.voc2012\.partial-\w+/\w+/images/"
+                    rf"[\w.]+: No space left on device", err, re.MULTILINE), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["downloads", "raw"]   # nothing half-written
+
+
+def test_a_data_folder_it_cannot_write_is_one_error(tmp_path):
+    from conftest import unprivileged
+
+    prefix = unprivileged()  # root writes anywhere: run without the capability that lets it
+    data = tmp_path / "data"
+    make_small_voc(data, counts={"train": 3, "val": 1, "unlabelled": 0})
+    shutil.rmtree(data / "voc2012")
+    data.chmod(0o555)
+    try:
+        result = subprocess.run([*prefix, sys.executable, str(ROOT / "DataSeparate.py"), "--data-dir", str(data),
+                                 "--workers", "1"], capture_output=True, text=True, timeout=300)
+    finally:
+        data.chmod(0o755)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"error: could not write {data}: Permission denied"), result.stderr
+    assert sorted(p.name for p in data.iterdir()) == ["downloads", "raw"]

@@ -326,3 +326,61 @@ def test_a_signal_in_an_epochs_last_batch_stops_after_its_validation_and_resumes
     monkeypatch.setattr(engine, "compute_loss", real_loss)
     summary = train(dataclasses.replace(cfg, resume=str(tmp_path / "run" / "last.pt")))
     assert summary["interrupted"] is None and summary["epoch"] == 2
+
+
+def test_a_run_folder_inside_a_prepared_dataset_is_refused(small_voc, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(small_voc / "voc2012", data / "voc2012")
+    out = data / "voc2012" / "runs" / "a"                    # DataSeparate --force would delete it
+    with pytest.raises(DataError, match=f"run folder {out} is inside the prepared dataset"):
+        train(tiny_train_config(data, out))
+    assert not (data / "voc2012" / "runs").exists()
+
+
+def test_a_lock_file_that_is_a_link_is_never_followed(tmp_path):
+    from segmentnet.files import mark_owned
+    from segmentnet.runs import claim_run_folder
+
+    victim = tmp_path / "bashrc"
+    victim.write_text("export PATH=$HOME/bin:$PATH\n")
+    run = tmp_path / "copied"
+    run.mkdir()
+    (run / LOCK_FILE).symlink_to(victim)                     # a copied run folder, or one made so
+    with pytest.raises(DataError, match=f"run folder {run} cannot be used: it holds files that TrainSegmentNet "
+                                        f"did not write \\({LOCK_FILE}\\)"):
+        claim_run_folder(run)                                # the link alone does not make the folder new
+    mark_owned(run, "TrainSegmentNet", run_id="20260102-130405-3fa9c1")
+    with pytest.raises(DataError, match=f"the lock file {run / LOCK_FILE} is a link"):
+        claim_run_folder(run)
+    assert victim.read_text() == "export PATH=$HOME/bin:$PATH\n"
+
+
+def test_metrics_are_never_appended_through_a_link(small_voc, tmp_path, monkeypatch):
+    from segmentnet import engine
+
+    victim, run = tmp_path / "victim.txt", tmp_path / "run"
+    victim.write_text("mine\n")
+    real_evaluate = engine.evaluate
+
+    def plant_a_link(*args, **kwargs):                       # between the start and the first record
+        (run / "metrics.jsonl").symlink_to(victim)
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "evaluate", plant_a_link)
+    with pytest.raises(DataError, match=f"the metrics file {run / 'metrics.jsonl'} is a link"):
+        train(tiny_train_config(small_voc, run))
+    assert victim.read_text() == "mine\n"
+
+
+def test_a_finished_run_without_its_checkpoints_is_no_leftover(small_voc, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_train_config(small_voc, run))
+    for name in ("last.pt", "best.pt"):
+        (run / name).unlink()
+    before = run_files(run)
+    with pytest.raises(ConfigError, match=f"run folder {run} holds a run that finished epochs .its metrics.jsonl "
+                                          f"records them. but no checkpoint"):
+        train(tiny_train_config(small_voc, run))
+    assert run_files(run) == before                          # its metrics.jsonl kept

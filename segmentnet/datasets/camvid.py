@@ -18,7 +18,7 @@ import numpy as np
 from .. import synthetic
 from ..archive import Archive, DataError
 from ..files import child
-from .common import IGNORE_INDEX, DatasetInfo, Pair, read_index_array
+from .common import IGNORE_INDEX, DatasetInfo, Pair, read_index_array, read_list_lines
 
 CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
            "Pedestrian", "Bicyclist")
@@ -48,18 +48,11 @@ def camvid_root(raw_root: Path) -> Path:
 
 def read_list(root: Path, split: str) -> list[Pair]:
     """The pairs a split list names. Each line must name <split>/<name>.png and
-    <split>annot/<name>.png; only the plain <name> is used, checked to stay inside the folder."""
+    <split>annot/<name>.png; only the plain <name> is used, checked to stay inside the folder. The
+    list itself is opened with the checks of every dataset's split lists (common.read_list_lines)."""
     path = root / f"{split}.txt"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except IsADirectoryError:
-        raise DataError(f"{path} is a folder, not a split list; the extraction is damaged: extract again") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not a text file ({exc}); the extraction is damaged: extract again") from None
     pairs = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, line in read_list_lines(path, root, "pairs of image and annotation paths"):
         where = f"{path} line {number}"
         fields = line.split()
         if len(fields) != 2:

@@ -32,7 +32,8 @@ import numpy as np
 from PIL import Image
 
 from ..archive import Archive, DataError
-from ..files import check_inside, child, mark_owned, owner_of, plain_name
+from ..files import OWNER_FILE, check_inside, child, mark_owned, owner_of, plain_name
+from ..outputs import writing
 
 IGNORE_INDEX = 255
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -81,31 +82,42 @@ def raw_dir(data_dir: Path, archive: Archive) -> Path:
     return Path(data_dir) / "raw" / archive.stem
 
 
-def read_split_list(path: Path, folder: Path) -> list[tuple[str, str]]:
-    """The ids of a split list (one a line; blank lines ignored), each with where it stands
-    ('<list> line N'). DataError for a list that is missing, outside `folder` (its archive's raw
-    folder) through a link, not a file or not text, for an id that is not a plain file name, and
-    for an id listed twice (it would count twice)."""
+def read_list_lines(path: Path, folder: Path, what: str = "image ids") -> list[tuple[int, str]]:
+    """The non-blank lines of a list file of the data (a split list), stripped, each with its line
+    number (an error names it as '<list> line N'). The one opening of such a list, for every dataset:
+    DataError for a list that is missing, outside `folder` (its archive's raw folder) through a link,
+    not a regular file (a folder, or a fifo that would hang the read), unreadable, or not text
+    (UTF-8). `what`: what its lines name, for the messages."""
     path = check_inside(folder, path, f"split list {path}")
     if not path.exists():
         raise DataError(f"{path} is missing: the extraction is incomplete; run DataExtract.py again")
     if not path.is_file():
         raise DataError(f"{path} is not a file (a folder, or a special file), but a split list is a text file "
-                        f"of image ids, one a line. The extraction is not of the official archive: extract it again")
+                        f"of {what}, one a line. The extraction is not of the official archive: extract it again")
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise DataError(f"{path}: the split list cannot be read ({exc.strerror}); check its permissions") from None
-    ids, first = [], {}
+    lines = []
     for number, raw in enumerate(data.splitlines(), start=1):
         where = f"{path} line {number}"
         try:
-            name = raw.decode("utf-8").strip()
+            text = raw.decode("utf-8").strip()
         except UnicodeDecodeError:
-            raise DataError(f"{where}: {raw[:60]!r} is not text (UTF-8); a split list holds image ids, one a "
+            raise DataError(f"{where}: {raw[:60]!r} is not text (UTF-8); a split list holds {what}, one a "
                             f"line. The file is corrupt or was crafted: use the official data") from None
-        if not name:
-            continue
+        if text:
+            lines.append((number, text))
+    return lines
+
+
+def read_split_list(path: Path, folder: Path) -> list[tuple[str, str]]:
+    """The ids of a split list (one a line; blank lines ignored), each with where it stands
+    ('<list> line N'). DataError for a list that read_list_lines refuses, for an id that is not a
+    plain file name, and for an id listed twice (it would count twice)."""
+    ids, first = [], {}
+    for number, name in read_list_lines(path, folder):
+        where = f"{path} line {number}"
         plain_name(name, where)
         if name in first:
             raise DataError(f"{where}: the id {name!r} is listed again (first on line {first[name]}); each image "
@@ -262,7 +274,7 @@ def _convert_pair(info: DatasetInfo, out: Path, split: str, pair: Pair):
     the stem checked to be a plain name (check_pairs checked it before; checked again here)."""
     try:
         size = decode_image(pair.image).size
-        counts = None
+        label = counts = mask_out = None
         if pair.mask is not None:
             if not pair.mask.exists():
                 return pair.stem, f"{pair.mask}: mask missing for image {pair.image}", None
@@ -270,12 +282,17 @@ def _convert_pair(info: DatasetInfo, out: Path, split: str, pair: Pair):
             if label.shape != (size[1], size[0]):
                 return pair.stem, (f"{pair.mask}: mask is {label.shape[1]}x{label.shape[0]} but its image "
                                    f"{pair.image.name} is {size[0]}x{size[1]}; they must be the same size"), None
-            save_index_png(child(out / split / "masks", pair.stem, pair.origin, ".png"), label, info.palette)
+            mask_out = child(out / split / "masks", pair.stem, pair.origin, ".png")
             counts = np.bincount(label[label != IGNORE_INDEX].ravel(), minlength=info.num_classes)
         image_out = child(out / split / "images", pair.stem, pair.origin, pair.image.suffix.lower())
     except DataError as exc:
         return pair.stem, str(exc), None
-    shutil.copyfile(pair.image, image_out)
+    # A failed write (disk full, no permission) is no bad pair: it stops the run, with --skip-bad too.
+    if mask_out is not None:
+        with writing(mask_out):
+            save_index_png(mask_out, label, info.palette)
+    with writing(image_out):
+        shutil.copyfile(pair.image, image_out)
     return pair.stem, None, counts
 
 
@@ -313,19 +330,22 @@ def separate(info: DatasetInfo, data_dir: Path, skip_bad: bool = False, workers:
     check_pairs(info, data_dir, splits)
     if not skip_bad:
         check_masks_present(splits)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    tmp = partial_folder(data_dir, info.name)
+    with writing(data_dir):  # (a read-only or full data folder: a DataError naming it)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        tmp = partial_folder(data_dir, info.name)
     try:
         summary = _separate_into(info, splits, tmp, skip_bad, workers, progress) | {"options": options}
-        (tmp / "dataset.json").write_text(json.dumps(summary, indent=1))
-        if final.exists():
-            check_replaceable(final)
-            old = tmp.with_name(f"{tmp.name}-old")  # the old output, moved aside (its mark kept), then removed
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, final)
+        with writing(tmp / "dataset.json"):
+            (tmp / "dataset.json").write_text(json.dumps(summary, indent=1))
+        with writing(final):
+            if final.exists():
+                check_replaceable(final)
+                old = tmp.with_name(f"{tmp.name}-old")  # the old output, moved aside (its mark kept), then removed
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old)
+            else:
+                os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -346,7 +366,8 @@ def read_summary(path: Path) -> dict:
 
 
 def check_replaceable(final: Path) -> None:
-    """Refuse to replace data/<name>/ unless DataSeparate wrote it (its owner mark) or it is empty."""
+    """Refuse to replace data/<name>/ unless DataSeparate wrote it (its owner mark) and it holds
+    nothing but its layout, or it is empty."""
     if final.is_symlink() or (final.exists() and not final.is_dir()):
         raise DataError(f"{final} is a link or a file, not a folder DataSeparate wrote; it replaces only its "
                         f"own output. Move it away, or choose another --data-dir")
@@ -354,6 +375,12 @@ def check_replaceable(final: Path) -> None:
         return
     record = owner_of(final)
     if record is not None and record["tool"] == TOOL:
+        others = entries_outside_layout(final)
+        if others:
+            shown = ", ".join(str(p) for p in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            raise DataError(f"{final} was written by DataSeparate, but it also holds what DataSeparate did not write "
+                            f"({shown}); replacing the folder would delete them. Move them out of {final} (a "
+                            f"training's run folder belongs outside the dataset), then run again")
         return
     if record is None and not any(final.iterdir()):
         return
@@ -361,6 +388,28 @@ def check_replaceable(final: Path) -> None:
     raise DataError(f"{final} {writer}; DataSeparate replaces only its own output, so it leaves this folder as "
                     f"it is. Move it away or choose another --data-dir (a folder from a DataSeparate older "
                     f"than its owner mark: delete it yourself, then run again)")
+
+
+LAYOUT_FILES = ("dataset.json", OWNER_FILE)  # the files at the top of data/<name>/
+LAYOUT_SPLIT = ("images", "masks")          # the folders of data/<name>/<split>/, which hold files only
+
+
+def entries_outside_layout(final: Path) -> list[Path]:
+    """What data/<name>/ holds besides the layout separate() writes (LAYOUT_FILES, and split folders
+    holding only images/ and masks/ folders of files), links anywhere counted as outside it."""
+    others = []
+    for entry in sorted(final.iterdir()):
+        if entry.name in LAYOUT_FILES and entry.is_file() and not entry.is_symlink():
+            continue
+        if entry.is_symlink() or not entry.is_dir():
+            others.append(entry)
+            continue
+        for sub in sorted(entry.iterdir()):
+            if sub.name not in LAYOUT_SPLIT or sub.is_symlink() or not sub.is_dir():
+                others.append(sub)
+                continue
+            others += [f for f in sorted(sub.iterdir()) if f.is_symlink() or not f.is_file()]
+    return others
 
 
 def partial_folder(data_dir: Path, name: str) -> Path:
@@ -419,9 +468,10 @@ def _separate_into(info, splits, tmp, skip_bad, workers, progress) -> dict:
     context = get_context("fork") if hasattr(os, "fork") else get_context()
     with context.Pool(workers) as pool:
         for split, pairs in splits.items():
-            (tmp / split / "images").mkdir(parents=True)
-            if any(p.mask is not None for p in pairs):
-                (tmp / split / "masks").mkdir(parents=True)
+            with writing(tmp / split):
+                (tmp / split / "images").mkdir(parents=True)
+                if any(p.mask is not None for p in pairs):
+                    (tmp / split / "masks").mkdir(parents=True)
             totals = np.zeros(info.num_classes, dtype=np.int64)
             done = 0
             job = partial(_convert_pair, info, tmp, split)

@@ -109,6 +109,12 @@ def model_option_problems(name: str, options: dict) -> list[str]:
     constructor's annotations) or out of range (OPTION_RANGES and the constructor's own). The one
     check of model options, run before any work by the training and by build_model."""
     constructor = _constructor(name)
+    if not isinstance(options, dict):
+        return [f"model_options of model {name!r} must be a JSON object (dict) of options, got {options!r:.60}"]
+    odd = [key for key in options if not isinstance(key, str)]
+    if odd:  # (a checkpoint's dict may have any keys; build_model(**options) would fail with a TypeError)
+        return [f"model_options of model {name!r} must be named by text, got the key(s) "
+                f"{', '.join(repr(k) for k in odd[:5])}"]
     accepted = _options_of(constructor)
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(constructor).parameters.values())
     unknown = sorted(set(options) - set(accepted)) if not takes_any else []
