@@ -29,6 +29,7 @@ from .checkpoint import read_progress, writing
 from .errors import ConfigError, DataError
 from .files import OWNER_FILE, mark_owned, open_no_follow, owner_of, write_text_atomic
 from .outputs import refuse_input_data
+from . import visualize
 
 TOOL = "TrainSegmentNet"
 LOCK_FILE = ".segmentnet-train.lock"
@@ -266,25 +267,10 @@ def drop_leftovers(out: Path) -> None:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """The complete records of a metrics.jsonl. A line that is not one (the half-written last line of
-    a process killed while appending, or damage) is left out, with a warning: the resume path is the
-    recovery path and must not be blocked by it."""
-    records, dropped = [], 0
-    for line in Path(path).read_text(errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            record = None
-        if isinstance(record, dict) and type(record.get("epoch")) is int:
-            records.append(record)
-        else:
-            dropped += 1
-    if dropped:
-        print(f"warning: {path}: left out {dropped} line(s) that are not complete records (a write cut short)",
-              file=sys.stderr)
-    return records
+    """The complete records of a metrics.jsonl, for resuming: a line that is not one (the half-written
+    last line of a process killed while appending, or damage) is left out with a warning, since the
+    resume path is the recovery path and must not be blocked by it."""
+    return visualize.read_metrics(path, repair=True)
 
 
 def write_metrics(path: Path, records: list[dict]) -> None:

@@ -118,20 +118,22 @@ def caption_strip(text: str, width: int, centred: bool = False) -> np.ndarray:
 # ----------------------------------------------------------------------------- curves
 
 
-def read_metrics(path) -> list[dict]:
+def read_metrics(path, repair: bool = False) -> list[dict]:
     """The records of a run's metrics.jsonl, one JSON object a line ([] when there is no such file).
 
     A last line cut short (the run was killed while writing it) is left out, with a note on stderr;
-    any other line that is not a JSON object is a DataError naming the file and the line."""
+    any other line that is not a JSON object is a DataError naming the file and the line. With
+    repair (resuming, the recovery path): every line that is not a complete record (an object with a
+    whole epoch) is left out with a warning instead."""
     path = Path(path)
     if not path.exists():
         return []
     try:
-        lines = path.read_text(encoding="utf-8").split("\n")
+        lines = path.read_text(encoding="utf-8", errors="replace" if repair else "strict").split("\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path} cannot be read as text ({exc}); it is not a metrics file TrainSegmentNet.py "
                         f"wrote") from None
-    records = []
+    records, dropped = [], 0
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -139,14 +141,19 @@ def read_metrics(path) -> list[dict]:
             record = json.loads(line)
         except ValueError:
             record = None
-        if isinstance(record, dict):
+        if isinstance(record, dict) and (not repair or type(record.get("epoch")) is int):
             records.append(record)
+        elif repair:
+            dropped += 1
         elif number == len(lines):  # no newline after it: the writer stopped mid-line
             print(f"note: the last line of {path} is incomplete (the run stopped while writing it); it is left out",
                   file=sys.stderr)
         else:
             raise DataError(f"{path}, line {number}: not a JSON record ({line[:40]!r}...); the file is corrupt. "
                             f"Delete that line (the run's other epochs are kept) and run again")
+    if dropped:
+        print(f"warning: {path}: left out {dropped} line(s) that are not complete records (a write cut short)",
+              file=sys.stderr)
     return records
 
 
