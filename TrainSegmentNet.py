@@ -39,6 +39,7 @@ class Config:
     # optimisation
     epochs: int = 50                  # passes over the training set (with time_budget: at most this many)
     time_budget: float = 0.0          # minutes for the whole training, validation included; > 0 fits the schedule to them
+    val_every: int = 1                # validate (curves, pictures, best.pt) every this many epochs; the last one always
     batch_size: int = 8               # images per step per process
     grad_accum: int = 1               # micro-batches accumulated per optimiser step
     optimizer: str = "adamw"          # adamw or sgd
@@ -48,7 +49,7 @@ class Config:
     warmup_epochs: float = 1.0        # linear warmup from 0, then polynomial decay to 0
     poly_power: float = 0.9           # exponent of the polynomial decay
     loss: str = "jaccard"             # jaccard (soft Jaccard), ce, or ce+jaccard
-    class_weights: str = "none"       # none, median_freq or inverse_freq, from dataset.json's pixel counts
+    class_weights: str = "none"       # none, median_freq, inverse_freq or enet, from dataset.json's pixel counts
     aux_weights: dict = field(default_factory=dict)  # weights of auxiliary outputs, e.g. {"aux": 0.4}
     skip_nonfinite: bool = False      # skip (and count) steps whose loss is NaN or inf instead of stopping
     # hardware

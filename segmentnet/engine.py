@@ -37,7 +37,7 @@ from .transforms import eval_transform, normalize, train_transform
 from .visualize import EpochPictures
 
 OPTIMIZERS = ("sgd", "adamw")
-CLASS_WEIGHTS = ("none", "median_freq", "inverse_freq")
+CLASS_WEIGHTS = ("none", "median_freq", "inverse_freq", "enet")
 
 
 # ----------------------------------------------------------------------------- config checks
@@ -76,6 +76,7 @@ def check_config(cfg) -> None:
     need(cfg.amp_dtype in AMP_DTYPES, f"amp_dtype {cfg.amp_dtype!r} is unknown; choices: {', '.join(AMP_DTYPES)}")
     need(cfg.grad_accum >= 1, f"grad_accum must be >= 1, got {cfg.grad_accum}")
     need(0 <= cfg.colour_jitter < 1, f"colour_jitter must be in [0, 1), got {cfg.colour_jitter}")
+    need(is_whole(cfg.val_every, 1), f"val_every must be a whole number >= 1, got {cfg.val_every}")
     need(not cfg.time_budget < 0, f"time_budget must be >= 0 minutes (0: no budget), got {cfg.time_budget}")
     need(0 <= cfg.seed < 2 ** 32, f"seed must be from 0 to 2**32 - 1, got {cfg.seed}")
     need(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"),
@@ -108,7 +109,9 @@ def check_crop_fits(dataset: SegmentationDataset, cfg) -> None:
 
 
 def class_weights_from_counts(counts: list[int], rule: str) -> torch.Tensor | None:
-    """median_freq: median(f) / f_c (Eigen and Fergus); inverse_freq: 1 / f_c, scaled to mean 1.
+    """median_freq: median(f) / f_c (Eigen and Fergus); inverse_freq: 1 / f_c, scaled to mean 1;
+    enet: 1 / ln(1.02 + f_c) (Paszke et al., ENet), which bounds the weights (at most ~50) and spreads
+    them less than median_freq (on CamVid 13x from the most to the least frequent class, against 110x).
 
     Classes with no pixels get weight 0 (nothing to learn from them).
     """
@@ -121,6 +124,8 @@ def class_weights_from_counts(counts: list[int], rule: str) -> torch.Tensor | No
     if rule == "median_freq":
         # quantile, not median(): with an even number of classes torch's median is the lower middle value
         weights[present] = freq[present].quantile(0.5) / freq[present]
+    elif rule == "enet":
+        weights[present] = 1 / torch.log(1.02 + freq[present])
     else:
         weights[present] = 1 / freq[present]
         weights[present] /= weights[present].mean()
@@ -261,7 +266,7 @@ def ignore_ctrl_c(worker_id: int) -> None:
 
 
 @contextmanager
-def out_of_memory_advice(cfg, run, during: str):
+def out_of_memory_advice(cfg, run, during: str, epoch: int):
     """Turn CUDA's out-of-memory error into one that names the settings to lower."""
     try:
         yield
@@ -274,7 +279,7 @@ def out_of_memory_advice(cfg, run, during: str):
             settings.append("set channels_last true")
         settings.append("choose a smaller model (model_options)")
         raise ConfigError(
-            f"out of GPU memory during {during} in epoch {run['epoch'] + 1}, after {run['global_step']} steps: "
+            f"out of GPU memory during {during} in epoch {epoch}, after {run['global_step']} steps: "
             f"{str(exc).splitlines()[0]}\nTo need less memory: {'; '.join(settings)}. Validation runs whole images "
             f"one at a time, so there only amp or a smaller model helps. Change them, "
             f"then {resume_hint(run.get('run_dir'))}") from exc
@@ -594,10 +599,11 @@ def plan_epochs(run: dict, epochs: int) -> None:
     run["total_steps"] = optimizer_steps_per_epoch(run["steps_per_epoch"], run["grad_accum"]) * epochs
 
 
-def fit_to_budget(run: dict, cfg, epoch_seconds: float) -> None:
-    """With a time budget: as many more epochs as the minutes left hold at the last epoch's pace
-    (training, validation and saving), at most `epochs` in all, and the schedule fitted to them."""
-    left = cfg.time_budget * 60 - elapsed_seconds(run)
+def fit_to_budget(run: dict, cfg, epoch_seconds: float, reserve: float = 0.0) -> None:
+    """With a time budget: as many more epochs as the minutes left hold at the recent pace
+    (training, validation and saving), at most `epochs` in all, and the schedule fitted to them.
+    `reserve` seconds are kept for the validation that ends the last epoch."""
+    left = cfg.time_budget * 60 - elapsed_seconds(run) - reserve
     more = max(0, int(left // (epoch_seconds * BUDGET_MARGIN)))
     plan_epochs(run, min(cfg.epochs, run["epoch"] + more))
     run["warmup_steps"] = min(run["warmup_steps"], run["total_steps"] // 2)  # a short plan still decays
@@ -610,7 +616,22 @@ def share_plan(run: dict, env: DistEnv) -> None:
     run["warmup_steps"] = broadcast_from_main(run["warmup_steps"], env)
 
 
-BUDGET_MARGIN = 1.03  # an epoch may run a little slower than the last one; the budget is a promise
+BUDGET_MARGIN = 1.03  # an epoch may run a little slower than the recent ones; the budget is a promise
+PACE_EPOCHS = 4  # the pace is the mean of this many epochs: single epochs vary by ~10 %, which made the plan jitter
+
+
+class EpochPace:
+    """Seconds per epoch, for fitting the plan to a time budget: the mean of the last PACE_EPOCHS
+    epochs' training (and saving), plus the last validation's cost spread over `val_every` epochs."""
+
+    def __init__(self, val_every: int):
+        self.val_every, self.recent, self.val_seconds = val_every, [], 0.0
+
+    def add(self, seconds: float) -> None:
+        self.recent = (self.recent + [seconds])[-PACE_EPOCHS:]
+
+    def seconds(self) -> float:
+        return sum(self.recent) / max(len(self.recent), 1) + self.val_seconds / self.val_every
 
 
 def _train(cfg, env: DistEnv, held: ExitStack | None = None) -> dict:
@@ -695,14 +716,15 @@ def _train(cfg, env: DistEnv, held: ExitStack | None = None) -> dict:
     last_scores: dict = {}
     if env.is_main:  # curves.png and samples/epoch_NNN.png after every epoch
         pictures = EpochPictures(run_dir, train_loader.dataset, val_loader.dataset, run, cfg.tensorboard)
-    cycle_start = time.time()  # an epoch's pace: from the end of the previous validation to its own
+    pace = EpochPace(cfg.val_every)
+    cycle_start = time.time()  # an epoch's pace: its training, and the saving after the epoch before
     with StopRequest() as stop:
         while run["epoch"] < run["planned_epochs"]:
             if stop.signum is not None:  # it came during validation or a save: last.pt is already current
                 return stopped_by_signal(stop, run, run_dir, env, last_scores)
             train_sampler.set_epoch(run["epoch"], start=run["step_in_epoch"] * cfg.batch_size)
             started, run["data_wait_seconds"], first_batch = time.time(), 0.0, run["step_in_epoch"]
-            with out_of_memory_advice(cfg, run, "training"):
+            with out_of_memory_advice(cfg, run, "training", run["epoch"] + 1):
                 train_loss, seen, finished = train_one_epoch(train_model, train_loader, criterion, optimizer,
                                                              scaler, run, cfg, env, stop)
             if not finished:
@@ -711,44 +733,52 @@ def _train(cfg, env: DistEnv, held: ExitStack | None = None) -> dict:
                 return stopped_by_signal(stop, run, run_dir, env, last_scores)
             elapsed = time.time() - started
             train_loss = all_reduce_mean(train_loss, env)
-            broadcast_buffers(model, env)  # every rank validates rank 0's model, the one checkpointed
-            with out_of_memory_advice(cfg, run, "validation"):
-                scores = evaluate(model, val_loader, num_classes, env, run["mean"], run["std"], criterion, cfg.amp,
-                                  amp_dtype=cfg.amp_dtype)
-            last_scores = scores
             run["epoch"] += 1
-            # The pace of a whole epoch (the last one's saving, training, validation), scaled up when
-            # this one was resumed part way; with a time budget, the epochs left are refitted to it.
-            run["epoch_seconds"] = (time.time() - cycle_start) * steps_per_epoch / (steps_per_epoch - first_batch)
-            cycle_start = time.time()
-            if cfg.time_budget > 0:
-                fit_to_budget(run, cfg, run["epoch_seconds"])
-                share_plan(run, env)
             run["step_in_epoch"] = 0
             run["epoch_losses"] = []
-            improved = scores["miou"] > run["best_miou"]
+            # (scaled up when this epoch was resumed part way)
+            pace.add((time.time() - cycle_start) * steps_per_epoch / (steps_per_epoch - first_batch))
+            run["epoch_seconds"] = pace.seconds()
+            if cfg.time_budget > 0:  # refitted before validating, so that the last epoch validates
+                fit_to_budget(run, cfg, run["epoch_seconds"], reserve=pace.val_seconds)
+                share_plan(run, env)
+            validating = run["epoch"] % cfg.val_every == 0 or run["epoch"] >= run["planned_epochs"]
+            val_started = time.time()
+            if validating:
+                broadcast_buffers(model, env)  # every rank validates rank 0's model, the one checkpointed
+                with out_of_memory_advice(cfg, run, "validation", run["epoch"]):
+                    last_scores = evaluate(model, val_loader, num_classes, env, run["mean"], run["std"], criterion,
+                                           cfg.amp, amp_dtype=cfg.amp_dtype)
+            improved = validating and last_scores["miou"] > run["best_miou"]
             if improved:
-                run["best_miou"], run["best_epoch"] = scores["miou"], run["epoch"]
+                run["best_miou"], run["best_epoch"] = last_scores["miou"], run["epoch"]
             if env.is_main:
-                record = {"epoch": run["epoch"], "train_loss": train_loss, "val_loss": scores["loss"],
-                          "val_miou": scores["miou"], "val_pixel_acc": scores["pixel_acc"],
-                          "val_mean_class_acc": scores["mean_class_acc"], "val_per_class_iou": scores["per_class_iou"],
-                          "lr": run["lr"], "epoch_seconds": elapsed,
+                record = {"epoch": run["epoch"], "train_loss": train_loss, "lr": run["lr"], "epoch_seconds": elapsed,
                           "images_per_second": seen * env.world_size / max(elapsed, 1e-9),
                           "nonfinite_steps": run["nonfinite_steps"],
                           "data_wait_fraction": run["data_wait_seconds"] / max(elapsed, 1e-9),
                           "elapsed_seconds": elapsed_seconds(run)}
-                with writing(run_dir / METRICS, then=resume_hint(run_dir)):
-                    append_metrics(run_dir / METRICS, record)
+                if validating:  # metrics.jsonl holds the validated epochs
+                    record.update(val_loss=last_scores["loss"], val_miou=last_scores["miou"],
+                                  val_pixel_acc=last_scores["pixel_acc"],
+                                  val_mean_class_acc=last_scores["mean_class_acc"],
+                                  val_per_class_iou=last_scores["per_class_iou"])
+                    with writing(run_dir / METRICS, then=resume_hint(run_dir)):
+                        append_metrics(run_dir / METRICS, record)
                 state = checkpoint_state(model, optimizer, scaler, run, cfg)
                 save_checkpoint(state, run_dir / "last.pt")
                 if improved:
                     save_checkpoint(state, run_dir / "best.pt")
-                print(f"epoch {run['epoch']}/{run['planned_epochs']}: train loss {train_loss:.4f}, val loss {scores['loss']:.4f}, "
-                      f"val mIoU {scores['miou']:.4f}, pixel acc {scores['pixel_acc']:.4f}, lr {run['lr']:.2e}, "
-                      f"{elapsed:.1f}s")
-                with writing(run_dir / "samples", then=resume_hint(run_dir)):  # (and curves.png)
-                    pictures.write(model, run["epoch"], record)
+                scores_text = (f"val loss {last_scores['loss']:.4f}, val mIoU {last_scores['miou']:.4f}, "
+                               f"pixel acc {last_scores['pixel_acc']:.4f}, " if validating else "")
+                print(f"epoch {run['epoch']}/{run['planned_epochs']}: train loss {train_loss:.4f}, {scores_text}"
+                      f"lr {run['lr']:.2e}, {elapsed:.1f}s")
+                if validating:
+                    with writing(run_dir / "samples", then=resume_hint(run_dir)):  # (and curves.png)
+                        pictures.write(model, run["epoch"], record)
+            if validating:
+                pace.val_seconds = time.time() - val_started  # validation, saving and pictures
+            cycle_start = time.time() if validating else val_started
     if env.is_main:
         print(f"final val mIoU {last_scores.get('miou', float('nan')):.4f} (best {run['best_miou']:.4f} at epoch "
               f"{run['best_epoch']}); checkpoints: {run_dir / 'last.pt'}, {run_dir / 'best.pt'}")

@@ -3,6 +3,7 @@ conversion of the genuine samples, the label checks, and class weights in the lo
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import statistics
@@ -443,6 +444,8 @@ def independent_weights(counts: list[int], rule: str) -> list[float]:
     if rule == "median_freq":
         middle = statistics.median(present)
         return [middle / f if f > 0 else 0.0 for f in freq]
+    if rule == "enet":
+        return [1 / math.log(1.02 + f) if f > 0 else 0.0 for f in freq]
     raw = [1 / f if f > 0 else 0.0 for f in freq]
     return [w / (sum(raw) / len(present)) for w in raw]
 
@@ -451,7 +454,7 @@ def test_class_weight_rules_match_their_definitions():
     from segmentnet.engine import class_weights_from_counts
 
     counts = [500, 0, 120, 30, 7, 2000]  # an absent class, and an even number of present ones
-    for rule in ("median_freq", "inverse_freq"):
+    for rule in ("median_freq", "inverse_freq", "enet"):
         expected = torch.tensor(independent_weights(counts, rule), dtype=torch.float32)
         assert torch.allclose(class_weights_from_counts(counts, rule), expected, rtol=1e-5), rule
     assert class_weights_from_counts(counts, "none") is None

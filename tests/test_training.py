@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import pytest
 import torch
@@ -280,6 +281,66 @@ def test_time_budget_ends_the_run_and_resumes_with_its_clock(small_voc, tmp_path
     assert summary["epoch"] == 2
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert 1000 < records[1]["elapsed_seconds"] < 1000 + 60  # the clock carried on from the checkpoint
+
+
+def test_val_every_validates_every_nth_epoch_and_always_the_last(small_voc, tmp_path):
+    summary = train(tiny_train_config(small_voc, tmp_path / "run", epochs=5, val_every=2))
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [2, 4, 5] and all("val_miou" in r for r in records)
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == [
+        "epoch_002.png", "epoch_004.png", "epoch_005.png"]
+    assert summary["epoch"] == 5 and summary["final_scores"]["miou"] == records[-1]["val_miou"]
+    assert summary["best_epoch"] in (2, 4, 5) and load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == summary["best_epoch"]
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 5  # saved after every epoch all the same
+
+
+def test_the_pace_is_an_average_and_counts_validation_at_its_rate():
+    from segmentnet.engine import PACE_EPOCHS, EpochPace
+
+    pace = EpochPace(val_every=3)
+    assert pace.seconds() == 0.0
+    for seconds in [50.0, 9.0, 11.0, 10.0, 10.0, 12.0, 8.0][-PACE_EPOCHS - 3:]:
+        pace.add(seconds)
+    pace.val_seconds = 6.0
+    # the mean of the last PACE_EPOCHS epochs, plus a third of one validation
+    assert pace.seconds() == pytest.approx(sum([9.0, 11.0, 10.0, 10.0, 12.0, 8.0][-PACE_EPOCHS:]) / PACE_EPOCHS + 2.0)
+
+
+def test_a_budgeted_plan_keeps_its_length_when_single_epochs_vary(small_voc, tmp_path, monkeypatch):
+    # Epochs alternating between 9 s and 11 s of training (+-10 %), validation every epoch 2 s: the
+    # plan of a 20-minute budget should hardly move once a few epochs are measured.
+    from types import SimpleNamespace
+
+    from segmentnet import engine
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(engine, "time", SimpleNamespace(time=lambda: clock["now"], perf_counter=time.perf_counter,
+                                                        strftime=time.strftime))
+    real_train_one_epoch, real_evaluate = engine.train_one_epoch, engine.evaluate
+    plans = []
+
+    def slow_epoch(*args, **kwargs):
+        clock["now"] += 9.0 if len(plans) % 2 else 11.0
+        return real_train_one_epoch(*args, **kwargs)
+
+    def slow_evaluate(*args, **kwargs):
+        clock["now"] += 2.0
+        return real_evaluate(*args, **kwargs)
+
+    def record_plan(run, cfg, seconds, reserve=0.0):
+        real_fit(run, cfg, seconds, reserve)
+        plans.append(run["planned_epochs"])
+        if len(plans) == 12:  # enough: end the run here
+            engine.plan_epochs(run, run["epoch"])
+
+    real_fit = engine.fit_to_budget
+    monkeypatch.setattr(engine, "train_one_epoch", slow_epoch)
+    monkeypatch.setattr(engine, "evaluate", slow_evaluate)
+    monkeypatch.setattr(engine, "fit_to_budget", record_plan)
+    train(tiny_train_config(small_voc, tmp_path / "run", epochs=1000, time_budget=20.0))
+    assert len(plans) == 12
+    settled = plans[engine.PACE_EPOCHS:-1]  # once the pace window is full
+    assert max(settled) - min(settled) <= 1, plans
 
 
 def test_damaged_budget_entries_of_a_checkpoint_are_named(small_voc, tmp_path):
