@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     best = scores["val"]
     summary = {
         "tag": args.tag, "run": str(out), "train_args": args.train_args, "wall_minutes": wall / 60,
-        "epochs": len(records), "final_val_miou": records[-1]["val_miou"],
+        "epochs": records[-1]["epoch"], "final_val_miou": records[-1]["val_miou"],
         "best_val_miou": max(r["val_miou"] for r in records),
         "best_epoch": max(records, key=lambda r: r["val_miou"])["epoch"],
         "images_per_second": sum(r["images_per_second"] for r in records[1:]) / max(len(records) - 1, 1),
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     }
     lines = [f"# CamVid recipe `{args.tag}` ({out})", "",
              f"- wall-clock of TrainSegmentNet.py: {summary['wall_minutes']:.1f} min, {summary['epochs']} epochs, "
-             f"{summary['images_per_second']:.1f} training images/s (epochs after the first)",
+             f"{summary['images_per_second']:.1f} training images/s (validated epochs after the first)",
              f"- val mIoU: final {summary['final_val_miou']:.4f}, best {summary['best_val_miou']:.4f} "
              f"(epoch {summary['best_epoch']})"]
     for split, s in summary["scores"].items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,35 @@ def test_synthetic_archive_through_the_three_scripts(tmp_path, capsys):
     assert summary["epoch"] == 1
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert np.isfinite(record["train_loss"]) and len(record["val_per_class_iou"]) == 11
+
+
+def test_the_recipe_script_trains_scores_and_draws_the_curve(tmp_path, capsys):
+    """bench/camvid_recipe.py on the recipe's own config, made tiny: what it writes matches the run."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import camvid_recipe
+    from segmentnet.inference import evaluate_checkpoint
+
+    downloads, data = tmp_path / "downloads", tmp_path / "data"
+    small_archive(downloads)
+    assert DataExtract.main(["--dataset", "camvid", "--downloads", str(downloads), "--data-dir", str(data)]) == 0
+    assert DataSeparate.main(["--dataset", "camvid", "--data-dir", str(data), "--workers", "1"]) == 0
+    run = tmp_path / "run"
+    assert camvid_recipe.main([
+        "--config", str(Path(__file__).resolve().parent.parent / "configs" / "camvid-cpu.json"), "--minutes", "0",
+        "--out", str(run), "--tag", "tiny", "--", "--data-dir", str(data), "--epochs", "3", "--val-every", "2",
+        "--model-options", json.dumps({"width": 8, "depth": 2, "blocks": 1, "stem_stride": 4}),
+        "--crop-size", "32", "--batch-size", "4", "--workers", "0"]) == 0
+    summary = json.loads((run / "recipe.json").read_text())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [2, 3] and summary["epochs"] == 3
+    assert summary["final_val_miou"] == records[-1]["val_miou"]
+    assert summary["best_val_miou"] == max(r["val_miou"] for r in records)
+    assert set(summary["scores"]) == {"val", "test"}  # the test split is scored where there is one
+    val = evaluate_checkpoint(run / "best.pt", split="val", workers=0, progress=False)
+    assert summary["scores"]["val"]["miou"] == pytest.approx(val["miou"])
+    assert list(summary["scores"]["val"]["per_class_iou"]) == list(camvid.CLASSES)
+    assert Image.open(run / "recipe.png").size[0] > 100
+    assert (run / "recipe.md").read_text() in capsys.readouterr().out
 
 
 def test_without_a_test_split_only_train_and_val_are_written(tmp_path, capsys):
