@@ -28,8 +28,8 @@ class Config:
     data_dir: str = "data"            # folder holding the prepared datasets
     cnn: str = "squeezenet"           # squeezenet (or sqn: SqueezeNet 1.1) or vgg16 (or vgg)
     layers: str = ""                  # indices into the CNN's features to tap, comma-separated ("" = its default)
-    pretrained_backbone: str = "true"  # true: torchvision's ImageNet file via torch.hub; a path; or "" for random
-    model_options: dict = field(default_factory=dict)  # further model options: hidden (512), width, cnn_seed
+    encoder_weights: str = "IMAGENET1K_V1"  # torchvision's weights by name (via torch.hub's cache), a path, or "" for random
+    model_options: dict = field(default_factory=dict)  # further model options: hidden (512), cnn_seed
     work_dir: str = "hypercolumns"    # stage outputs go to WORK_DIR/<dataset>-<cnn>-<layers>/
     seed: int = 0                     # seeds the pixel sampling and the training
     device: str = "auto"              # auto (CUDA when present, else CPU), cpu, cuda or cuda:N

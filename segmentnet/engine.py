@@ -32,6 +32,7 @@ from .files import write_text_atomic
 from .losses import LOSSES, build_loss
 from .metrics import ConfusionMatrix
 from .models import MODELS, build_model, model_option_problems
+from .models.legacy import LAST_RELEASE, upgrade
 from .runs import METRICS, RunFolder, append_metrics, claim_run_folder, read_metrics, write_metrics
 from .transforms import eval_transform, normalize, train_transform
 from .visualize import EpochPictures
@@ -645,6 +646,12 @@ def _train(cfg, env: DistEnv, held: ExitStack | None = None) -> dict:
     resume_state = load_checkpoint(cfg.resume, map_location="cpu") if cfg.resume else None
     if resume_state is not None:
         check_checkpoint(resume_state, cfg.resume, resume=True)
+        _, weights = upgrade(resume_state["model_name"], resume_state["model_options"], resume_state["model"],
+                             cfg.resume)
+        if weights is not resume_state["model"]:
+            raise DataError(f"checkpoint {cfg.resume} was written by release {LAST_RELEASE} or before, whose "
+                            f"models this release rebuilds on torchvision: Evaluate.py and Predict.py read it, "
+                            f"but resuming its training needs that release (git checkout {LAST_RELEASE})")
         check_compatible(resume_state, cfg, num_classes, cfg.resume)
         check_resumable(resume_state, cfg, cfg.resume)
     torch.manual_seed(cfg.seed)

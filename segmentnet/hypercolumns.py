@@ -41,7 +41,7 @@ from .engine import evaluate, lr_at
 from .files import atomic_path, claim_folder
 from .metrics import ConfusionMatrix
 from .models import build_model
-from .models.hypercolumns import CLASSIFIER_KIND, CNNS, DEFAULT_HIDDEN, PixelMLP, check_layers, mismatches
+from .models.hypercolumns import CLASSIFIER_KIND, DEFAULT_HIDDEN, DEFAULT_LAYERS, PixelMLP, check_layers, mismatches
 from .outputs import refuse_input_data, writing_into
 from .transforms import ToTensor, eval_transform, normalize
 
@@ -59,8 +59,8 @@ TOOL = "Hypercolumns"  # the owner recorded in the folder of predicted masks (fi
 
 def cnn_name(cfg) -> str:
     name = CNN_ALIASES.get(cfg.cnn, cfg.cnn)
-    if name not in CNNS:
-        raise ConfigError(f"cnn {cfg.cnn!r} is unknown; choices: {', '.join(sorted(CNNS))} "
+    if name not in DEFAULT_LAYERS:
+        raise ConfigError(f"cnn {cfg.cnn!r} is unknown; choices: {', '.join(sorted(DEFAULT_LAYERS))} "
                           f"(or {', '.join(f'{a} = {b}' for a, b in CNN_ALIASES.items())})")
     return name
 
@@ -68,12 +68,12 @@ def cnn_name(cfg) -> str:
 def layer_list(cfg) -> list[int]:
     cnn = cnn_name(cfg)
     if not cfg.layers.strip():
-        return list(CNNS[cnn].default_layers)
+        return list(DEFAULT_LAYERS[cnn])
     try:
         layers = [int(part) for part in cfg.layers.split(",")]
     except ValueError:
         raise ConfigError(f"layers {cfg.layers!r}: give comma-separated indices into {cnn}'s features, "
-                          f"e.g. {','.join(map(str, CNNS[cnn].default_layers))}") from None
+                          f"e.g. {','.join(map(str, DEFAULT_LAYERS[cnn]))}") from None
     return sorted(set(layers))
 
 
@@ -85,13 +85,13 @@ def stage_dir(cfg) -> Path:
 def model_options(cfg) -> dict:
     """Options of hypercolumn_<cnn> for these settings (without classifier_init)."""
     options = {"layers": layer_list(cfg)}
-    spec = cfg.pretrained_backbone.strip()
+    spec = cfg.encoder_weights.strip()
     if spec and spec.lower() not in ("false", "none"):
-        options["pretrained_backbone"] = True if spec.lower() == "true" else spec
-    clash = sorted(set(cfg.model_options) & {"layers", "pretrained_backbone", "classifier_init", "finetune"})
+        options["encoder_weights"] = spec
+    clash = sorted(set(cfg.model_options) & {"layers", "encoder_weights", "classifier_init", "finetune"})
     if clash:
         raise ConfigError(f"model_options {', '.join(clash)}: set these with their own flags "
-                          f"(--layers, --pretrained-backbone, --finetune)")
+                          f"(--layers, --encoder-weights, --finetune)")
     return options | dict(cfg.model_options)
 
 
@@ -223,7 +223,7 @@ def extract(cfg) -> Path:
         count += rows
     header = {**settings, "count": count, "splits": splits, "classes": info["classes"],
               "num_classes": info["num_classes"], "mean": info["mean"], "std": info["std"],
-              "pretrained_backbone": str(model_options(cfg).get("pretrained_backbone", "")),
+              "encoder_weights": str(model_options(cfg).get("encoder_weights", "")),
               "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     head = header_bytes(header)
     size = len(head) + count * (model.dim * 2 + 1)

@@ -28,6 +28,7 @@ from .checkpoint import load_checkpoint, load_weights
 from .cli import UsageError
 from .distributed import pick_device
 from .models import build_model, model_option_problems
+from .models.legacy import upgrade
 from .transforms import normalize
 
 
@@ -110,13 +111,13 @@ def load_model(checkpoint, device="cpu") -> tuple[nn.Module, dict]:
                             f"TrainSegmentNet.py wrote, such as {Path(checkpoint) / 'best.pt'}")
         state, name = load_checkpoint(checkpoint), checkpoint
     check_checkpoint_entries(state, name)
-    options = state.get("model_options", {})
+    options, weights = upgrade(state["model_name"], state.get("model_options", {}), state["model"], name)
     problems = model_option_problems(state["model_name"], options)
     if problems:
         raise DataError(f"checkpoint {name}: {'; '.join(problems)}; the file is corrupt or was not written by "
                         f"SegmentNet")
     model = build_model(state["model_name"], state["num_classes"], pretrained=False, **options)
-    load_weights(model, state["model"], name)
+    load_weights(model, weights, name)
     return model.to(device).eval(), state
 
 

@@ -783,16 +783,18 @@ def test_every_model_checks_the_type_and_range_of_its_options(name):
     from segmentnet.models import model_option_problems
 
     options = [p for p in inspect.signature(MODELS[name]).parameters if p not in ("self", "num_classes")]
-    assert "width" in options
+    numeric = [o for o in ("width", "output_stride", "fc_width", "hidden") if o in options]
+    assert numeric or set(options) <= {"encoder", "encoder_weights", "weights", "aux"}, options  # (names, a switch)
     for option in options:  # no option takes a JSON object
         problems = model_option_problems(name, {option: {"x": 1}})
         assert len(problems) == 1 and problems[0].startswith(f"model_options {option} of model {name!r} must be ")
         assert problems[0].endswith("got {'x': 1}"), problems
-    for width in ("32", 0, -1, 2.5, 10 ** 6):
-        problems = model_option_problems(name, {"width": width})
-        assert len(problems) == 1 and problems[0].startswith(f"model_options width of model {name!r} must be "), width
-        with pytest.raises(ConfigError, match="model_options width"):
-            build_model(name, 21, width=width)
+    for option in numeric[:1]:
+        for value in ("32", -1, 2.5, 10 ** 6):
+            problems = model_option_problems(name, {option: value})
+            assert len(problems) == 1 and problems[0].startswith(f"model_options {option} of model {name!r} must be "), value
+            with pytest.raises(ConfigError, match=f"model_options {option}"):
+                build_model(name, 21, **{option: value})
 
 
 def test_model_options_named_by_anything_but_text_are_a_problem_not_a_crash():

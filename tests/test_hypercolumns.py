@@ -1,6 +1,6 @@
 """Hypercolumns: SqueezeNet 1.1's key layout, the model, and the three stages chained on the synthetic VOC set.
 
-The CNNs are random (nothing is downloaded) and small (width 16); shallow taps (SqueezeNet's conv1 ReLU
+The CNNs are torchvision's, random (nothing is downloaded); shallow taps (SqueezeNet's conv1 ReLU
 and fire3) carry the colours that tell the synthetic objects apart.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 
 import Hypercolumns
@@ -20,12 +21,10 @@ from segmentnet.archive import DataError
 from segmentnet.cli import run_main
 from segmentnet.hypercolumns import open_hypercolumns, sample_pixels
 from segmentnet.models import build_model
-from segmentnet.models.backbones import vgg16
 from segmentnet.models.hypercolumns import Hypercolumns as HypercolumnModel
-from segmentnet.models.squeezenet import SqueezeNet
 
-SQN = ["--cnn", "sqn", "--layers", "1,4", "--pretrained-backbone", "", "--progress", "false",
-       "--model-options", json.dumps({"width": 16, "hidden": 64})]
+SQN = ["--cnn", "sqn", "--layers", "1,4", "--encoder-weights", "", "--progress", "false",
+       "--model-options", json.dumps({"hidden": 64})]
 STAGE_DIR = "voc2012-squeezenet-1_4"
 
 
@@ -36,43 +35,21 @@ def stage(name: str, data_dir, work_dir, *extra) -> int:
 # ----------------------------------------------------------------------------- SqueezeNet and the model
 
 
-def squeezenet1_1_layout() -> dict[str, tuple]:
-    """torchvision's squeezenet1_1 state_dict (key -> shape), written out from the paper's table."""
-    shapes = {"features.0.weight": (64, 3, 3, 3), "features.0.bias": (64,)}
-    fires = {3: (64, 16, 64), 4: (128, 16, 64), 6: (128, 32, 128), 7: (256, 32, 128), 9: (256, 48, 192),
-             10: (384, 48, 192), 11: (384, 64, 256), 12: (512, 64, 256)}
-    for index, (inp, squeeze, expand) in fires.items():
-        for name, shape in {"squeeze": (squeeze, inp, 1, 1), "expand1x1": (expand, squeeze, 1, 1),
-                            "expand3x3": (expand, squeeze, 3, 3)}.items():
-            shapes[f"features.{index}.{name}.weight"], shapes[f"features.{index}.{name}.bias"] = shape, shape[:1]
-    shapes["classifier.1.weight"], shapes["classifier.1.bias"] = (1000, 512, 1, 1), (1000,)
-    return shapes
-
-
-def test_squeezenet_has_torchvisions_layout():
-    state = SqueezeNet().state_dict()
-    assert {k: tuple(v.shape) for k, v in state.items()} == squeezenet1_1_layout()
-    assert sum(v.numel() for v in state.values()) == 1_235_496  # torchvision's squeezenet1_1 num_params
-
-
-@pytest.mark.parametrize("name,options,arch", [
-    ("hypercolumn_squeezenet", {"width": 16}, lambda: SqueezeNet(width=16)),
-    ("hypercolumn_vgg16", {"width": 8}, lambda: vgg16(width=8)),
-])
-def test_pretrained_backbone_file_fills_the_cnn(name, options, arch, tmp_path):
+@pytest.mark.parametrize("name,arch", [("hypercolumn_squeezenet", "squeezenet1_1"), ("hypercolumn_vgg16", "vgg16")])
+def test_encoder_weights_file_fills_the_cnn(name, arch, tmp_path):
     torch.manual_seed(123)
-    source = arch().state_dict()
+    source = torchvision.models.get_model(arch, weights=None).state_dict()
     torch.save(source, tmp_path / "weights.pth")
-    model = build_model(name, 3, pretrained_backbone=str(tmp_path / "weights.pth"), **options)
-    for key, tensor in model.features.state_dict().items():
+    model = build_model(name, 3, encoder_weights=str(tmp_path / "weights.pth"))
+    for key, tensor in model.encoder.layers.state_dict().items():
         assert torch.equal(tensor, source[f"features.{key}"]), key
-    random = build_model(name, 3, **options)
+    random = build_model(name, 3)
     assert random.identity()["cnn_fingerprint"] != model.identity()["cnn_fingerprint"]
 
 
 def test_forward_equals_the_classified_hypercolumns_at_any_size():
     torch.manual_seed(0)
-    model = build_model("hypercolumn_squeezenet", 5, width=16, hidden=8, layers=[1, 4, 7]).eval()
+    model = build_model("hypercolumn_squeezenet", 5, hidden=8, layers=[1, 4, 7]).eval()
     model.classifier.mean.normal_()
     model.classifier.std.uniform_(0.5, 2)
     image = torch.randn(1, 3, 45, 61)
@@ -80,19 +57,19 @@ def test_forward_equals_the_classified_hypercolumns_at_any_size():
     assert logits.shape == (1, 5, 45, 61)
     rows, cols = torch.tensor([0, 44, 20, 7]), torch.tensor([0, 60, 33, 59])
     vectors = model.hypercolumns_at(image, rows, cols)
-    assert vectors.shape == (4, model.dim) and model.dim == 16 + 32 + 64
+    assert vectors.shape == (4, model.dim) and model.dim == 64 + 128 + 256
     expected = model.classifier.classify_vectors(vectors)
     assert torch.allclose(logits[0, :, rows, cols].T, expected, atol=1e-4)
 
 
 def test_cnn_frozen_by_default_and_finetuned_on_request():
     for finetune in (False, True):
-        model = build_model("hypercolumn_squeezenet", 3, width=16, hidden=8, finetune=finetune).train()
+        model = build_model("hypercolumn_squeezenet", 3, hidden=8, finetune=finetune).train()
         model(torch.randn(2, 3, 40, 40)).sum().backward()
-        cnn_grads = [p.grad for p in model.features.parameters()]
+        cnn_grads = [p.grad for p in model.encoder.parameters()]
         assert all((g is not None) == finetune for g in cnn_grads)
         assert all(p.grad is not None for p in model.classifier.parameters())
-        assert model.features.training == finetune
+        assert model.encoder.training == finetune
 
 
 def test_balanced_sampling_evens_out_classes_and_skips_ignored_pixels():
@@ -140,7 +117,7 @@ def test_extract_states_the_size_and_writes_one_file(chained):
     assert f"{path.stat().st_size / 2**20:.1f} MiB" in printed.split("wrote")[0]
     assert header["cnn"] == "squeezenet" and header["layers"] == [1, 4] and header["dataset"] == "voc2012"
     assert header["splits"] == {"train": [0, 24 * 64], "val": [24 * 64, 32 * 64]}
-    assert vectors.shape == (32 * 64, 16 + 32) and np.isfinite(vectors).all()
+    assert vectors.shape == (32 * 64, 64 + 128) and np.isfinite(vectors).all()
     assert set(np.unique(labels)) <= set(range(21)) and len(np.unique(labels)) > 2
     assert not list((work / STAGE_DIR).glob(".*tmp*"))
 
@@ -210,7 +187,7 @@ def test_a_second_extract_and_pretrain_reuse_their_outputs(chained, small_voc, m
         raise AssertionError("the CNN ran again")
 
     monkeypatch.setattr(HypercolumnModel, "hypercolumns_at", must_not_run)
-    monkeypatch.setattr(HypercolumnModel, "taps", must_not_run)
+    monkeypatch.setattr(HypercolumnModel, "forward", must_not_run)
     assert stage("extract", small_voc, work, "--samples-per-image", "64", "--balanced", "false") == 0
     assert stage("pretrain", small_voc, work, "--pretrain-epochs", "8", "--pretrain-lr", "0.003",
                  "--pretrain-batch-size", "256") == 0
@@ -233,14 +210,14 @@ def test_a_mismatched_cnn_or_layer_set_is_refused(chained, small_voc):
         Hypercolumns.main(["pretrain", "--data-dir", str(small_voc), "--work-dir", str(work / "other"),
                            "--cnn", "vgg", "--layers", "3,8", "--features", str(features), "--progress", "false"])
     # the train stage's model given a classifier pre-trained on another CNN, layer set or random draw
-    for name, options, message in [("hypercolumn_vgg16", {"width": 8, "layers": [3, 8]}, "cnn 'squeezenet'"),
-                                   ("hypercolumn_squeezenet", {"width": 16, "layers": [1]}, "layers"),
-                                   ("hypercolumn_squeezenet", {"width": 16, "layers": [1, 4], "cnn_seed": 7},
+    for name, options, message in [("hypercolumn_vgg16", {"layers": [3, 8]}, "cnn 'squeezenet'"),
+                                   ("hypercolumn_squeezenet", {"layers": [1]}, "layers"),
+                                   ("hypercolumn_squeezenet", {"layers": [1, 4], "cnn_seed": 7},
                                     "other weights")]:
         with pytest.raises(DataError, match=message):
             build_model(name, 21, hidden=64, classifier_init=str(classifier), **options)
     with pytest.raises(DataError, match="another CNN"):
-        stage("train", small_voc, work, "--model-options", json.dumps({"width": 16, "hidden": 64, "cnn_seed": 3}),
+        stage("train", small_voc, work, "--model-options", json.dumps({"hidden": 64, "cnn_seed": 3}),
               "--out", str(work / "never"))
 
 

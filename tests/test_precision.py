@@ -34,13 +34,14 @@ def randomise_zero_weights(model: torch.nn.Module) -> None:
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_model_trains_under_half_precision_autocast(name, amp_dtype):
     model = small_model(name).train()
-    images, target = torch.randn(2, 3, 45, 61), torch.randint(0, NUM_CLASSES, (2, 45, 61))
+    n, h, w = 2, 33, 41
+    images, target = torch.randn(n, 3, h, w), torch.randint(0, NUM_CLASSES, (n, h, w))
     target[:, :4] = 255
     with torch.autocast("cpu", dtype=HALF[amp_dtype]):
         outputs = model(images)
         loss = compute_loss(outputs, target, build_loss("ce+jaccard"), getattr(model, "aux_weights", {}))
     main = outputs["out"] if isinstance(outputs, dict) else outputs
-    assert main.dtype == HALF[amp_dtype] and main.shape == (2, NUM_CLASSES, 45, 61)  # autocast did apply
+    assert main.dtype == HALF[amp_dtype] and main.shape == (n, NUM_CLASSES, h, w)  # autocast did apply
     assert torch.isfinite(loss)
     loss.backward()
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -55,7 +56,7 @@ def test_every_model_trains_under_half_precision_autocast(name, amp_dtype):
 def test_bf16_logits_agree_with_fp32(name):
     model = small_model(name).eval()
     randomise_zero_weights(model)
-    images = torch.randn(2, 3, 45, 61)
+    images = torch.randn(2, 3, 33, 41)
     with torch.no_grad():
         full = model(images)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -63,9 +64,11 @@ def test_bf16_logits_agree_with_fp32(name):
     assert full.abs().max() > 0
     relative = ((half - full).norm() / full.norm()).item()
     agree = (half.argmax(1) == full.argmax(1)).float().mean().item()
-    # bf16 keeps 8 bits of mantissa (0.4 %); measured 0.7-1.2 % here, SegNet 7 % (near-equal values
-    # inside a pooling window pick other unpooling positions). A broken layer gives ~100 %.
-    assert relative < 0.15 and agree > 0.9, (relative, agree)
+    # bf16 keeps 8 bits of mantissa (0.4 %); measured 0.7-1.2 % here. SegNet: 18 % with 89 % of the pixels
+    # agreeing on torchvision's VGG16-BN at width 8 (26 % and 86 % at its full width): near-equal values
+    # inside a pooling window pick other unpooling positions. A broken layer gives ~100 %.
+    bound, agreeing = (0.35, 0.8) if name == "segnet" else (0.15, 0.9)
+    assert relative < bound and agree > agreeing, (relative, agree)
 
 
 def test_autocast_settings():

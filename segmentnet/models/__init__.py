@@ -5,9 +5,13 @@ auxiliary heads returns, in training mode only, a dict {"out": logits, "<aux nam
 and has an attribute `aux_weights` ({"<aux name>": default weight}); the training loop adds the
 weighted auxiliary losses. In eval mode every model returns the plain logits tensor.
 
-Models with an ImageNet backbone take the option `pretrained_backbone` (a path, or true for
-torchvision's file through torch.hub's cache; see pretrained.py). To rebuild a trained model from a
-checkpoint, call build_model(..., pretrained=False): the checkpoint holds every weight already.
+Every model but SegmentNet is one composition (compose.py): a torchvision encoder (encoders.py), a
+decoder and a head. The decoders unet, fpn, deeplabv3, deeplabv3plus and fcn take any encoder they
+fit (option `encoder`); the seeds' own models (fcn8s, segnet, icnet, hypercolumn_*) and torchvision's
+fcn_resnet50 & co. are named compositions. Options `encoder_weights` (torchvision's weights name
+such as "IMAGENET1K_V1" or "DEFAULT", or a file) and, for torchvision's segmentation models,
+`weights` (such as "COCO_WITH_VOC_LABELS_V1"). To rebuild a trained model from a checkpoint, call
+build_model(..., pretrained=False): the checkpoint holds every weight already.
 """
 from __future__ import annotations
 
@@ -20,26 +24,120 @@ from torch import nn
 
 from ..config import is_number
 from ..errors import ConfigError, UnknownNameError
-from .deeplab import deeplabv3_resnet50, deeplabv3_resnet101, fcn_resnet50, fcn_resnet101
-from .fcn import fcn8s, fcn16s, fcn32s
-from .hypercolumns import hypercolumn_squeezenet, hypercolumn_vgg16
-from .icnet import ICNet
+from .encoders import ENCODERS
+from .pretrained import WeightsSpec
 from .segmentnet import SegmentNet
-from .segnet import SegNet
-from .unet import UNet
+
+# torchvision (2 s to import) is imported only when a model that needs it is built, so that scripts
+# which only read a checkpoint of SegmentNet, or only check options, start quickly.
+
+
+def _compose(*args) -> nn.Module:
+    from .compose import compose
+    return compose(*args)
+
+
+def decoder_model(decoder: str, default_encoder: str, default_stride: int) -> Callable[..., nn.Module]:
+    """The registry's constructor of a general decoder over any encoder it fits (see compose.py)."""
+    def build(num_classes: int, encoder: str = default_encoder, encoder_weights: WeightsSpec = None,
+              output_stride: int = default_stride, aux: bool = False) -> nn.Module:
+        return _compose(num_classes, decoder, encoder, encoder_weights, output_stride, aux)
+
+    build.__name__ = decoder
+    return build
+
+
+# decoder -> (its default encoder, its default output stride: DeepLab's papers' and torchvision's)
+DECODER_DEFAULTS = {"unet": ("resnet34", 32), "fpn": ("resnet34", 32), "deeplabv3": ("resnet50", 8),
+                    "deeplabv3plus": ("resnet50", 16), "fcn": ("resnet50", 8)}
+
+
+def _fcn_s(num_classes: int, stride: int, encoder: str, encoder_weights, fc_width: int, width: int) -> nn.Module:
+    from .fcn import fcn_s
+    return fcn_s(num_classes, stride, encoder, encoder_weights, fc_width, width)
+
+
+def fcn32s(num_classes: int, encoder: str = "vgg16", encoder_weights: WeightsSpec = None,
+           fc_width: int = 4096, width: int = 64) -> nn.Module:
+    return _fcn_s(num_classes, 32, encoder, encoder_weights, fc_width, width)
+
+
+def fcn16s(num_classes: int, encoder: str = "vgg16", encoder_weights: WeightsSpec = None,
+           fc_width: int = 4096, width: int = 64) -> nn.Module:
+    return _fcn_s(num_classes, 16, encoder, encoder_weights, fc_width, width)
+
+
+def fcn8s(num_classes: int, encoder: str = "vgg16", encoder_weights: WeightsSpec = None,
+          fc_width: int = 4096, width: int = 64) -> nn.Module:
+    return _fcn_s(num_classes, 8, encoder, encoder_weights, fc_width, width)
+
+
+def segnet(num_classes: int, encoder: str = "vgg16_bn", encoder_weights: WeightsSpec = None,
+           width: int = 64) -> nn.Module:
+    from .segnet import build_segnet
+    return build_segnet(num_classes, encoder, encoder_weights, width)
+
+
+def icnet(num_classes: int, encoder: str = "resnet50", encoder_weights: WeightsSpec = None) -> nn.Module:
+    from .icnet import build_icnet
+    return build_icnet(num_classes, encoder, encoder_weights)
+
+
+def torchvision_segmentation(name: str, num_classes: int, aux: bool, encoder_weights, weights) -> nn.Module:
+    """torchvision's fcn_resnet50/101 and deeplabv3_resnet50/101: dilated ResNet (output stride 8), its
+    head, the auxiliary FCN head on layer3; `weights` loads torchvision's segmentation weights."""
+    from .compose import load_segmentation_weights
+
+    decoder, encoder = name.split("_")
+    if weights and encoder_weights:
+        raise ConfigError(f"{name}: give weights (the whole model's) or encoder_weights, not both")
+    model = _compose(num_classes, decoder, encoder, encoder_weights, 8, aux)
+    if weights:
+        load_segmentation_weights(model, weights, name)
+    return model
+
+
+def torchvision_model(name: str) -> Callable[..., nn.Module]:
+    """The registry's constructor of one of torchvision's segmentation models."""
+    def build(num_classes: int, aux: bool = True, encoder_weights: WeightsSpec = None,
+              weights: WeightsSpec = None) -> nn.Module:
+        return torchvision_segmentation(name, num_classes, aux, encoder_weights, weights)
+
+    build.__name__ = name
+    return build
+
+
+TORCHVISION_MODELS = ("fcn_resnet50", "fcn_resnet101", "deeplabv3_resnet50", "deeplabv3_resnet101")
+
+
+def _hypercolumns(num_classes: int, cnn: str, *args) -> nn.Module:
+    from .hypercolumns import Hypercolumns
+    return Hypercolumns(num_classes, cnn, *args)
+
+
+def hypercolumn_squeezenet(num_classes: int, layers: list[int] | None = None, hidden: int = 512,
+                           finetune: bool = False, encoder_weights: WeightsSpec = None,
+                           classifier_init: str | None = None, cnn_seed: int = 0) -> nn.Module:
+    return _hypercolumns(num_classes, "squeezenet", layers, hidden, finetune, encoder_weights, classifier_init,
+                         cnn_seed)
+
+
+def hypercolumn_vgg16(num_classes: int, layers: list[int] | None = None, hidden: int = 512,
+                      finetune: bool = False, encoder_weights: WeightsSpec = None,
+                      classifier_init: str | None = None, cnn_seed: int = 0, width: int = 64) -> nn.Module:
+    return _hypercolumns(num_classes, "vgg16", layers, hidden, finetune, encoder_weights, classifier_init, cnn_seed,
+                         width)
+
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "segmentnet": SegmentNet,
+    **{name: decoder_model(name, *defaults) for name, defaults in DECODER_DEFAULTS.items()},
     "fcn32s": fcn32s,
     "fcn16s": fcn16s,
     "fcn8s": fcn8s,
-    "unet": UNet,
-    "segnet": SegNet,
-    "icnet": ICNet,
-    "fcn_resnet50": fcn_resnet50,
-    "fcn_resnet101": fcn_resnet101,
-    "deeplabv3_resnet50": deeplabv3_resnet50,
-    "deeplabv3_resnet101": deeplabv3_resnet101,
+    "segnet": segnet,
+    "icnet": icnet,
+    **{name: torchvision_model(name) for name in TORCHVISION_MODELS},
     "hypercolumn_vgg16": hypercolumn_vgg16,
     "hypercolumn_squeezenet": hypercolumn_squeezenet,
 }
@@ -49,7 +147,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 # may narrow it with an attribute `option_ranges` of its own (e.g. SqueezeNet's width).
 OPTION_RANGES = {
     "width": (1, 1024), "depth": (1, 8), "blocks": (1, 16), "max_width": (1, 8192), "in_channels": (3, 3),
-    "fc_width": (1, 16384), "hidden": (0, 16384), "cnn_seed": (0, 2 ** 32 - 1),
+    "fc_width": (1, 16384), "hidden": (0, 16384), "cnn_seed": (0, 2 ** 32 - 1), "output_stride": (8, 32),
 }
 
 
@@ -143,9 +241,9 @@ def build_model(name: str, num_classes: int, pretrained: bool = True, **options)
     if problems:
         raise ConfigError("; ".join(problems))
     if not pretrained:
-        for option in ("pretrained_backbone", "classifier_init"):
+        for option in ("encoder_weights", "weights", "classifier_init"):
             options.pop(option, None)
     return _constructor(name)(num_classes=num_classes, **options)
 
 
-__all__ = ["MODELS", "SegmentNet", "build_model"]
+__all__ = ["ENCODERS", "MODELS", "SegmentNet", "build_model"]

@@ -1,6 +1,6 @@
 """FCN-32s, FCN-16s and FCN-8s on VGG16 or VGG19 (Long, Shelhamer and Darrell, CVPR 2015 / TPAMI 2017).
 
-backbone  VGG's 13 (or 16) convolutions; conv1_1 padded by 100 and max-pools rounding up, as in the
+encoder   VGG's 13 (or 16) convolutions; conv1_1 padded by 100 and max-pools rounding up, as in the
           original Caffe nets, so that fc6 fits any input size
 fc6, fc7  VGG's classifier as convolutions: 7x7 (no padding) and 1x1, each with ReLU and dropout 0.5
 score     1x1 convolutions to class scores: score_fr on fc7, and for the skips score_pool4 (16s, 8s)
@@ -11,21 +11,23 @@ crops     each fusion crops the skip at the offset that aligns the two maps (5 f
           The offsets follow from the layers' geometry: a map at stride s has its pixel i centred at
           input coordinate s*i + c, and each offset makes the two c's equal.
 
-Options: backbone vgg16|vgg19, pretrained_backbone (path or true; fc6/fc7 take VGG's fc weights reshaped,
-25088x4096 -> 4096x512x7x7 and 4096x4096 -> 4096x4096x1x1), width (VGG's 64) and fc_width (4096),
-smaller only for tests.
+A decoder of the composition (compose.py) over torchvision's VGG16 or VGG19 (option encoder), whose
+layers it changes to the Caffe geometry. Options: encoder vgg16|vgg19, encoder_weights (torchvision's
+name or a file; fc6/fc7 take VGG's fc weights reshaped, 25088x4096 -> 4096x512x7x7 and 4096x4096 ->
+4096x4096x1x1), fc_width (4096) and width (VGG's 64), smaller only for tests, without weights.
 """
 from __future__ import annotations
-
-from ..errors import ConfigError, UnknownNameError
 
 import torch
 from torch import nn
 
-from .backbones import VGG
-from .pretrained import BackboneSpec, load_pretrained_backbone
+from ..errors import ConfigError
+from .compose import SegmentationModel, check_pair
+from .decoders import Decoder
+from .encoders import build_encoder
+from .pretrained import WeightsSpec
 
-VGG_DEPTHS = {"vgg16": 16, "vgg19": 19}
+FITS = ("vgg16", "vgg19")
 FINAL_CROP = {32: 19, 16: 27, 8: 31}
 POOL4_CROP, POOL3_CROP = 5, 9
 
@@ -59,17 +61,32 @@ def crop_like(x: torch.Tensor, offset: int, like: torch.Tensor) -> torch.Tensor:
     return x[..., offset:offset + h, offset:offset + w]
 
 
-class FCN(nn.Module):
-    def __init__(self, num_classes: int, stride: int = 8, backbone: str = "vgg16", pretrained_backbone=None,
-                 width: int = 64, fc_width: int = 4096):
+def caffe_layers(layers: nn.Sequential) -> None:
+    """The original nets' geometry: conv1_1 padded by 100, max-pools rounding up."""
+    layers[0].padding = (100, 100)
+    for layer in layers:
+        if isinstance(layer, nn.MaxPool2d):
+            layer.ceil_mode = True
+
+
+def as_convolution(linear: nn.Linear, conv: nn.Conv2d) -> None:
+    with torch.no_grad():
+        conv.weight.copy_(linear.weight.reshape(conv.weight.shape))
+        conv.bias.copy_(linear.bias)
+
+
+class FCNsDecoder(Decoder):
+    """fc6, fc7, the score layers and the upsampling fusions over VGG's pool3, pool4 and pool5."""
+
+    own_init = True
+
+    def __init__(self, encoder, num_classes: int, stride: int, fc_width: int):
         super().__init__()
         if stride not in FINAL_CROP:
             raise ConfigError(f"FCN stride must be one of {sorted(FINAL_CROP)}, got {stride}")
-        if backbone not in VGG_DEPTHS:
-            raise UnknownNameError(f"unknown FCN backbone {backbone!r}; choices: {', '.join(VGG_DEPTHS)}")
-        self.stride, self.arch = stride, backbone
-        self.backbone = VGG(VGG_DEPTHS[backbone], width=width, first_padding=100, ceil_mode=True)
-        channels = self.backbone.out_channels
+        self.stride = stride
+        self.pools = [i for i, layer in enumerate(encoder.layers) if isinstance(layer, nn.MaxPool2d)][2:]
+        channels = encoder.channels[-1]
         self.fc6 = nn.Conv2d(channels, fc_width, 7)
         self.fc7 = nn.Conv2d(fc_width, fc_width, 1)
         self.relu = nn.ReLU(inplace=True)
@@ -89,19 +106,12 @@ class FCN(nn.Module):
         for fc in (self.fc6, self.fc7):
             nn.init.normal_(fc.weight, std=0.01)
             nn.init.zeros_(fc.bias)
-        if pretrained_backbone:
-            self.load_backbone(pretrained_backbone)
 
-    def load_backbone(self, spec) -> None:
-        """VGG's features into the backbone, its fc6/fc7 (classifier.0 and .3) into our 7x7 and 1x1 convolutions."""
-        targets = {f"features.{k}": v for k, v in self.backbone.features.state_dict().items()}
-        for name, layer in (("classifier.0", self.fc6), ("classifier.3", self.fc7)):
-            targets[f"{name}.weight"], targets[f"{name}.bias"] = layer.weight.data, layer.bias.data
-        load_pretrained_backbone(spec, self.arch, targets, ignore=("classifier.6.",),
-                                 reshape=("classifier.0.weight", "classifier.3.weight"))
+    def features(self, encoder, x):
+        return x, *encoder.taps(x, self.pools)
 
-    def forward(self, x):
-        _, _, pool3, pool4, pool5 = self.backbone.pooled_features(x)
+    def forward(self, features):
+        x, pool3, pool4, pool5 = features
         h = self.drop(self.relu(self.fc6(pool5)))
         h = self.drop(self.relu(self.fc7(h)))
         scores = self.score_fr(h)
@@ -119,16 +129,16 @@ class FCN(nn.Module):
         return crop_like(scores, FINAL_CROP[self.stride], x)
 
 
-def fcn32s(num_classes: int, backbone: str = "vgg16", pretrained_backbone: BackboneSpec = None, width: int = 64,
-           fc_width: int = 4096) -> FCN:
-    return FCN(num_classes, 32, backbone, pretrained_backbone, width, fc_width)
-
-
-def fcn16s(num_classes: int, backbone: str = "vgg16", pretrained_backbone: BackboneSpec = None, width: int = 64,
-           fc_width: int = 4096) -> FCN:
-    return FCN(num_classes, 16, backbone, pretrained_backbone, width, fc_width)
-
-
-def fcn8s(num_classes: int, backbone: str = "vgg16", pretrained_backbone: BackboneSpec = None, width: int = 64,
-          fc_width: int = 4096) -> FCN:
-    return FCN(num_classes, 8, backbone, pretrained_backbone, width, fc_width)
+def fcn_s(num_classes: int, stride: int, encoder: str, encoder_weights, fc_width: int,
+          width: int = 64) -> SegmentationModel:
+    check_pair(f"fcn{stride}s", encoder, 32, FITS)
+    # fc6/fc7 take VGG's classifier.0/.3 from the weights file; only ImageNet's classifier.6 is unused
+    body, vgg = build_encoder(encoder, encoder_weights, layer_changes=caffe_layers, unused=("classifier.6.",),
+                              width=width)
+    decoder = FCNsDecoder(body, num_classes, stride, fc_width)
+    if encoder_weights:
+        if fc_width != 4096:
+            raise ConfigError(f"fc_width {fc_width} with encoder_weights: VGG's fc6/fc7 weights need fc_width 4096")
+        as_convolution(vgg.classifier[0], decoder.fc6)
+        as_convolution(vgg.classifier[3], decoder.fc7)
+    return SegmentationModel(body, decoder, num_classes)

@@ -4,27 +4,26 @@ The hypercolumn of a pixel is the vector of the features at that place from seve
 CNN, each layer's map upsampled (bilinearly) to the input size, concatenated. A per-pixel MLP of
 1x1 convolutions classifies it.
 
-cnn         `features` of torchvision's layout (state_dict keys features.N...), kept only up to the
-            last tapped layer; frozen (no gradients, eval mode) unless finetune is true
-layers      indices into `features` whose outputs are tapped (see DEFAULT_LAYERS); ReLUs run out of
-            place so that a tapped convolution's output is not overwritten
+encoder     torchvision's SqueezeNet 1.1 or VGG16 (compose.py's Encoder), kept only up to the last tapped
+            layer; frozen (no gradients, eval mode) unless finetune is true
+layers      indices into the encoder's layers (torchvision's `features.N`) whose outputs are tapped
+            (see DEFAULT_LAYERS); ReLUs run out of place so that a tapped convolution's output is not
+            overwritten
 classifier  PixelMLP: standardise (per-channel mean and std, set by the pre-training stage), 1x1
             conv to `hidden` channels, ReLU, 1x1 conv to class logits (hidden 0: a linear classifier)
 
-The first classifier layer is linear, and so is bilinear upsampling, so they commute: forward applies
-each tap's slice of the first layer at the tap's own resolution and upsamples `hidden` channels
-instead of the whole hypercolumn (the paper's trick). The result equals classifying the upsampled,
-concatenated hypercolumn exactly; `hypercolumns_at` samples that hypercolumn at given pixels, which
-is what the extraction stage stores (see segmentnet/hypercolumns.py).
+The first classifier layer is linear, and so is bilinear upsampling, so they commute: the decoder
+applies each tap's slice of the first layer at the tap's own resolution and upsamples `hidden`
+channels instead of the whole hypercolumn (the paper's trick). The result equals classifying the
+upsampled, concatenated hypercolumn exactly; `hypercolumns_at` samples that hypercolumn at given
+pixels, which is what the extraction stage stores (see segmentnet/hypercolumns.py).
 
-Options: layers, hidden, finetune, pretrained_backbone (path, or true for torchvision's file through
-torch.hub), classifier_init (a classifier.pt of the pre-training stage; refused unless it was trained
-on this CNN's hypercolumns), width (64; smaller only for tests), cnn_seed (random CNN weights are drawn
-from this seed, so that every stage builds the same random CNN).
+Options: layers, hidden, finetune, encoder_weights (torchvision's name or a file), classifier_init (a
+classifier.pt of the pre-training stage; refused unless it was trained on this CNN's hypercolumns),
+cnn_seed (random CNN weights are drawn from this seed, so that every stage builds the same random CNN),
+width (VGG16's channels scaled by width/64; 64 is torchvision's, smaller only for tests).
 """
 from __future__ import annotations
-
-from ..errors import ConfigError, UnknownNameError
 
 import hashlib
 from dataclasses import dataclass
@@ -34,29 +33,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import DataError
 from ..checkpoint import load_checkpoint
-from .backbones import vgg16
-from .pretrained import BackboneSpec, load_pretrained_backbone
-from .squeezenet import Fire, squeezenet1_1
+from ..errors import ConfigError, DataError
+from .compose import SegmentationModel
+from .decoders import Decoder
+from .encoders import build_encoder
+from .pretrained import WeightsSpec
 
 DEFAULT_HIDDEN = 512
 CLASSIFIER_KIND = "hypercolumn_classifier"
 
 
-@dataclass(frozen=True)
-class CNNSpec:
-    build: Callable[..., nn.Module]     # (width=...) -> a module with `features`
-    default_layers: tuple[int, ...]     # indices into features
-    arch: str                           # name of its torchvision file in pretrained.BACKBONE_FILES
-    ignore: tuple[str, ...] = ()        # file keys the module does not have (ImageNet's classifier)
-
-
-CNNS = {
+CNN_ENCODERS = {"squeezenet": "squeezenet1_1", "vgg16": "vgg16"}  # the method's names of its CNNs -> encoders
+# The tapped layers by default, as indices into torchvision's `features`.
+DEFAULT_LAYERS = {
     # SqueezeNet 1.1: conv1's ReLU (stride 2), fire3 (stride 4), fire5 (stride 8), fire9 (stride 16).
-    "squeezenet": CNNSpec(squeezenet1_1, (1, 4, 7, 12), "squeezenet1_1"),
+    "squeezenet": (1, 4, 7, 12),
     # VGG16: relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 (strides 1 to 16).
-    "vgg16": CNNSpec(vgg16, (3, 8, 15, 22, 29), "vgg16", ignore=("classifier.",)),
+    "vgg16": (3, 8, 15, 22, 29),
 }
 
 
@@ -64,16 +58,8 @@ def check_layers(layers, cnn: str, count: int) -> tuple[int, ...]:
     layers = tuple(sorted(set(int(i) for i in layers)))
     if not layers or layers[0] < 0 or layers[-1] >= count:
         raise ConfigError(f"layers {list(layers)} for {cnn}: give indices into its features, 0 to {count - 1} "
-                         f"(default {list(CNNS[cnn].default_layers)})")
+                          f"(default {list(DEFAULT_LAYERS[cnn])})")
     return layers
-
-
-def output_channels(layer: nn.Module, channels: int) -> int:
-    if isinstance(layer, nn.Conv2d):
-        return layer.out_channels
-    if isinstance(layer, Fire):
-        return layer.out_channels
-    return channels
 
 
 def fingerprint(module: nn.Module) -> str:
@@ -127,35 +113,74 @@ class PixelMLP(nn.Module):
         return self.rest(y).flatten(1)
 
 
-class Hypercolumns(nn.Module):
-    def __init__(self, num_classes: int, cnn: str = "squeezenet", layers=None, hidden: int = DEFAULT_HIDDEN,
-                 finetune: bool = False, pretrained_backbone=None, classifier_init=None, width: int = 64,
-                 cnn_seed: int = 0):
+class HypercolumnDecoder(Decoder):
+    """The taps of the encoder, each through its slice of the classifier's first layer, upsampled, summed."""
+
+    own_init = True  # PyTorch's default initialisation of the classifier, which the pre-training replaces
+
+    def __init__(self, encoder, num_classes: int, layers: tuple[int, ...], hidden: int, finetune: bool):
         super().__init__()
-        if cnn not in CNNS:
-            raise UnknownNameError(f"unknown hypercolumn CNN {cnn!r}; choices: {', '.join(sorted(CNNS))}")
-        spec = CNNS[cnn]
+        self.layers_tapped, self.finetune = layers, finetune
+        self.slices, start = [], 0
+        for channels in tap_channels(encoder, layers):
+            self.slices.append((start, start + channels))
+            start += channels
+        self.dim = start
+        self.classifier = PixelMLP(self.dim, num_classes, hidden)
+
+    def features(self, encoder, x):
+        with torch.set_grad_enabled(self.finetune and torch.is_grad_enabled()):
+            return [x, *encoder.taps(x, self.layers_tapped)]
+
+    def forward(self, features):
+        size = features[0].shape[-2:]
+        weight, bias = self.classifier.first_layer()
+        y = bias.view(1, -1, 1, 1)
+        for feature, (start, stop) in zip(features[1:], self.slices):
+            z = F.conv2d(feature, weight[:, start:stop, None, None])
+            if z.shape[-2:] != size:
+                z = F.interpolate(z, size=size, mode="bilinear", align_corners=False)
+            y = y + z
+        return self.classifier.rest(y)
+
+
+def tap_channels(encoder, layers) -> list[int]:
+    """Channels of each tapped layer's output, from a blank image (the encoder's layers are in eval mode)."""
+    parameter = next(encoder.parameters())
+    with torch.no_grad():
+        training = encoder.training
+        outputs = encoder.eval().taps(torch.zeros(1, 3, 64, 64, dtype=parameter.dtype, device=parameter.device),
+                                      layers)
+        encoder.train(training)
+    return [t.shape[1] for t in outputs]
+
+
+class Hypercolumns(SegmentationModel):
+    """The composition, with what the method's stages need: identity, dim, classifier, hypercolumns_at."""
+
+    def __init__(self, num_classes: int, cnn: str, layers=None, hidden: int = DEFAULT_HIDDEN, finetune: bool = False,
+                 encoder_weights: WeightsSpec = None, classifier_init: str | None = None, cnn_seed: int = 0,
+                 width: int = 64):
         with torch.random.fork_rng(devices=[]):  # the same random CNN in every stage, whatever the global seed
             torch.manual_seed(cnn_seed)
-            full = spec.build(width=width)
-        if pretrained_backbone:
-            load_cnn_weights(full, pretrained_backbone, spec)
-        self.cnn_name, self.width, self.finetune = cnn, width, finetune
-        self.layers = check_layers(spec.default_layers if layers is None else layers, cnn, len(full.features))
-        self.features = nn.Sequential(*list(full.features)[: self.layers[-1] + 1])
-        self.slices, channels, start = [], 3, 0
-        for i, layer in enumerate(self.features):
-            for m in layer.modules():
-                if isinstance(m, nn.ReLU):
-                    m.inplace = False
-            channels = output_channels(layer, channels)
-            if i in self.layers:
-                self.slices.append((start, start + channels))
-                start += channels
-        self.dim = start
-        self.features.requires_grad_(finetune)
-        self.classifier = PixelMLP(self.dim, num_classes, hidden)
-        self._fingerprint = fingerprint(self.features)  # of the weights it starts from
+            count = {}
+
+            def keep_tapped(all_layers):
+                count["layers"] = len(all_layers)
+                tapped = check_layers(DEFAULT_LAYERS[cnn] if layers is None else layers, cnn, len(all_layers))
+                del all_layers[tapped[-1] + 1:]
+                for m in all_layers.modules():
+                    if isinstance(m, nn.ReLU):
+                        m.inplace = False
+                count["tapped"] = tapped
+
+            encoder, _ = build_encoder(CNN_ENCODERS[cnn], encoder_weights, layer_changes=keep_tapped, width=width)
+        super().__init__(encoder, HypercolumnDecoder(encoder, num_classes, count["tapped"], hidden, finetune),
+                         num_classes)
+        self.cnn_name, self.finetune, self.width = cnn, finetune, width
+        self.layers, self.dim, self.classifier = count["tapped"], self.decoder.dim, self.decoder.classifier
+        self.encoder.requires_grad_(finetune)
+        self._fingerprint = fingerprint(self.encoder.layers)  # of the weights it starts from
         if classifier_init:
             self.load_classifier(classifier_init)
 
@@ -183,28 +208,8 @@ class Hypercolumns(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         if not self.finetune:
-            self.features.eval()
+            self.encoder.eval()
         return self
-
-    def taps(self, x: torch.Tensor) -> list[torch.Tensor]:
-        out = []
-        with torch.set_grad_enabled(self.finetune and torch.is_grad_enabled()):
-            for i, layer in enumerate(self.features):
-                x = layer(x)
-                if i in self.layers:
-                    out.append(x)
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
-        weight, bias = self.classifier.first_layer()
-        y = bias.view(1, -1, 1, 1)
-        for feature, (start, stop) in zip(self.taps(x), self.slices):
-            z = F.conv2d(feature, weight[:, start:stop, None, None])
-            if z.shape[-2:] != size:
-                z = F.interpolate(z, size=size, mode="bilinear", align_corners=False)
-            y = y + z
-        return self.classifier.rest(y)
 
     @torch.no_grad()
     def hypercolumns_at(self, image: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -217,26 +222,5 @@ class Hypercolumns(nn.Module):
         grid = torch.stack([(2 * cols.float() + 1) / w - 1, (2 * rows.float() + 1) / h - 1], dim=-1)
         grid = grid.to(image.device).view(1, 1, -1, 2)
         columns = [F.grid_sample(f, grid, mode="bilinear", padding_mode="border", align_corners=False)
-                   for f in self.taps(image)]
+                   for f in self.encoder.taps(image, self.layers)]
         return torch.cat(columns, dim=1)[0, :, 0].T
-
-
-def load_cnn_weights(full: nn.Module, spec, cnn: CNNSpec) -> None:
-    load_pretrained_backbone(spec, cnn.arch, dict(full.state_dict()), ignore=cnn.ignore)
-
-
-def hypercolumn_squeezenet(num_classes: int, layers: list[int] | None = None, hidden: int = DEFAULT_HIDDEN,
-                           finetune: bool = False, pretrained_backbone: BackboneSpec = None,
-                           classifier_init: str | None = None, width: int = 64, cnn_seed: int = 0) -> Hypercolumns:
-    return Hypercolumns(num_classes, "squeezenet", layers, hidden, finetune, pretrained_backbone, classifier_init,
-                        width, cnn_seed)
-
-
-def hypercolumn_vgg16(num_classes: int, layers: list[int] | None = None, hidden: int = DEFAULT_HIDDEN,
-                      finetune: bool = False, pretrained_backbone: BackboneSpec = None,
-                      classifier_init: str | None = None, width: int = 64, cnn_seed: int = 0) -> Hypercolumns:
-    return Hypercolumns(num_classes, "vgg16", layers, hidden, finetune, pretrained_backbone, classifier_init,
-                        width, cnn_seed)
-
-
-hypercolumn_squeezenet.option_ranges = {"width": (4, 1024)}  # SqueezeNet's narrowest Fire module needs width/16 >= 1

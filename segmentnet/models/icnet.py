@@ -16,25 +16,25 @@ the paper's lambda = (0.4, 0.4, 1). The paper scores each output against labels 
 (1/16, 1/8, 1/4); SegmentNet's training loop instead upsamples the auxiliary logits to the label size,
 which keeps every labelled pixel (thin objects and ignore borders survive) with the same weights.
 
-Widths: the backbone is torchvision's ResNet-50 at full width, so resnet50-0676ba61.pth loads (option
-pretrained_backbone); the paper reaches its speed by then pruning every layer's kernels by half, which
-width=32 gives (from scratch). `width` scales every channel count (sub1 width/2, width/2, width; 4*width
-after pyramid pooling; CFF 2*width).
+A decoder of the composition (compose.py) over torchvision's ResNet-50 with layer3 and layer4 dilated
+(output stride 8), which runs the encoder's layers itself for the cascade; the composition's 1x1 head
+classifies its 1/4 map. Head widths are the paper's before pruning (sub1 32, 32, 64; 256 after pyramid
+pooling; CFF 128); the paper reaches its speed by then pruning every layer's kernels by half.
 """
 from __future__ import annotations
 
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import ResNet, conv_bn
-from .pretrained import BackboneSpec, load_pretrained_backbone
+from .compose import SegmentationModel, check_pair
+from .decoders import Decoder, conv_bn, upsample_to
+from .encoders import build_encoder
+from .pretrained import WeightsSpec
 
+FITS = ("resnet50", "resnet101")
 PYRAMID_BINS = (1, 2, 3, 6)
 LABEL_GUIDANCE_WEIGHTS = {"sub24": 0.4, "sub4": 0.4}
-
-
-def upsample_to(x, size):
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+WIDTH = 64
 
 
 def half_size(x):
@@ -62,40 +62,40 @@ class CascadeFeatureFusion(nn.Module):
         return fused, (self.classifier(coarse) if guidance else None)
 
 
-class ICNet(nn.Module):
-    option_ranges = {"width": (2, 1024)}  # its first branch has width // 2 channels
-
-    def __init__(self, num_classes: int, pretrained_backbone: BackboneSpec = None, width: int = 64):
+class ICNetDecoder(Decoder):
+    def __init__(self, encoder, num_classes: int, width: int = WIDTH):
         super().__init__()
         self.sub1 = nn.Sequential(conv_bn(3, width // 2, 3, 2), conv_bn(width // 2, width // 2, 3, 2),
                                   conv_bn(width // 2, width, 3, 2))
-        self.backbone = ResNet(50, width=width, replace_stride_with_dilation=(False, True, True))
         self.pyramid = PyramidPoolingSum()
-        self.reduce = conv_bn(self.backbone.out_channels, 4 * width, 1)
-        self.cff24 = CascadeFeatureFusion(4 * width, 8 * width, 2 * width, num_classes)
+        self.reduce = conv_bn(encoder.channels[-1], 4 * width, 1)
+        sub2_channels = encoder.layers.layer2[0].conv3.out_channels
+        self.cff24 = CascadeFeatureFusion(4 * width, sub2_channels, 2 * width, num_classes)
         self.cff12 = CascadeFeatureFusion(2 * width, width, 2 * width, num_classes)
-        self.classifier = nn.Conv2d(2 * width, num_classes, 1)
         self.aux_weights = dict(LABEL_GUIDANCE_WEIGHTS)
-        for m in [self.sub1, self.reduce, self.cff24, self.cff12]:
-            for conv in m.modules():
-                if isinstance(conv, nn.Conv2d):
-                    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-        if pretrained_backbone:
-            targets = dict(self.backbone.state_dict())
-            load_pretrained_backbone(pretrained_backbone, "resnet50", targets, ignore=("fc.",))
+        self.head_channels = 2 * width
 
-    def forward(self, x):
-        size, b = x.shape[-2:], self.backbone
+    def features(self, encoder, x):
+        b = encoder.layers
         sub1 = self.sub1(x)
-        sub2 = b.layer2[0](b.layer1(b.stem(upsample_to(x, half_size(x)))))
+        sub2 = b.layer2[0](b.layer1(b.maxpool(b.relu(b.bn1(b.conv1(upsample_to(x, half_size(x))))))))
         sub4 = upsample_to(sub2, half_size(sub2))
-        sub4 = self.reduce(self.pyramid(b.layer4(b.layer3(b.layer2[1:](sub4)))))
+        sub4 = b.layer4(b.layer3(b.layer2[1:](sub4)))
+        return sub1, sub2, sub4
+
+    def forward(self, features):
+        sub1, sub2, sub4 = features
+        sub4 = self.reduce(self.pyramid(sub4))
         guidance = self.training
         sub24, sub4_logits = self.cff24(sub4, sub2, guidance)
         sub124, sub24_logits = self.cff12(sub24, sub1, guidance)
-        quarter = (sub124.shape[-2] * 2, sub124.shape[-1] * 2)
-        out = upsample_to(self.classifier(upsample_to(sub124, quarter)), size)
+        quarter = upsample_to(sub124, (sub124.shape[-2] * 2, sub124.shape[-1] * 2))
         if not guidance:
-            return out
-        return {"out": out, "sub24": sub24_logits, "sub4": sub4_logits}
+            return quarter
+        return quarter, {"sub24": sub24_logits, "sub4": sub4_logits}
 
+
+def build_icnet(num_classes: int, encoder: str, encoder_weights: WeightsSpec) -> SegmentationModel:
+    check_pair("icnet", encoder, 8, FITS)
+    body, _ = build_encoder(encoder, encoder_weights, output_stride=8)
+    return SegmentationModel(body, ICNetDecoder(body, num_classes), num_classes)
