@@ -61,10 +61,11 @@ def main(argv=None) -> int:
     for encoder in ENCODERS:
         cells = []
         for decoder in DECODERS:
-            stride = DECODERS[decoder].output_stride if ENCODERS[encoder].dilatable else 32
+            spec, default = ENCODERS[encoder], DECODERS[decoder].output_stride
+            stride = default if spec.dilatable or default >= spec.stride else 32
             params, flops = measure(decoder, args.classes, args.size, encoder=encoder, output_stride=stride)
-            cells.append(f"{params / 1e6:.1f} / {flops / 1e9:.0f}" + ("" if stride == DECODERS[decoder].output_stride
-                                                                      else " (OS 32)"))
+            actual = min(stride, spec.stride)
+            cells.append(f"{params / 1e6:.1f} / {flops / 1e9:.0f}" + ("" if actual == default else f" (OS {actual})"))
         print(f"| {encoder} | " + " | ".join(cells) + " |")
     print("\n| decoder | paper |\n|---|---|")
     for decoder, spec in DECODERS.items():

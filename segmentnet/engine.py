@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .checkpoint import check_checkpoint, load_checkpoint, load_weights, save_checkpoint, writing
+from .checkpoint import check_checkpoint, clean_state_dict, load_checkpoint, load_weights, save_checkpoint, writing
 from .config import is_number, is_whole
 from .data import EpochSampler, SegmentationDataset, collate_pairs, read_dataset_json
 from .datasets import DATASETS
@@ -646,9 +646,9 @@ def _train(cfg, env: DistEnv, held: ExitStack | None = None) -> dict:
     resume_state = load_checkpoint(cfg.resume, map_location="cpu") if cfg.resume else None
     if resume_state is not None:
         check_checkpoint(resume_state, cfg.resume, resume=True)
-        _, weights = upgrade(resume_state["model_name"], resume_state["model_options"], resume_state["model"],
-                             cfg.resume)
-        if weights is not resume_state["model"]:
+        cleaned = clean_state_dict(resume_state["model"])
+        _, weights = upgrade(resume_state["model_name"], resume_state["model_options"], cleaned, cfg.resume)
+        if weights is not cleaned:
             raise DataError(f"checkpoint {cfg.resume} was written by release {LAST_RELEASE} or before, whose "
                             f"models this release rebuilds on torchvision: Evaluate.py and Predict.py read it, "
                             f"but resuming its training needs that release (git checkout {LAST_RELEASE})")

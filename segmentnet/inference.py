@@ -24,7 +24,7 @@ from PIL import Image
 from torch import nn
 
 from .archive import DataError
-from .checkpoint import load_checkpoint, load_weights
+from .checkpoint import clean_state_dict, load_checkpoint, load_weights
 from .cli import UsageError
 from .distributed import pick_device
 from .models import build_model, model_option_problems
@@ -111,7 +111,8 @@ def load_model(checkpoint, device="cpu") -> tuple[nn.Module, dict]:
                             f"TrainSegmentNet.py wrote, such as {Path(checkpoint) / 'best.pt'}")
         state, name = load_checkpoint(checkpoint), checkpoint
     check_checkpoint_entries(state, name)
-    options, weights = upgrade(state["model_name"], state.get("model_options", {}), state["model"], name)
+    options, weights = upgrade(state["model_name"], state.get("model_options", {}), clean_state_dict(state["model"]),
+                               name)
     problems = model_option_problems(state["model_name"], options)
     if problems:
         raise DataError(f"checkpoint {name}: {'; '.join(problems)}; the file is corrupt or was not written by "

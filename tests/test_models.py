@@ -175,6 +175,18 @@ def test_an_unfitting_pair_is_refused_naming_what_fits():
         build_model("segnet", 3, encoder="resnet18")
     with pytest.raises(KeyError, match="convnext_tiny"):  # an unknown encoder lists the choices
         build_model("unet", 3, encoder="resnet19")
+    with pytest.raises(ConfigError, match="squeezenet1_1 cannot .*output stride is 16.*or set output_stride 16"):
+        build_model("fcn", 3, encoder="squeezenet1_1")  # (its default output stride: 8)
+    assert build_model("fcn", 3, encoder="squeezenet1_1", output_stride=16).encoder.output_stride == 16
+
+
+@pytest.mark.parametrize("encoder,tapped", [("resnet18", "layer3"), ("vgg16", 22), ("mobilenet_v3_large", 12)])
+def test_the_auxiliary_head_taps_the_stage_before_the_deepest(encoder, tapped):
+    """Not VGG's relu5_3 (its last stage is pool5 alone): the stage before the deepest one with convolutions."""
+    model = build_model("unet", 3, encoder=encoder, aux=True)
+    stage_end = model.encoder.ends[model.encoder.aux_stage]
+    names = [name for name, _ in model.encoder.layers.named_children()]
+    assert names[stage_end] == str(tapped)
 
 
 @pytest.mark.parametrize("encoder", [e for e in ENCODERS if ENCODERS[e].dilatable])
@@ -311,6 +323,26 @@ def test_the_earlier_releases_fcn8s_keys_map_onto_the_composition(tmp_path):
     assert "backbone.features.28.weight" in old and "score_pool3.weight" in old
     path = save_model_checkpoint(tmp_path / "old.pt", torch.nn.Module(), "fcn8s",
                                  {"width": 64, "fc_width": 16, "backbone": "vgg16"}, tmp_path)
+    state = torch.load(path, weights_only=True)
+    state["model"] = old
+    torch.save(state, path)
+    loaded, _ = load_model(path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_the_earlier_releases_hypercolumn_checkpoint_loads(tmp_path):
+    from results_helpers import save_model_checkpoint
+
+    from segmentnet.inference import load_model
+
+    model = build_model("hypercolumn_squeezenet", 21, hidden=8, layers=[1, 4])
+    assert not any(key.startswith("classifier.") for key in model.state_dict())  # one set of keys
+    old = {}  # the earlier layout: features.N and classifier.* at the top
+    for key, value in model.state_dict().items():
+        old[key.replace("encoder.layers.", "features.").replace("decoder.classifier.", "classifier.")] = value
+    path = save_model_checkpoint(tmp_path / "old.pt", torch.nn.Module(), "hypercolumn_squeezenet",
+                                 {"width": 64, "hidden": 8, "layers": [1, 4], "pretrained_backbone": True}, tmp_path)
     state = torch.load(path, weights_only=True)
     state["model"] = old
     torch.save(state, path)

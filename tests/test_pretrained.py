@@ -91,6 +91,14 @@ def test_truncated_missing_and_non_state_dict_files_give_clear_errors(tmp_path):
         build_model("unet", 3, encoder="resnet18", encoder_weights=str(tmp_path / "list.pth"))
 
 
+def test_a_file_with_nan_weights_is_refused_naming_them(tmp_path):
+    state = write_torchvision_file(tmp_path / "resnet18.pth", "resnet18")
+    state["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp_path / "resnet18.pth")
+    with pytest.raises(DataError, match=r"NaN or infinite values in 1 tensor\(s\) .*\(layer2.0.conv1.weight\)"):
+        build_model("unet", 3, encoder="resnet18", encoder_weights=str(tmp_path / "resnet18.pth"))
+
+
 def test_an_unknown_weights_name_lists_torchvisions_names():
     with pytest.raises(DataError, match="IMAGENET1K_V1, IMAGENET1K_V2"):
         build_model("unet", 3, encoder="resnet50", encoder_weights="IMAGENET")

@@ -2,7 +2,7 @@
 
 SegmentationModel does, once for every model, what each would otherwise repeat: padding the input to
 the decoder's multiple, classifying the decoder's map (a 1x1 convolution, unless the decoder gives
-class scores itself), the auxiliary heads (torchvision's FCN head on the second-deepest stage),
+class scores itself), the auxiliary heads (torchvision's FCN head on the stage before the deepest, Encoder.aux_stage),
 upsampling every output bilinearly to the input's size and cropping the padding off, and initialising
 what is new (He initialisation; the encoder keeps torchvision's or its pretrained weights).
 
@@ -50,7 +50,7 @@ class SegmentationModel(nn.Module):
         self.encoder, self.decoder = encoder, decoder
         channels = decoder.head_channels
         self.head = nn.Conv2d(channels, num_classes, 1) if channels else nn.Identity()
-        self.aux_heads = nn.ModuleDict({"aux": aux_head(encoder.channels[-2], num_classes)} if aux else {})
+        self.aux_heads = nn.ModuleDict({"aux": aux_head(encoder.channels[encoder.aux_stage], num_classes)} if aux else {})
         self.aux_weights = {"aux": AUX_WEIGHT} if aux else {}
         self.aux_weights |= getattr(decoder, "aux_weights", {})
         for module in ([] if decoder.own_init else [decoder]) + [self.head, self.aux_heads]:
@@ -67,7 +67,7 @@ class SegmentationModel(nn.Module):
         logits = upsample_to(self.head(out), size)[..., :h, :w]
         if not self.training or not self.aux_weights:
             return logits
-        extra |= {name: head(features[-2]) for name, head in self.aux_heads.items()}
+        extra |= {name: head(features[self.encoder.aux_stage]) for name, head in self.aux_heads.items()}
         return {"out": logits, **{name: upsample_to(v, size)[..., :h, :w] for name, v in extra.items()}}
 
 
@@ -95,10 +95,11 @@ def check_pair(decoder: str, encoder: str, output_stride: int, fits=None) -> Non
         raise ConfigError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
     if fits is not None and encoder not in fits:
         raise ConfigError(f"decoder {decoder} does not fit encoder {encoder}; it fits: {', '.join(fits)}")
-    if output_stride != 32 and not ENCODERS[encoder].dilatable:
+    native = ENCODERS[encoder].stride
+    if output_stride < native and not ENCODERS[encoder].dilatable:
         raise ConfigError(f"decoder {decoder} at output stride {output_stride} needs an encoder that can dilate "
-                          f"({', '.join(encoders_with(output_stride))}); encoder {encoder} has output stride 32 "
-                          f"only: choose one of those, or set output_stride 32")
+                          f"({', '.join(encoders_with(output_stride))}); encoder {encoder} cannot (its output "
+                          f"stride is {native}): choose one of those, or set output_stride {native}")
 
 
 def compose(num_classes: int, decoder: str, encoder: str, encoder_weights=None, output_stride: int | None = None,

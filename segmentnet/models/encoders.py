@@ -37,6 +37,7 @@ class EncoderSpec:
     family: str                 # resnet, vgg, squeezenet, mobilenet, efficientnet, convnext
     dilatable: bool             # whether output stride 8 and 16 are possible
     paper: str
+    stride: int = 32            # its deepest stage's stride without dilation
 
 
 ENCODERS = {
@@ -47,7 +48,7 @@ ENCODERS = {
     "resnet34": EncoderSpec("resnet", True, "He et al., CVPR 2016"),
     "resnet50": EncoderSpec("resnet", True, "He et al., CVPR 2016"),
     "resnet101": EncoderSpec("resnet", True, "He et al., CVPR 2016"),
-    "squeezenet1_1": EncoderSpec("squeezenet", False, "Iandola et al., 2016"),
+    "squeezenet1_1": EncoderSpec("squeezenet", False, "Iandola et al., 2016", stride=16),
     "mobilenet_v3_large": EncoderSpec("mobilenet", True, "Howard et al., ICCV 2019"),
     "efficientnet_b0": EncoderSpec("efficientnet", True, "Tan & Le, ICML 2019"),
     "convnext_tiny": EncoderSpec("convnext", False, "Liu et al., CVPR 2022"),
@@ -65,7 +66,7 @@ def encoder_spec(name: str) -> EncoderSpec:
 
 
 def encoders_with(output_stride: int) -> list[str]:
-    return [name for name, spec in ENCODERS.items() if output_stride == 32 or spec.dilatable]
+    return [name for name, spec in ENCODERS.items() if output_stride >= spec.stride or spec.dilatable]
 
 
 def torchvision_layers(name: str, model: nn.Module) -> tuple[nn.Sequential, tuple[str, ...]]:
@@ -125,6 +126,11 @@ class Encoder(nn.Module):
                 start = end + 1
         self.strides = [min(s, output_stride) for s in self.strides]
         self.output_stride = self.strides[-1]
+        # The stage an auxiliary head taps: the one before the deepest stage with convolutions (a
+        # ResNet's layer3; VGG's relu4_3, as its last stage is pool5 alone)
+        with_convs = [i for i, (start, end) in enumerate(zip([0] + [e + 1 for e in self.ends], self.ends))
+                      if any(isinstance(m, nn.Conv2d) for m in layers[start: end + 1].modules())]
+        self.aux_stage = max(0, with_convs[-1] - 1)
 
     def forward(self, x) -> list[torch.Tensor]:
         features, start = [], 0
@@ -176,8 +182,8 @@ def build_encoder(name: str, weights: WeightsSpec = None, output_stride: int = 3
     spec = encoder_spec(name)
     if output_stride not in OUTPUT_STRIDES:
         raise ConfigError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride!r}")
-    if output_stride != 32 and not spec.dilatable:
-        raise ConfigError(f"encoder {name} has output stride 32 only (no dilated version); output stride "
+    if output_stride < spec.stride and not spec.dilatable:
+        raise ConfigError(f"encoder {name} cannot dilate (its output stride is {spec.stride}); output stride "
                           f"{output_stride} needs one of: {', '.join(encoders_with(output_stride))}")
     kwargs = {}
     if name in TORCHVISION_DILATION and output_stride < 32:

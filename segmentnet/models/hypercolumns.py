@@ -45,6 +45,7 @@ CLASSIFIER_KIND = "hypercolumn_classifier"
 
 
 CNN_ENCODERS = {"squeezenet": "squeezenet1_1", "vgg16": "vgg16"}  # the method's names of its CNNs -> encoders
+LAYER_COUNTS = {"squeezenet": 13, "vgg16": 31}  # len(features) of torchvision's squeezenet1_1 and vgg16
 # The tapped layers by default, as indices into torchvision's `features`.
 DEFAULT_LAYERS = {
     # SqueezeNet 1.1: conv1's ReLU (stride 2), fire3 (stride 4), fire5 (stride 8), fire9 (stride 16).
@@ -161,28 +162,30 @@ class Hypercolumns(SegmentationModel):
     def __init__(self, num_classes: int, cnn: str, layers=None, hidden: int = DEFAULT_HIDDEN, finetune: bool = False,
                  encoder_weights: WeightsSpec = None, classifier_init: str | None = None, cnn_seed: int = 0,
                  width: int = 64):
+        # (checked before any weights are read)
+        tapped = check_layers(DEFAULT_LAYERS[cnn] if layers is None else layers, cnn, LAYER_COUNTS[cnn])
+
+        def keep_tapped(all_layers):
+            del all_layers[tapped[-1] + 1:]
+            for m in all_layers.modules():
+                if isinstance(m, nn.ReLU):
+                    m.inplace = False
+
         with torch.random.fork_rng(devices=[]):  # the same random CNN in every stage, whatever the global seed
             torch.manual_seed(cnn_seed)
-            count = {}
-
-            def keep_tapped(all_layers):
-                count["layers"] = len(all_layers)
-                tapped = check_layers(DEFAULT_LAYERS[cnn] if layers is None else layers, cnn, len(all_layers))
-                del all_layers[tapped[-1] + 1:]
-                for m in all_layers.modules():
-                    if isinstance(m, nn.ReLU):
-                        m.inplace = False
-                count["tapped"] = tapped
-
             encoder, _ = build_encoder(CNN_ENCODERS[cnn], encoder_weights, layer_changes=keep_tapped, width=width)
-        super().__init__(encoder, HypercolumnDecoder(encoder, num_classes, count["tapped"], hidden, finetune),
-                         num_classes)
+        super().__init__(encoder, HypercolumnDecoder(encoder, num_classes, tapped, hidden, finetune), num_classes)
         self.cnn_name, self.finetune, self.width = cnn, finetune, width
-        self.layers, self.dim, self.classifier = count["tapped"], self.decoder.dim, self.decoder.classifier
+        self.layers, self.dim = tapped, self.decoder.dim
         self.encoder.requires_grad_(finetune)
         self._fingerprint = fingerprint(self.encoder.layers)  # of the weights it starts from
         if classifier_init:
             self.load_classifier(classifier_init)
+
+    @property
+    def classifier(self) -> PixelMLP:
+        """The per-pixel classifier (the decoder's: one module, one set of state_dict keys)."""
+        return self.decoder.classifier
 
     def identity(self) -> dict:
         """What hypercolumns computed by this model depend on (recorded by each stage's output)."""

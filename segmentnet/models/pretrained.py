@@ -118,6 +118,10 @@ def copy_state(state: dict, targets: dict[str, torch.Tensor], source, what: str,
                     f"{len(wrong_shape)} shapes differ, file vs model ({_listed(wrong_shape, 2)})" if wrong_shape else ""]
         raise DataError(f"{what} file {source} does not fit {fits}: " + "; ".join(p for p in problems if p)
                         + f". It needs torchvision's weights of {fits} (or a state_dict in their key layout).")
+    broken = [k for k in targets if k in used and used[k].is_floating_point() and not torch.isfinite(used[k]).all()]
+    if broken:  # (e.g. torchvision's VGG16 IMAGENET1K_FEATURES, whose classifier is NaN)
+        raise DataError(f"{what} file {source} has NaN or infinite values in {len(broken)} tensor(s) the model "
+                        f"would use ({_listed(broken)}): those weights cannot be used for {fits}")
     with torch.no_grad():
         for key, target in targets.items():
             if key in used:
