@@ -311,44 +311,48 @@ def test_a_checkpoint_of_the_earlier_release_loads_and_predicts_as_before(tmp_pa
         assert torch.allclose(model(image), theirs.eval()(image)["out"], atol=1e-5, rtol=1e-4)
 
 
-def test_the_earlier_releases_fcn8s_keys_map_onto_the_composition(tmp_path):
+def write_old_checkpoint(path, model_name: str, options: dict, weights: dict):
+    """A checkpoint as the earlier release wrote it: its model_options and its state_dict keys."""
     from results_helpers import save_model_checkpoint
 
+    save_model_checkpoint(path, torch.nn.Module(), model_name, options, path.parent)
+    state = torch.load(path, weights_only=True)
+    state["model"] = weights
+    torch.save(state, path)
+    return path
+
+
+# model, its options now, the earlier release's options, our key prefix -> the earlier one
+OLD_LAYOUTS = {
+    "fcn8s": ({"fc_width": 16}, {"width": 64, "fc_width": 16, "backbone": "vgg16"},
+              (("encoder.layers.", "backbone.features."), ("decoder.", ""))),
+    "hypercolumn_squeezenet": ({"hidden": 8, "layers": [1, 4]},
+                               {"width": 64, "hidden": 8, "layers": [1, 4], "pretrained_backbone": True},
+                               (("encoder.layers.", "features."), ("decoder.classifier.", "classifier."))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OLD_LAYOUTS))
+def test_the_earlier_releases_keys_map_onto_the_composition(name, tmp_path):
     from segmentnet.inference import load_model
 
-    model = build_model("fcn8s", 21, fc_width=16)
-    old = {}  # the earlier layout: backbone.features.N, and fc6, score_pool4, ... at the top
+    options, old_options, prefixes = OLD_LAYOUTS[name]
+    model = build_model(name, 21, **options)
+    old = {}
     for key, value in model.state_dict().items():
-        old[key.replace("encoder.layers.", "backbone.features.").replace("decoder.", "")] = value
-    assert "backbone.features.28.weight" in old and "score_pool3.weight" in old
-    path = save_model_checkpoint(tmp_path / "old.pt", torch.nn.Module(), "fcn8s",
-                                 {"width": 64, "fc_width": 16, "backbone": "vgg16"}, tmp_path)
-    state = torch.load(path, weights_only=True)
-    state["model"] = old
-    torch.save(state, path)
-    loaded, _ = load_model(path)
+        for ours, theirs in prefixes:
+            key = key.replace(ours, theirs, 1) if key.startswith(ours) else key
+        old[key] = value
+    assert not any(key.startswith(tuple(p for p, _ in prefixes)) for key in old)
+    loaded, _ = load_model(write_old_checkpoint(tmp_path / "old.pt", name, old_options, old))
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
 
 
-def test_the_earlier_releases_hypercolumn_checkpoint_loads(tmp_path):
-    from results_helpers import save_model_checkpoint
-
-    from segmentnet.inference import load_model
-
+def test_a_hypercolumn_model_has_one_set_of_classifier_keys():
     model = build_model("hypercolumn_squeezenet", 21, hidden=8, layers=[1, 4])
-    assert not any(key.startswith("classifier.") for key in model.state_dict())  # one set of keys
-    old = {}  # the earlier layout: features.N and classifier.* at the top
-    for key, value in model.state_dict().items():
-        old[key.replace("encoder.layers.", "features.").replace("decoder.classifier.", "classifier.")] = value
-    path = save_model_checkpoint(tmp_path / "old.pt", torch.nn.Module(), "hypercolumn_squeezenet",
-                                 {"width": 64, "hidden": 8, "layers": [1, 4], "pretrained_backbone": True}, tmp_path)
-    state = torch.load(path, weights_only=True)
-    state["model"] = old
-    torch.save(state, path)
-    loaded, _ = load_model(path)
-    for key, value in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[key], value), key
+    assert not any(key.startswith("classifier.") for key in model.state_dict())
+    assert model.classifier is model.decoder.classifier
 
 
 @pytest.mark.parametrize("model_name,options,keys,message", [
@@ -357,14 +361,8 @@ def test_the_earlier_releases_hypercolumn_checkpoint_loads(tmp_path):
 ])
 def test_what_the_earlier_release_wrote_and_this_one_cannot_build_is_refused_saying_what_to_do(
         tmp_path, model_name, options, keys, message):
-    from results_helpers import save_model_checkpoint
-
     from segmentnet.errors import DataError
     from segmentnet.inference import load_model
 
-    path = save_model_checkpoint(tmp_path / "old.pt", torch.nn.Module(), model_name, options, tmp_path)
-    state = torch.load(path, weights_only=True)
-    state["model"] = keys
-    torch.save(state, path)
     with pytest.raises(DataError, match=message):
-        load_model(path)
+        load_model(write_old_checkpoint(tmp_path / "old.pt", model_name, options, keys))
