@@ -3,10 +3,11 @@
     python Evaluate.py runs/NAME/best.pt                        # val split, data dir of the training
     python Evaluate.py runs/NAME/best.pt --flip --scales 0.75,1.0,1.25
     python Evaluate.py runs/NAME/best.pt --window 512 --stride 341 --data-dir /data --out results/
+    python Evaluate.py runs/NAME/best.onnx                      # the export (Export.py), through ONNX Runtime
 
 Prints mIoU, per-class IoU and accuracy, pixel accuracy, mean class accuracy and frequency-weighted
 IoU, and writes them with the confusion matrix to eval-<checkpoint>-<split>[-<tta>].json and .md
-next to the checkpoint (or in --out). A class absent from both truth and prediction has no IoU:
+next to the checkpoint (or in --out); for an ONNX file eval-<name>-onnx-<split>[-<tta>]. A class absent from both truth and prediction has no IoU:
 it is left out of the mean and listed. An existing file of that name is replaced only when Evaluate.py
 wrote it (its first line says so); nothing is ever written inside a prepared dataset.
 """
@@ -25,7 +26,8 @@ from segmentnet.report import evaluation_paths, evaluation_table, write_evaluati
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path, help="a checkpoint written by TrainSegmentNet.py (best.pt, last.pt)")
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint written by TrainSegmentNet.py (best.pt, last.pt), "
+                                                           "or its export by Export.py (.onnx)")
     parser.add_argument("--data-dir", default=None, help="folder of prepared datasets (default: the training's)")
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
     parser.add_argument("--out", type=Path, default=None, help="folder for the JSON and Markdown (default: the checkpoint's)")
@@ -43,7 +45,8 @@ def main(argv=None) -> int:
         raise UsageError(f"--workers must be >= 0 (0: load in the main process), got {args.workers}")
     tta = tta_from_args(args)
     out_dir = folder_not_file(args.out or args.checkpoint.parent, "--out")
-    paths = evaluation_paths(out_dir, f"eval-{args.checkpoint.stem}-{args.split}{tta.tag}")  # refused before the work
+    name = args.checkpoint.stem + ("-onnx" if args.checkpoint.suffix.lower() == ".onnx" else "")
+    paths = evaluation_paths(out_dir, f"eval-{name}-{args.split}{tta.tag}")  # refused before the work
     result = evaluate_checkpoint(args.checkpoint, args.data_dir, args.split, tta, resolve_device(args.device),
                                  workers=args.workers, progress=not args.no_progress)
     print(evaluation_table(result))

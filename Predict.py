@@ -3,6 +3,7 @@
     python Predict.py runs/NAME/best.pt photo.jpg more/ 'shots/*.png' --out predictions/
     python Predict.py runs/NAME/best.pt data/voc2012/val/images --masks data/voc2012/val/masks --out pred/
     python Predict.py runs/NAME/best.pt big.jpg --out pred/ --window 512 --flip --scales 0.75,1.0,1.25
+    python Predict.py runs/NAME/best.onnx photo.jpg --out pred/   # an Export.py file, through ONNX Runtime
 
 Inputs are image files, folders (their .jpg/.jpeg/.png files) or glob patterns. OUT must be a new or
 empty folder, or one Predict.py wrote before; never a folder inside a prepared dataset. For each image:
@@ -23,15 +24,16 @@ from segmentnet.data import IMAGE_SUFFIXES
 from segmentnet.datasets.common import read_index_mask
 from segmentnet.errors import DataError
 from segmentnet.files import claim_folder
-from segmentnet.inference import (add_inference_arguments, image_size, load_model, predict_masks, read_rgb,
-                                  resolve_device, tta_from_args)
+from segmentnet.inference import (add_inference_arguments, image_size, load_model, model_device, predict_masks,
+                                  read_rgb, resolve_device, tta_from_args)
 from segmentnet.outputs import refuse_input_data, writing_into
 from segmentnet.visualize import overlay, panel, save_mask_png, save_png
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path, help="a checkpoint written by TrainSegmentNet.py")
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint written by TrainSegmentNet.py, or its export "
+                                                      "by Export.py (.onnx: run by ONNX Runtime on the CPU)")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders or glob patterns")
     parser.add_argument("--out", type=Path, required=True, help="output folder (masks/, overlays/, panels/)")
     parser.add_argument("--masks", type=Path, default=None, help="folder of ground-truth masks <stem>.png, for panels")
@@ -109,8 +111,8 @@ def main(argv=None) -> int:
     refuse_input_data(args.out, "--out")
     tta = tta_from_args(args)
     paths = expand_inputs(args.inputs)[: args.limit]
-    device = resolve_device(args.device)
-    model, state = load_model(args.checkpoint, device)
+    model, state = load_model(args.checkpoint, resolve_device(args.device))
+    device = model_device(model)
     check_headers(paths, args.masks)
     out = claim_folder(args.out, "Predict", "--out")
     palette = state["palette"]

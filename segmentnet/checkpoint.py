@@ -195,6 +195,13 @@ _RESUME = {
 }
 
 
+def description_problems(state: dict) -> list[str]:
+    """'<entry> must be ...' for each entry describing the model (all but its weights) that is present
+    and of the wrong kind; for an exported model's metadata as for a checkpoint."""
+    rules = {key: rule for key, rule in _ANY_CHECKPOINT.items() if key != "model"}
+    return entry_problems(state, rules, optional=set(rules))
+
+
 def check_checkpoint(state: dict, path, resume: bool = False) -> dict:
     """The one check of a loaded checkpoint's structure: each entry has the type it must have (a
     hostile or damaged file otherwise fails deep inside torch, far from the cause). resume=True: also

@@ -1,7 +1,8 @@
-"""Inference from a checkpoint: load the model it describes, predict with optional test-time augmentation.
+"""Inference from a checkpoint (or its ONNX export): load the model, predict with optional test-time augmentation.
 
     from segmentnet.inference import run_model
     masks = run_model("runs/NAME/best.pt", ["a.jpg", "b.jpg"], flip=True)   # list of HxW uint8 arrays
+    masks = run_model("runs/NAME/best.onnx", ["a.jpg"])                    # the same through ONNX Runtime
 
 Test-time augmentation (TTA) averages the softmax probabilities of several views of the image:
 each scale in `scales` (the image resized by that factor, the logits resized back) and, with
@@ -24,11 +25,10 @@ from PIL import Image
 from torch import nn
 
 from .archive import DataError
-from .checkpoint import clean_state_dict, load_checkpoint, load_weights
+from .checkpoint import clean_state_dict, description_problems, load_checkpoint, load_weights
 from .cli import UsageError
 from .distributed import pick_device
-from .models import build_model, model_option_problems
-from .models.legacy import upgrade
+from .onnx_model import OnnxModel
 from .transforms import normalize
 
 
@@ -101,8 +101,17 @@ def resolve_device(name: str) -> torch.device:
 # ----------------------------------------------------------------------------- the model
 
 
-def load_model(checkpoint, device="cpu") -> tuple[nn.Module, dict]:
-    """A checkpoint path (or its loaded dict) -> (model in eval mode on device, the checkpoint dict)."""
+def load_model(checkpoint, device="cpu") -> tuple[nn.Module | OnnxModel, dict]:
+    """A checkpoint path (or its loaded dict) -> (model in eval mode on device, the checkpoint dict).
+
+    An Export.py file (.onnx) -> (OnnxModel on the CPU, its description): the same entries inference
+    reads from a checkpoint, and a model called the same way, built without the model classes."""
+    if not isinstance(checkpoint, dict) and Path(checkpoint).suffix.lower() == ".onnx":
+        from .onnx_model import load_onnx
+        return load_onnx(checkpoint)
+    from .models import build_model, model_option_problems   # (not needed for an ONNX file)
+    from .models.legacy import upgrade
+
     if isinstance(checkpoint, dict):
         state, name = checkpoint, "(given as a dict)"
     else:
@@ -124,17 +133,26 @@ def load_model(checkpoint, device="cpu") -> tuple[nn.Module, dict]:
 
 def check_checkpoint_entries(state: dict, name) -> None:
     """DataError naming the checkpoint when an entry inference reads is missing or of the wrong kind."""
-    missing = [k for k in ("model", "model_name", "num_classes", "mean", "std", "palette") if k not in state]
+    if "model" not in state:
+        raise DataError(f"checkpoint {name} lacks model: it was not written by TrainSegmentNet.py")
+    if not (isinstance(state["model"], dict) and all(isinstance(v, torch.Tensor) for v in state["model"].values())):
+        raise DataError(f"checkpoint {name}: the entries model are not what TrainSegmentNet.py writes (a dict of "
+                        f"tensors); the file is corrupt or was not written by SegmentNet")
+    check_description(state, f"checkpoint {name}")
+
+
+def check_description(state: dict, name: str) -> None:
+    """The entries that describe a model to inference (all but its weights), of a checkpoint or of an
+    exported model's metadata (`name` says which file): DataError naming each one missing or wrong."""
+    missing = [k for k in ("model_name", "num_classes", "mean", "std", "palette") if k not in state]
     if missing:
-        raise DataError(f"checkpoint {name} lacks {', '.join(missing)}: it was not written by TrainSegmentNet.py")
+        raise DataError(f"{name} lacks {', '.join(missing)}: it was not written by TrainSegmentNet.py")
 
     def triple(v):
         return isinstance(v, (list, tuple)) and len(v) == 3 and all(
             isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
 
     wrong = [key for key, ok in (
-        ("model", isinstance(state["model"], dict)
-         and all(isinstance(v, torch.Tensor) for v in state["model"].values())),
         ("model_name", isinstance(state["model_name"], str)),
         ("num_classes", isinstance(state["num_classes"], int) and not isinstance(state["num_classes"], bool)
          and 1 <= state["num_classes"] <= 256),
@@ -145,18 +163,21 @@ def check_checkpoint_entries(state: dict, name) -> None:
         ("palette", isinstance(state["palette"], (list, tuple)) and len(state["palette"]) <= 256
          and all(triple(c) and all(isinstance(x, int) and 0 <= x <= 255 for x in c) for c in state["palette"])),
     ) if not ok]
+    wrong += [problem.split(" ", 1)[0] for problem in description_problems(state)
+              if problem.split(" ", 1)[0] not in wrong]
     if wrong:
-        raise DataError(f"checkpoint {name}: the entries {', '.join(wrong)} are not what TrainSegmentNet.py writes "
+        raise DataError(f"{name}: the entries {', '.join(wrong)} are not what TrainSegmentNet.py writes "
                         f"(a model name, 1..256 classes and as many class names, 3 channel means and stds, RGB "
-                        f"palette triples, a dict of tensors); the file is corrupt or was not written by SegmentNet")
+                        f"palette triples, a dataset name, an ignore index 0..255, a dict of tensors); the file "
+                        f"is corrupt or was not written by SegmentNet")
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+def model_device(model: nn.Module | OnnxModel) -> torch.device:
+    return model.device if isinstance(model, OnnxModel) else next(model.parameters()).device
 
 
 # ----------------------------------------------------------------------------- prediction
@@ -303,12 +324,14 @@ def evaluate_checkpoint(checkpoint, data_dir=None, split: str = "val", tta: TTA 
     from tqdm import tqdm
 
     from .data import SegmentationDataset, collate_pairs, read_dataset_json
+    from .files import child
     from .metrics import ConfusionMatrix
     from .transforms import eval_transform
 
     model, state = load_model(checkpoint, device)
+    device = model_device(model)  # (an ONNX file runs on the CPU)
     data_dir = Path(data_dir if data_dir is not None else state.get("config", {}).get("data_dir", "data"))
-    root = data_dir / state.get("dataset", "voc2012")
+    root = child(data_dir, state.get("dataset", "voc2012"), f"the dataset named by {checkpoint}")
     info = read_dataset_json(root, complete=True)  # the entries used below, all checked
     dataset = SegmentationDataset(root, split, eval_transform())
     if info["num_classes"] != state["num_classes"]:

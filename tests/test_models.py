@@ -366,3 +366,15 @@ def test_what_the_earlier_release_wrote_and_this_one_cannot_build_is_refused_say
 
     with pytest.raises(DataError, match=message):
         load_model(write_old_checkpoint(tmp_path / "old.pt", model_name, options, keys))
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 3, 5), (1, 3, 7, 11), (1, 2, 1, 1), (1, 1, 13, 2), (1, 2, 12, 18)])
+def test_icnets_pyramid_pooling_equals_adaptive_average_pooling(shape):
+    """ICNet pools with slices (which an ONNX export keeps for any size): the windows of adaptive pooling."""
+    import torch.nn.functional as F
+
+    from segmentnet.models.icnet import adaptive_avg_pool
+
+    x = torch.randn(shape)
+    for bins in (1, 2, 3, 6):
+        torch.testing.assert_close(adaptive_avg_pool(x, bins), F.adaptive_avg_pool2d(x, bins), atol=1e-6, rtol=1e-6)

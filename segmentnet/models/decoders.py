@@ -31,8 +31,8 @@ from torchvision.models.segmentation.fcn import FCNHead
 
 
 def upsample_to(x: torch.Tensor, size, mode: str = "bilinear") -> torch.Tensor:
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
+    """Resized to `size`, also when it has that size already (then an exact copy): a branch on the size
+    would make an ONNX export specialise to the size it was traced at."""
     if mode == "nearest":
         return F.interpolate(x, size=size, mode="nearest")
     return F.interpolate(x, size=size, mode=mode, align_corners=False)
@@ -59,11 +59,14 @@ class Decoder(nn.Module):
                    None when the decoder returns class scores itself (the seeds' FCN-Ns, SegNet, hypercolumns)
     pad_multiple:  the input is padded to a multiple of this (SegNet's pooling indices), then cropped back
     own_init:      the decoder initialises its weights itself (otherwise: He initialisation)
+    unpools_at_maxima: the decoder puts values where the encoder's pools found their maxima (SegNet), so
+                   its output jumps where two maxima nearly tie (an export is verified accordingly)
     """
 
     head_channels: int | None = None
     pad_multiple: int = 1
     own_init: bool = False
+    unpools_at_maxima: bool = False
 
     def features(self, encoder, x):
         """The encoder's output as this decoder wants it (the default: every stage's output)."""

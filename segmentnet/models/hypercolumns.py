@@ -36,7 +36,7 @@ from torch import nn
 from ..checkpoint import load_checkpoint
 from ..errors import ConfigError, DataError
 from .compose import SegmentationModel
-from .decoders import Decoder
+from .decoders import Decoder, upsample_to
 from .encoders import build_encoder
 from .pretrained import WeightsSpec
 
@@ -139,9 +139,7 @@ class HypercolumnDecoder(Decoder):
         y = bias.view(1, -1, 1, 1)
         for feature, (start, stop) in zip(features[1:], self.slices):
             z = F.conv2d(feature, weight[:, start:stop, None, None])
-            if z.shape[-2:] != size:
-                z = F.interpolate(z, size=size, mode="bilinear", align_corners=False)
-            y = y + z
+            y = y + upsample_to(z, size)
         return self.classifier.rest(y)
 
 

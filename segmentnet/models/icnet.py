@@ -23,6 +23,7 @@ pooling; CFF 128); the paper reaches its speed by then pruning every layer's ker
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -41,12 +42,25 @@ def half_size(x):
     return (x.shape[-2] + 1) // 2, (x.shape[-1] + 1) // 2
 
 
+def adaptive_avg_pool(x: torch.Tensor, bins: int) -> torch.Tensor:
+    """F.adaptive_avg_pool2d(x, bins) as means over slices (the same windows: rows floor(i*H/bins) to
+    ceil((i+1)*H/bins), and so for columns), which an ONNX export keeps for every input size; the
+    exporter's own form of adaptive pooling holds only at the size it was traced at."""
+    for dim in (-2, -1):
+        size = x.shape[dim]
+        starts = [i * size // bins for i in range(bins)]
+        ends = [((i + 1) * size + bins - 1) // bins for i in range(bins)]  # (ceil on non-negative numbers only)
+        x = torch.cat([x.narrow(dim, start, end - start).mean(dim, keepdim=True)
+                       for start, end in zip(starts, ends)], dim)
+    return x
+
+
 class PyramidPoolingSum(nn.Module):
     """Average pools over 1x1, 2x2, 3x3 and 6x6 bins, upsampled and added to the map (no weights)."""
 
     def forward(self, x):
         size = x.shape[-2:]
-        return x + sum(upsample_to(F.adaptive_avg_pool2d(x, bins), size) for bins in PYRAMID_BINS)
+        return x + sum(upsample_to(adaptive_avg_pool(x, bins), size) for bins in PYRAMID_BINS)
 
 
 class CascadeFeatureFusion(nn.Module):

@@ -51,12 +51,11 @@ def residual_stage(in_channels: int, out_channels: int, blocks: int, stride: int
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Zero-pad H and W (bottom, right) up to a multiple; returns the padded tensor and (H, W)."""
+    """Zero-pad H and W (bottom, right) up to a multiple; returns the padded tensor and (H, W).
+    Padded always (by zero pixels where none is needed): a branch on the size would make an ONNX
+    export specialise to the size it was traced at."""
     h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph))
-    return x, (h, w)
+    return F.pad(x, (0, (-w) % multiple, 0, (-h) % multiple)), (h, w)
 
 
 class SegmentNet(nn.Module):

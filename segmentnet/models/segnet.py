@@ -28,6 +28,7 @@ def keep_indices(layers: nn.Sequential) -> None:
 
 class SegNetDecoder(Decoder):
     pad_multiple = 32
+    unpools_at_maxima = True
 
     def __init__(self, layers: nn.Sequential, num_classes: int):
         super().__init__()

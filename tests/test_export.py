@@ -1,0 +1,192 @@
+"""Export.py: every registered model to ONNX, verified; Predict.py and Evaluate.py on the ONNX file."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from results_helpers import (TwoConvNet, colour_classifier_checkpoint, read_png, run_script, save_model_checkpoint,
+                             tiny_segmentnet_checkpoint)
+from test_models import SMALL_OPTIONS
+
+import Evaluate
+import Export
+import Predict
+from segmentnet import export
+from segmentnet.datasets.voc2012 import CLASSES, PALETTE
+from segmentnet.errors import DataError
+from segmentnet.export import export_checkpoint
+from segmentnet.inference import load_model
+from segmentnet.models import MODELS, build_model
+from segmentnet.onnx_model import OnnxModel
+from segmentnet.transforms import normalize
+
+# Small enough to be quick, large enough for every model (ICNet's quarter-size branch pools to 6x6 bins);
+# odd sizes, and a batch of two: batch, height and width must all be dynamic.
+SIZES = [(1, 96, 128), (2, 97, 75)]
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_registered_model_exports_and_runs_as_in_pytorch(name, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(name, len(CLASSES), **SMALL_OPTIONS[name])
+    checkpoint = save_model_checkpoint(tmp_path / "best.pt", model, name, SMALL_OPTIONS[name], tmp_path)
+    printed = []
+    out = export_checkpoint(checkpoint, sizes=SIZES, log=printed.append)
+    assert out == tmp_path / "best.onnx" and len(printed) == 2
+    assert all("largest |logit difference|" in line and "argmax agrees" in line for line in printed)
+    # Independently of the export's own check: other random inputs, through Predict's loading path.
+    onnx_model, state = load_model(out)
+    assert isinstance(onnx_model, OnnxModel)
+    assert (state["model_name"], state["classes"], state["palette"]) == (name, list(CLASSES), [list(c) for c in PALETTE])
+    model.eval()
+    for batch, height, width in SIZES:
+        x = torch.randn(batch, 3, height, width)
+        with torch.no_grad():
+            expected = model(x)
+        got = onnx_model(x)
+        assert got.shape == expected.shape == (batch, len(CLASSES), height, width)
+        check = export.compare(got, expected, export.tolerance_of(model))
+        assert check.passed, check
+        assert check.max_difference <= check.allowed or name == "segnet"  # (see export.AT_MAXIMA)
+    # The inference model only: no auxiliary head's weights in the file.
+    assert not any("aux" in tensor.name for tensor in onnx.load(out).graph.initializer)
+
+
+def test_a_uint8_export_equals_the_float_export_after_normalisation(tmp_path, small_voc):
+    checkpoint = tiny_segmentnet_checkpoint(tmp_path / "best.pt", small_voc)
+    status, err = run_script(Export.main, [checkpoint, "--check-sizes", "40x56,33x47"])
+    assert status == 0, err
+    status, err = run_script(Export.main, [checkpoint, "--input", "uint8", "--out", tmp_path / "raw.onnx",
+                                           "--check-sizes", "40x56,33x47"])
+    assert status == 0, err
+    as_float, state = load_model(tmp_path / "best.onnx")
+    as_uint8, _ = load_model(tmp_path / "raw.onnx")
+    assert (as_float.input_type, as_uint8.input_type) == ("float", "uint8")
+    assert as_uint8.session.get_inputs()[0].type == "tensor(uint8)"
+    pixels = torch.randint(0, 256, (2, 3, 45, 61), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    (from_pixels,) = as_uint8.session.run(["logits"], {"image": pixels.numpy()})
+    (from_normalised,) = as_float.session.run(["logits"], {"image": normalize(pixels, state["mean"], state["std"]).numpy()})
+    np.testing.assert_allclose(from_pixels, from_normalised, rtol=1e-5, atol=1e-5)
+    assert np.abs(from_pixels).max() > 0.1  # (not trivially equal)
+    # The metadata says what a client needs.
+    meta = {p.key: p.value for p in onnx.load(tmp_path / "raw.onnx").metadata_props}
+    assert (meta["input"], meta["opset"], json.loads(meta["mean"]), json.loads(meta["classes"])) == (
+        "uint8", str(export.OPSET), state["mean"], list(CLASSES))
+    assert onnx.load(tmp_path / "raw.onnx").opset_import[0].version == export.OPSET
+
+
+def test_predict_on_the_onnx_file_writes_what_the_checkpoint_gives_without_the_model_classes(tmp_path, small_voc):
+    checkpoint = tiny_segmentnet_checkpoint(tmp_path / "best.pt", small_voc)
+    assert run_script(Export.main, [checkpoint, "--check-sizes", "40x56"])[0] == 0
+    val = small_voc / "voc2012" / "val"
+    common = [val / "images", "--masks", val / "masks", "--limit", 4, "--no-progress", "--device", "cpu"]
+    assert run_script(Predict.main, [checkpoint, *common, "--out", tmp_path / "from_pt"])[0] == 0
+    # A fresh interpreter: prediction from the ONNX file imports neither the models nor torchvision.
+    code = ("import sys, Predict; status = Predict.main(sys.argv[1:]); "
+            "assert 'segmentnet.models' not in sys.modules and 'torchvision' not in sys.modules, 'model code imported'")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "best.onnx"), *map(str, common),
+                           "--out", str(tmp_path / "from_onnx")], cwd=Predict.__file__.rsplit("/", 1)[0],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for kind in ("masks", "overlays", "panels"):
+        names = sorted(p.name for p in (tmp_path / "from_pt" / kind).iterdir())
+        assert len(names) == 4 and names == sorted(p.name for p in (tmp_path / "from_onnx" / kind).iterdir())
+        for file in names:
+            assert np.array_equal(read_png(tmp_path / "from_pt" / kind / file)[2],
+                                  read_png(tmp_path / "from_onnx" / kind / file)[2]), (kind, file)
+
+
+def test_evaluate_scores_the_onnx_file_as_the_checkpoint(tmp_path, small_voc, monkeypatch):
+    monkeypatch.setitem(MODELS, "two_conv", TwoConvNet)  # a nearest-colour classifier: mIoU well above 0
+    checkpoint = colour_classifier_checkpoint(tmp_path / "best.pt", small_voc)
+    assert run_script(Export.main, [checkpoint, "--check-sizes", "40x56"])[0] == 0
+    for file in (checkpoint, tmp_path / "best.onnx"):
+        status, err = run_script(Evaluate.main, [file, "--data-dir", small_voc, "--no-progress", "--workers", 0])
+        assert status == 0, err
+    from_pt = json.loads((tmp_path / "eval-best-val.json").read_text())
+    from_onnx = json.loads((tmp_path / "eval-best-onnx-val.json").read_text())
+    assert from_onnx["confusion"] == from_pt["confusion"]
+    assert from_onnx["miou"] == from_pt["miou"] and 0 < from_pt["miou"] < 1
+    assert from_onnx["checkpoint"].endswith("best.onnx") and from_onnx["images"] == from_pt["images"] == 8
+
+
+def foreign_onnx(path):
+    """A valid ONNX model that Export.py did not write: y = x, no metadata."""
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 3, 4, 4])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 3, 4, 4])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)]), path)
+    return path
+
+
+def with_metadata(source, path, **changes):
+    proto = onnx.load(source)
+    for entry in proto.metadata_props:
+        if entry.key in changes:
+            entry.value = changes[entry.key]
+    onnx.save(proto, path)
+    return path
+
+
+def test_a_foreign_or_damaged_onnx_file_gets_a_clear_error(tmp_path, small_voc):
+    checkpoint = tiny_segmentnet_checkpoint(tmp_path / "best.pt", small_voc)
+    assert run_script(Export.main, [checkpoint, "--check-sizes", "40x56"])[0] == 0
+    ours = tmp_path / "best.onnx"
+    data = ours.read_bytes()
+    (tmp_path / "truncated.onnx").write_bytes(data[: len(data) // 2])
+    (tmp_path / "noise.onnx").write_bytes(bytes(range(256)) * 40)
+    cases = {  # file -> (the error's words, read by Predict too: False where only Evaluate reads that entry)
+        "truncated.onnx": ("cannot be read by ONNX Runtime", True),
+        "noise.onnx": ("cannot be read by ONNX Runtime", True),
+        foreign_onnx(tmp_path / "foreign.onnx").name: ("not one Export.py wrote", True),
+        with_metadata(ours, tmp_path / "classes.onnx", classes="[oops").name: ("metadata classes is not JSON", True),
+        with_metadata(ours, tmp_path / "palette.onnx", palette="[[1, 2]]").name: ("the entries palette are not", True),
+        with_metadata(ours, tmp_path / "input.onnx", input="uint8").name: ("not tensor.uint8. as its metadata", True),
+        with_metadata(ours, tmp_path / "dataset.onnx", dataset='"../../elsewhere"').name: ("only plain file names",
+                                                                                          False),
+    }
+    image = small_voc / "voc2012" / "val" / "images"
+    for name, (message, predict_reads_it) in cases.items():
+        with pytest.raises(DataError, match=message):
+            Evaluate.evaluate_checkpoint(tmp_path / name, workers=0, progress=False)
+        tools = [(Evaluate.main, [])] + ([(Predict.main, [image, "--out", tmp_path / f"out-{name}"])]
+                                         if predict_reads_it else [])
+        for main, args in tools:
+            status, err = run_script(main, [tmp_path / name, *args, "--no-progress"])
+            assert status == 2 and re.search(message, err) and "Traceback" not in err, (name, err)
+        assert not (tmp_path / f"out-{name}").exists()
+
+
+def test_a_failed_export_leaves_no_file_and_never_replaces_a_users_file(tmp_path, small_voc, monkeypatch):
+    checkpoint = tiny_segmentnet_checkpoint(tmp_path / "best.pt", small_voc)
+    out = tmp_path / "best.onnx"
+    out.write_text("my own notes")
+    status, err = run_script(Export.main, [checkpoint, "--check-sizes", "40x56"])
+    assert status == 2 and "was not written by Export" in err and out.read_text() == "my own notes"
+    out.unlink()
+    assert run_script(Export.main, [checkpoint, "--check-sizes", "40x56"])[0] == 0
+    first = out.read_bytes()
+    assert run_script(Export.main, [checkpoint, "--check-sizes", "40x56"])[0] == 0  # its own file: replaced
+    monkeypatch.setattr(export, "ATOL", -1.0)  # no export can pass: as if ONNX Runtime computed otherwise
+    status, err = run_script(Export.main, [checkpoint, "--out", tmp_path / "new.onnx", "--check-sizes", "40x56"])
+    assert status == 2 and "does not compute what the checkpoint's does" in err and "Traceback" not in err
+    assert not (tmp_path / "new.onnx").exists() and out.read_bytes() == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.onnx", "best.pt"]  # no temporary file left
+    for argv, message in (([checkpoint, "--opset", "7"], "--opset must be from 13 to 23"),
+                          ([out], "is an ONNX file already")):
+        status, err = run_script(Export.main, argv)
+        assert status == 2 and message in err, err
+
+
+def test_check_sizes_are_read_as_height_by_width(capsys):
+    assert Export.parse_sizes("40x56, 33x47") == [(1, 40, 56), (2, 33, 47)]
+    for text in ("40", "40x1", "0x5", "40x56x3", ""):
+        with pytest.raises(SystemExit) as exit_info:
+            Export.build_parser().parse_args(["best.pt", "--check-sizes", text])
+        assert exit_info.value.code == 2 and "HEIGHTxWIDTH" in capsys.readouterr().err
