@@ -33,8 +33,9 @@ def parse_sizes(text: str) -> list[tuple[int, int, int]]:
             raise argparse.ArgumentTypeError(f"expected sizes HEIGHTxWIDTH (2 to 9999) separated by commas, such as "
                                              f"384x384,289x481; got {part!r}")
         sizes.append((1 if i == 0 else 2, int(match[1]), int(match[2])))
-    if not sizes:
-        raise argparse.ArgumentTypeError("expected at least one size HEIGHTxWIDTH")
+    if len({size[1:] for size in sizes}) < 2:
+        raise argparse.ArgumentTypeError(f"expected at least two different sizes HEIGHTxWIDTH (height and width are "
+                                         f"dynamic, so the export is checked on two), got {text!r}")
     return sizes
 
 

@@ -70,8 +70,8 @@ def bench_model(name: str, classes: int, sizes, batches, runtimes, device: str, 
     for height, width in sizes:
         for batch in batches:
             x = torch.randn(batch, 3, height, width, device=device)
-            calls = {"eager": lambda: model(x), "compile": (lambda: compiled(x)) if compiled else None,
-                     "onnxruntime": (lambda: session.run(["logits"], {"image": x.cpu().numpy()})) if session else None}
+            calls = {"eager": lambda: model(x), "compile": (lambda: compiled(x)) if compiled is not None else None,
+                     "onnxruntime": (lambda: session.run(["logits"], {"image": x.cpu().numpy()})) if session is not None else None}
             for runtime in runtimes:
                 if calls[runtime] is None:
                     continue

@@ -25,7 +25,7 @@ from .errors import SegmentNetError
 from .files import atomic_path
 from .inference import load_model, model_logits
 from .onnx_model import DESCRIPTION_KEYS, FORMAT, INPUT_TYPES, first_line, load_onnx
-from .outputs import check_replaceable, signature
+from .outputs import check_replaceable, signature, writing
 from .transforms import normalize
 
 OPSET = 18               # ONNX Runtime 1.14+ and every torch since 2.1 run it
@@ -113,6 +113,7 @@ def to_onnx(graph: InferenceGraph, example: torch.Tensor, opset: int, name: str)
     """torch.onnx's exporter (torch.export underneath) with dynamic batch, height and width -> ModelProto."""
     dynamic = torch.export.Dim.DYNAMIC
     quiet = contextlib.redirect_stdout(io.StringIO())  # the exporter's progress lines
+    disabled = logging.root.manager.disable
     logging.disable(logging.WARNING)                    # and its translation notes
     try:
         with quiet, warnings.catch_warnings(), torch.no_grad():
@@ -120,18 +121,34 @@ def to_onnx(graph: InferenceGraph, example: torch.Tensor, opset: int, name: str)
             program = torch.onnx.export(graph, (example,), dynamo=True, opset_version=opset,
                                         input_names=["image"], output_names=["logits"],
                                         dynamic_shapes={"image": {0: dynamic, 2: dynamic, 3: dynamic}})
-        return program.model_proto
+        proto = program.model_proto
     except Exception as exc:  # the exporter's errors (torch.export's, onnxscript's) share no base class
-        text = str(exc)
-        operator = re.search(r"\baten[.:]{1,2}[A-Za-z_0-9]+(?:\.[A-Za-z_0-9]+)?", text)
+        operator = untranslated_operator(exc)
         raise ExportError(
             f"model {name} could not be exported to ONNX opset {opset}"
-            + (f": the operator {operator.group(0)} has no ONNX form there" if operator else "")
-            + f" ({type(exc).__name__}: {text.strip().splitlines()[0][:300] if text.strip() else ''}). "
-            f"Try a newer --opset (ONNX Runtime runs up to 21), or train a model that exports (Export.py "
-            f"exports every model SegmentNet.py lists at its defaults); nothing was written") from None
+            + (f": the operator {operator} has no ONNX form" if operator else "")
+            + f" ({type(exc).__name__}: {first_line(exc)}). Try another --opset, or train a model that exports "
+            f"(every model SegmentNet.py lists does); nothing was written") from None
     finally:
-        logging.disable(logging.NOTSET)
+        logging.disable(disabled)
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:
+        raise ExportError(f"the exporter wrote opset {written} where opset {opset} was asked for (it could not "
+                          f"convert this model to {opset}); export with --opset {written}. Nothing was written")
+    return proto
+
+
+def untranslated_operator(exc: BaseException) -> str | None:
+    """The operator the exporter found no ONNX form for, such as 'aten.foo.default', from its error chain."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        found = re.search(r"No ONNX function found for (?:<OpOverload\(op='([\w.:]+)', overload='(\w+)'\)>|([\w.:]+))",
+                          str(exc))
+        if found:
+            return f"{found[1]}.{found[2]}" if found[1] else found[3]
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def add_metadata(proto, state: dict, input_type: str, opset: int) -> None:
@@ -152,7 +169,9 @@ def description_value(state: dict, key: str):
         return state.get("config", {}).get("data_dir", "data")
     if key == "epoch":
         return state.get("epoch") if isinstance(state.get("epoch"), int) else None
-    defaults = {"model_options": {}, "ignore_index": 255, "dataset": "voc2012", "classes": None}
+    if key == "classes" and state.get("classes") is None:  # (optional in a checkpoint): numbered
+        return [f"class {i}" for i in range(state["num_classes"])]
+    defaults = {"model_options": {}, "ignore_index": 255, "dataset": "voc2012"}
     return state.get(key, defaults.get(key))
 
 
@@ -189,17 +208,23 @@ def export_checkpoint(checkpoint, out=None, input_type: str = "float", opset: in
     checkpoint = Path(checkpoint)
     if checkpoint.suffix.lower() == ".onnx":
         raise ExportError(f"{checkpoint} is an ONNX file already; give the checkpoint (.pt) it was exported from")
-    out = check_replaceable(Path(out) if out is not None else checkpoint.with_suffix(".onnx"), "Export", "--out")
+    out = Path(out) if out is not None else checkpoint.with_suffix(".onnx")
+    if out.suffix.lower() != ".onnx":
+        raise ExportError(f"--out {out} must end in .onnx: Predict.py and Evaluate.py tell an export by its suffix")
+    check_replaceable(out, "Export", "--out")
     model, state = load_model(checkpoint)
     sizes = list(sizes) if sizes else default_check_sizes(state)
+    if len({size[1:] for size in sizes}) < 2:
+        raise ExportError(f"the export is checked on at least two different image sizes (height and width are "
+                          f"dynamic), got {['x'.join(map(str, size[1:])) for size in sizes]}")
     graph = InferenceGraph(inference_only(model), input_type, state["mean"], state["std"]).eval()
     example_dtype = torch.uint8 if input_type == "uint8" else torch.float32
     _, height, width = sizes[0]
     proto = to_onnx(graph, torch.zeros(2, 3, height, width, dtype=example_dtype), opset, state["model_name"])
     add_metadata(proto, state, input_type, opset)
-    with atomic_path(out) as tmp:
+    with writing(out), atomic_path(out) as tmp:
         tmp.write_bytes(proto.SerializeToString())
-        exported, _ = load_onnx(tmp)  # the file as Predict will read it
+        exported, _ = load_onnx(tmp, name=f"the export of {checkpoint}")  # the file as Predict will read it
         checks = verify(graph, exported.session, sizes, tolerance_of(model))
         for check in checks:
             log(str(check))

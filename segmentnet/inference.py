@@ -13,6 +13,7 @@ where tiles overlap; an image no larger than the window is run whole.
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -108,6 +109,9 @@ def load_model(checkpoint, device="cpu") -> tuple[nn.Module | OnnxModel, dict]:
     reads from a checkpoint, and a model called the same way, built without the model classes."""
     if not isinstance(checkpoint, dict) and Path(checkpoint).suffix.lower() == ".onnx":
         from .onnx_model import load_onnx
+        if torch.device(device).type != "cpu":
+            print(f"note: {checkpoint} runs on ONNX Runtime's CPU provider; the device {device} is not used",
+                  file=sys.stderr)
         return load_onnx(checkpoint)
     from .models import build_model, model_option_problems   # (not needed for an ONNX file)
     from .models.legacy import upgrade
@@ -324,14 +328,14 @@ def evaluate_checkpoint(checkpoint, data_dir=None, split: str = "val", tta: TTA 
     from tqdm import tqdm
 
     from .data import SegmentationDataset, collate_pairs, read_dataset_json
-    from .files import child
+    from .files import plain_name
     from .metrics import ConfusionMatrix
     from .transforms import eval_transform
 
     model, state = load_model(checkpoint, device)
     device = model_device(model)  # (an ONNX file runs on the CPU)
     data_dir = Path(data_dir if data_dir is not None else state.get("config", {}).get("data_dir", "data"))
-    root = child(data_dir, state.get("dataset", "voc2012"), f"the dataset named by {checkpoint}")
+    root = data_dir / plain_name(state.get("dataset", "voc2012"), f"the dataset named by {checkpoint}")
     info = read_dataset_json(root, complete=True)  # the entries used below, all checked
     dataset = SegmentationDataset(root, split, eval_transform())
     if info["num_classes"] != state["num_classes"]:

@@ -8,9 +8,9 @@ What a file of ours holds besides the graph (its metadata, every value text, JSO
 The graph: one input "image" (batch, 3, height, width: each any size the PyTorch model accepts) and one
 output "logits" (batch, num_classes, height, width).
 
-A file is hostile until checked: one that ONNX Runtime cannot read, that lacks our metadata, whose
-metadata is malformed, or whose graph has another input or output is refused with a DataError naming it.
-The bytes are handed to ONNX Runtime, not the path, so a graph cannot pull in external data files.
+A file is hostile until checked: one that cannot be parsed, that names external data files (a
+graph could otherwise read any file into its weights), that lacks our metadata or whose metadata is
+malformed, or whose graph has another input or output, or fixed sizes, is refused with a DataError naming it.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from .errors import DataError
 from .transforms import normalize
 
 FORMAT = "1"
+MAX_METADATA_CHARS = 1_000_000  # far above what Export.py writes (256 class names and colours)
 INPUT_TYPES = {"float": "tensor(float)", "uint8": "tensor(uint8)"}   # Export's --input -> ONNX's type name
 DESCRIPTION_KEYS = ("model_name", "model_options", "num_classes", "classes", "palette", "mean", "std",
                     "ignore_index", "dataset", "data_dir", "epoch")
@@ -37,8 +38,8 @@ class OnnxModel:
 
     device = torch.device("cpu")
 
-    def __init__(self, session, input_type: str, mean, std):
-        self.session, self.input_type, self.mean, self.std = session, input_type, mean, std
+    def __init__(self, session, input_type: str, mean, std, path):
+        self.session, self.input_type, self.mean, self.std, self.path = session, input_type, mean, std, path
 
     def eval(self):
         return self
@@ -47,7 +48,11 @@ class OnnxModel:
         x = x.detach().to("cpu", torch.float32)
         if self.input_type == "uint8":
             x = raw_pixels(x, self.mean, self.std)
-        (logits,) = self.session.run(["logits"], {"image": np.ascontiguousarray(x.numpy())})
+        try:
+            (logits,) = self.session.run(["logits"], {"image": np.ascontiguousarray(x.numpy())})
+        except Exception as exc:  # ONNX Runtime's error types share no base class
+            raise DataError(f"ONNX file {self.path} failed on an input of {'x'.join(map(str, x.shape))} "
+                            f"({first_line(exc)}); export the checkpoint again with Export.py") from None
         return torch.from_numpy(logits)
 
 
@@ -57,55 +62,90 @@ def raw_pixels(x: torch.Tensor, mean, std) -> torch.Tensor:
     return ((x - zero) / (one - zero)).round().clamp(0, 255).to(torch.uint8)
 
 
-def load_onnx(path) -> tuple[OnnxModel, dict]:
-    """An Export.py file -> (OnnxModel, its description: the checkpoint's entries inference reads)."""
+def load_onnx(path, name=None) -> tuple[OnnxModel, dict]:
+    """An Export.py file -> (OnnxModel, its description: the checkpoint's entries inference reads).
+    `name`: how errors call the file (default: its path)."""
+    import onnx
     import onnxruntime as ort
 
     path = Path(path)
+    name = name or path
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise DataError(f"ONNX file {path} cannot be read: {exc.strerror or exc}; check the path") from None
+        raise DataError(f"ONNX file {name} cannot be read: {exc.strerror or exc}; check the path") from None
+    try:
+        proto = onnx.load_model_from_string(data)
+    except Exception as exc:  # protobuf's DecodeError and onnx's own
+        raise DataError(f"{name} cannot be read as an ONNX model ({first_line(exc)}): the file is truncated or "
+                        f"corrupt, or not an ONNX model. Export it again with Export.py") from None
+    external = [tensor.name for tensor in all_tensors(proto.graph) if tensor.data_location == onnx.TensorProto.EXTERNAL]
+    if external:
+        raise DataError(f"ONNX file {name} keeps tensors ({', '.join(external[:3])}) in external files; Export.py "
+                        f"never does, and loading them could read any file on this machine. Refused")
+    meta = {entry.key: entry.value for entry in proto.metadata_props}
+    if meta.get("segmentnet_format") != FORMAT:
+        raise DataError(f"{name} is an ONNX model, but not one Export.py wrote (its metadata lacks "
+                        f"segmentnet_format {FORMAT}: the class names, palette and normalisation that "
+                        f"prediction needs). Export the checkpoint with Export.py")
+    state = parse_description(meta, name)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: its warnings about unused initialisers are no news to a user
     try:
         session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ONNX Runtime's own error types (InvalidProtobuf, Fail, ...) share no base
-        raise DataError(f"{path} cannot be read by ONNX Runtime ({first_line(exc)}): the file is truncated or "
-                        f"corrupt, or not an ONNX model. Export it again with Export.py") from None
-    meta = session.get_modelmeta().custom_metadata_map
-    if meta.get("segmentnet_format") != FORMAT:
-        raise DataError(f"{path} is an ONNX model, but not one Export.py wrote (its metadata lacks "
-                        f"segmentnet_format {FORMAT}: the class names, palette and normalisation that "
-                        f"prediction needs). Export the checkpoint with Export.py")
-    state = parse_description(meta, path)
-    check_graph(session, meta.get("input"), state["num_classes"], path)
-    return OnnxModel(session, meta["input"], state["mean"], state["std"]), state
+        raise DataError(f"{name} cannot be run by this ONNX Runtime {ort.__version__} ({first_line(exc)}): the "
+                        f"file is damaged, or its opset {meta.get('opset', '?')} is newer than this ONNX Runtime "
+                        f"runs. Export it again with Export.py (--opset 18)") from None
+    check_graph(session, meta.get("input"), state["num_classes"], name)
+    return OnnxModel(session, meta["input"], state["mean"], state["std"], name), state
 
 
-def parse_description(meta: dict, path) -> dict:
+def all_tensors(graph):
+    """Every tensor a graph holds: initialisers, sparse ones, node attributes, in subgraphs too."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from all_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from all_tensors(subgraph)
+
+
+def parse_description(meta: dict, name) -> dict:
     from .inference import check_description
 
     state = {}
     for key in DESCRIPTION_KEYS:
         if key not in meta:
-            raise DataError(f"ONNX file {path}: its metadata lacks {key}; the file is damaged or was not "
+            raise DataError(f"ONNX file {name}: its metadata lacks {key}; the file is damaged or was not "
                             f"written by Export.py. Export the checkpoint again")
         if key == "model_name":
             state[key] = meta[key]
             continue
         try:
+            if len(meta[key]) > MAX_METADATA_CHARS:
+                raise ValueError("too long")
             state[key] = json.loads(meta[key])
-        except ValueError:
-            raise DataError(f"ONNX file {path}: its metadata {key} is not JSON ({meta[key]!r:.60}); the file is "
+        except (ValueError, RecursionError):
+            raise DataError(f"ONNX file {name}: its metadata {key} is not JSON ({meta[key]!r:.60}); the file is "
                             f"damaged or was not written by Export.py") from None
+    if not (state["epoch"] is None or type(state["epoch"]) is int and state["epoch"] >= 0):
+        raise DataError(f"ONNX file {name}: its metadata epoch must be a whole number or null, got "
+                        f"{meta['epoch']!r:.60}; the file is damaged or was not written by Export.py")
     state["config"] = {"data_dir": state.pop("data_dir")}  # where a checkpoint keeps it
-    check_description(state, f"ONNX file {path}")
+    check_description(state, f"ONNX file {name}")
     return state
 
 
-def check_graph(session, input_type, num_classes: int, path) -> None:
-    """The graph has the one input and output Export.py makes, of the type its metadata says."""
+def check_graph(session, input_type, num_classes: int, name) -> None:
+    """The graph has the one input and output Export.py makes: input (batch, 3, height, width) of the
+    type its metadata says, batch and sizes not fixed; output float logits (batch, num_classes, height, width)."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
     expected = INPUT_TYPES.get(input_type)
     problems = []
@@ -113,14 +153,20 @@ def check_graph(session, input_type, num_classes: int, path) -> None:
         problems.append(f"its metadata input is {input_type!r}, not one of {', '.join(INPUT_TYPES)}")
     if [i.name for i in inputs] != ["image"] or len(inputs[0].shape) != 4:
         problems.append(f"its inputs are {[(i.name, i.shape) for i in inputs]}, not one 4-D 'image'")
-    elif expected is not None and inputs[0].type != expected:
-        problems.append(f"its input is of type {inputs[0].type}, not {expected} as its metadata says")
+    else:
+        batch, channels, height, width = inputs[0].shape
+        if expected is not None and inputs[0].type != expected:
+            problems.append(f"its input is of type {inputs[0].type}, not {expected} as its metadata says")
+        if channels != 3 or any(isinstance(d, int) for d in (batch, height, width)):
+            problems.append(f"its input has the shape {inputs[0].shape}, not (batch, 3, height, width) with "
+                            f"batch, height and width free")
     if [o.name for o in outputs] != ["logits"] or len(outputs[0].shape) != 4:
         problems.append(f"its outputs are {[(o.name, o.shape) for o in outputs]}, not one 4-D 'logits'")
-    elif outputs[0].shape[1] not in (num_classes, None) and not isinstance(outputs[0].shape[1], str):
-        problems.append(f"it outputs {outputs[0].shape[1]} classes but its metadata names {num_classes}")
+    elif outputs[0].type != "tensor(float)" or outputs[0].shape[1] != num_classes:
+        problems.append(f"it outputs {outputs[0].type} of shape {outputs[0].shape}, not float logits of "
+                        f"{num_classes} classes as its metadata says")
     if problems:
-        raise DataError(f"ONNX file {path}: {'; '.join(problems)}; it was not written by Export.py or is damaged. "
+        raise DataError(f"ONNX file {name}: {'; '.join(problems)}; it was not written by Export.py or is damaged. "
                         f"Export the checkpoint again")
 
 

@@ -29,6 +29,7 @@ from segmentnet.transforms import normalize
 # Small enough to be quick, large enough for every model (ICNet's quarter-size branch pools to 6x6 bins);
 # odd sizes, and a batch of two: batch, height and width must all be dynamic.
 SIZES = [(1, 96, 128), (2, 97, 75)]
+CHECK = "40x56,33x47"  # Export.py's --check-sizes for the tiny SegmentNet
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -60,10 +61,10 @@ def test_every_registered_model_exports_and_runs_as_in_pytorch(name, tmp_path):
 
 def test_a_uint8_export_equals_the_float_export_after_normalisation(tmp_path, small_voc):
     checkpoint = tiny_segmentnet_checkpoint(tmp_path / "best.pt", small_voc)
-    status, err = run_script(Export.main, [checkpoint, "--check-sizes", "40x56,33x47"])
+    status, err = run_script(Export.main, [checkpoint, "--check-sizes", CHECK])
     assert status == 0, err
     status, err = run_script(Export.main, [checkpoint, "--input", "uint8", "--out", tmp_path / "raw.onnx",
-                                           "--check-sizes", "40x56,33x47"])
+                                           "--check-sizes", CHECK])
     assert status == 0, err
     as_float, state = load_model(tmp_path / "best.onnx")
     as_uint8, _ = load_model(tmp_path / "raw.onnx")
@@ -74,6 +75,10 @@ def test_a_uint8_export_equals_the_float_export_after_normalisation(tmp_path, sm
     (from_normalised,) = as_float.session.run(["logits"], {"image": normalize(pixels, state["mean"], state["std"]).numpy()})
     np.testing.assert_allclose(from_pixels, from_normalised, rtol=1e-5, atol=1e-5)
     assert np.abs(from_pixels).max() > 0.1  # (not trivially equal)
+    # As Predict calls them (normalised input; the uint8 model takes the pixels back exactly).
+    normalised = normalize(pixels, state["mean"], state["std"])
+    np.testing.assert_allclose(as_uint8(normalised).numpy(), from_pixels, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(as_float(normalised).numpy(), from_normalised, rtol=1e-6, atol=1e-6)
     # The metadata says what a client needs.
     meta = {p.key: p.value for p in onnx.load(tmp_path / "raw.onnx").metadata_props}
     assert (meta["input"], meta["opset"], json.loads(meta["mean"]), json.loads(meta["classes"])) == (
@@ -83,17 +88,19 @@ def test_a_uint8_export_equals_the_float_export_after_normalisation(tmp_path, sm
 
 def test_predict_on_the_onnx_file_writes_what_the_checkpoint_gives_without_the_model_classes(tmp_path, small_voc):
     checkpoint = tiny_segmentnet_checkpoint(tmp_path / "best.pt", small_voc)
-    assert run_script(Export.main, [checkpoint, "--check-sizes", "40x56"])[0] == 0
+    assert run_script(Export.main, [checkpoint, "--check-sizes", CHECK])[0] == 0
     val = small_voc / "voc2012" / "val"
     common = [val / "images", "--masks", val / "masks", "--limit", 4, "--no-progress", "--device", "cpu"]
     assert run_script(Predict.main, [checkpoint, *common, "--out", tmp_path / "from_pt"])[0] == 0
-    # A fresh interpreter: prediction from the ONNX file imports neither the models nor torchvision.
-    code = ("import sys, Predict; status = Predict.main(sys.argv[1:]); "
-            "assert 'segmentnet.models' not in sys.modules and 'torchvision' not in sys.modules, 'model code imported'")
+    # A fresh interpreter: prediction and evaluation from the ONNX file import neither the models nor torchvision.
+    code = ("import sys, Predict, Evaluate; Predict.main(sys.argv[1:]); Evaluate.main([sys.argv[1], '--no-progress', "
+            "'--workers', '0']); assert 'segmentnet.models' not in sys.modules and 'torchvision' not in sys.modules, "
+            "'model code imported'")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "best.onnx"), *map(str, common),
                            "--out", str(tmp_path / "from_onnx")], cwd=Predict.__file__.rsplit("/", 1)[0],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    assert (tmp_path / "eval-best-onnx-val.json").is_file()
     for kind in ("masks", "overlays", "panels"):
         names = sorted(p.name for p in (tmp_path / "from_pt" / kind).iterdir())
         assert len(names) == 4 and names == sorted(p.name for p in (tmp_path / "from_onnx" / kind).iterdir())
@@ -105,9 +112,12 @@ def test_predict_on_the_onnx_file_writes_what_the_checkpoint_gives_without_the_m
 def test_evaluate_scores_the_onnx_file_as_the_checkpoint(tmp_path, small_voc, monkeypatch):
     monkeypatch.setitem(MODELS, "two_conv", TwoConvNet)  # a nearest-colour classifier: mIoU well above 0
     checkpoint = colour_classifier_checkpoint(tmp_path / "best.pt", small_voc)
-    assert run_script(Export.main, [checkpoint, "--check-sizes", "40x56"])[0] == 0
-    for file in (checkpoint, tmp_path / "best.onnx"):
-        status, err = run_script(Evaluate.main, [file, "--data-dir", small_voc, "--no-progress", "--workers", 0])
+    assert run_script(Export.main, [checkpoint, "--check-sizes", CHECK])[0] == 0
+    linked = tmp_path / "linked"  # a dataset folder that is a link (to a mounted volume, say) is the user's choice
+    linked.mkdir()
+    (linked / "voc2012").symlink_to(small_voc / "voc2012")
+    for file, data_dir in ((checkpoint, small_voc), (tmp_path / "best.onnx", linked)):
+        status, err = run_script(Evaluate.main, [file, "--data-dir", data_dir, "--no-progress", "--workers", 0])
         assert status == 0, err
     from_pt = json.loads((tmp_path / "eval-best-val.json").read_text())
     from_onnx = json.loads((tmp_path / "eval-best-onnx-val.json").read_text())
@@ -134,59 +144,125 @@ def with_metadata(source, path, **changes):
     return path
 
 
+def graph_with_our_metadata(source, path, image_shape, node, logits_shape, external: bool = False):
+    """A hand-made graph carrying the metadata of the Export.py file `source`."""
+    helper = onnx.helper
+    image = helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, image_shape)
+    logits = helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, logits_shape)
+    shape = helper.make_tensor("shape", onnx.TensorProto.INT64, [4], [1, 21, 4, 4])
+    if external:  # the tensor's bytes "in" a file outside
+        shape.ClearField("int64_data")
+        shape.data_location = onnx.TensorProto.EXTERNAL
+        shape.external_data.add(key="location", value="../../../etc/passwd")
+    graph = helper.make_graph([node], "g", [image], [logits], initializer=[shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.metadata_props.extend(onnx.load(source).metadata_props)
+    path.write_bytes(model.SerializeToString())  # (not onnx.save, which acts on external data itself)
+    return path
+
+
 def test_a_foreign_or_damaged_onnx_file_gets_a_clear_error(tmp_path, small_voc):
     checkpoint = tiny_segmentnet_checkpoint(tmp_path / "best.pt", small_voc)
-    assert run_script(Export.main, [checkpoint, "--check-sizes", "40x56"])[0] == 0
+    assert run_script(Export.main, [checkpoint, "--check-sizes", CHECK])[0] == 0
     ours = tmp_path / "best.onnx"
     data = ours.read_bytes()
     (tmp_path / "truncated.onnx").write_bytes(data[: len(data) // 2])
     (tmp_path / "noise.onnx").write_bytes(bytes(range(256)) * 40)
     cases = {  # file -> (the error's words, read by Predict too: False where only Evaluate reads that entry)
-        "truncated.onnx": ("cannot be read by ONNX Runtime", True),
-        "noise.onnx": ("cannot be read by ONNX Runtime", True),
+        "truncated.onnx": ("cannot be read as an ONNX model", True),
+        "noise.onnx": ("cannot be read as an ONNX model", True),
         foreign_onnx(tmp_path / "foreign.onnx").name: ("not one Export.py wrote", True),
         with_metadata(ours, tmp_path / "classes.onnx", classes="[oops").name: ("metadata classes is not JSON", True),
         with_metadata(ours, tmp_path / "palette.onnx", palette="[[1, 2]]").name: ("the entries palette are not", True),
         with_metadata(ours, tmp_path / "input.onnx", input="uint8").name: ("not tensor.uint8. as its metadata", True),
         with_metadata(ours, tmp_path / "dataset.onnx", dataset='"../../elsewhere"').name: ("only plain file names",
                                                                                           False),
+        with_metadata(ours, tmp_path / "deep.onnx", palette="[" * 100000).name: ("metadata palette is not JSON", True),
+        with_metadata(ours, tmp_path / "epoch.onnx", epoch='"soon"').name: ("metadata epoch must be", True),
+        graph_with_our_metadata(ours, tmp_path / "fixed.onnx", [1, 3, 8, 14], onnx.helper.make_node(
+            "Reshape", ["image", "shape"], ["logits"]), [1, 21, 4, 4]).name: ("height and width free", True),
+        graph_with_our_metadata(ours, tmp_path / "external.onnx", ["n", 3, "h", "w"], onnx.helper.make_node(
+            "Reshape", ["image", "shape"], ["logits"]), ["n", 21, 4, 4], external=True).name: ("external files", True),
+        # reads well, fails when run (3 x h x w values cannot become 21 x 4 x 4)
+        graph_with_our_metadata(ours, tmp_path / "fails.onnx", ["n", 3, "h", "w"], onnx.helper.make_node(
+            "Reshape", ["image", "shape"], ["logits"]), ["n", 21, 4, 4]).name: ("failed on an input of", True),
     }
     image = small_voc / "voc2012" / "val" / "images"
     for name, (message, predict_reads_it) in cases.items():
         with pytest.raises(DataError, match=message):
             Evaluate.evaluate_checkpoint(tmp_path / name, workers=0, progress=False)
+        if name == "fails.onnx":
+            assert isinstance(load_model(tmp_path / name)[0], OnnxModel)  # (it loads: the failure is in the run)
         tools = [(Evaluate.main, [])] + ([(Predict.main, [image, "--out", tmp_path / f"out-{name}"])]
                                          if predict_reads_it else [])
         for main, args in tools:
             status, err = run_script(main, [tmp_path / name, *args, "--no-progress"])
             assert status == 2 and re.search(message, err) and "Traceback" not in err, (name, err)
-        assert not (tmp_path / f"out-{name}").exists()
+        assert not list((tmp_path / f"out-{name}").glob("*/*.png"))  # nothing predicted
 
 
 def test_a_failed_export_leaves_no_file_and_never_replaces_a_users_file(tmp_path, small_voc, monkeypatch):
     checkpoint = tiny_segmentnet_checkpoint(tmp_path / "best.pt", small_voc)
     out = tmp_path / "best.onnx"
     out.write_text("my own notes")
-    status, err = run_script(Export.main, [checkpoint, "--check-sizes", "40x56"])
+    status, err = run_script(Export.main, [checkpoint, "--check-sizes", CHECK])
     assert status == 2 and "was not written by Export" in err and out.read_text() == "my own notes"
     out.unlink()
-    assert run_script(Export.main, [checkpoint, "--check-sizes", "40x56"])[0] == 0
+    assert run_script(Export.main, [checkpoint, "--check-sizes", CHECK])[0] == 0
     first = out.read_bytes()
-    assert run_script(Export.main, [checkpoint, "--check-sizes", "40x56"])[0] == 0  # its own file: replaced
+    assert run_script(Export.main, [checkpoint, "--check-sizes", CHECK])[0] == 0  # its own file: replaced
     monkeypatch.setattr(export, "ATOL", -1.0)  # no export can pass: as if ONNX Runtime computed otherwise
-    status, err = run_script(Export.main, [checkpoint, "--out", tmp_path / "new.onnx", "--check-sizes", "40x56"])
+    status, err = run_script(Export.main, [checkpoint, "--out", tmp_path / "new.onnx", "--check-sizes", CHECK])
     assert status == 2 and "does not compute what the checkpoint's does" in err and "Traceback" not in err
     assert not (tmp_path / "new.onnx").exists() and out.read_bytes() == first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.onnx", "best.pt"]  # no temporary file left
     for argv, message in (([checkpoint, "--opset", "7"], "--opset must be from 13 to 23"),
-                          ([out], "is an ONNX file already")):
+                          ([out], "is an ONNX file already"),
+                          ([checkpoint, "--out", tmp_path / "best.model"], "must end in .onnx")):
         status, err = run_script(Export.main, argv)
         assert status == 2 and message in err, err
 
 
 def test_check_sizes_are_read_as_height_by_width(capsys):
     assert Export.parse_sizes("40x56, 33x47") == [(1, 40, 56), (2, 33, 47)]
-    for text in ("40", "40x1", "0x5", "40x56x3", ""):
+    for text in ("40", "40x1", "0x5", "40x56x3", "", "40x56", "40x56,40x56"):
         with pytest.raises(SystemExit) as exit_info:
             Export.build_parser().parse_args(["best.pt", "--check-sizes", text])
         assert exit_info.value.code == 2 and "HEIGHTxWIDTH" in capsys.readouterr().err
+
+
+@torch.library.custom_op("segtest::opaque", mutates_args=())
+def opaque(x: torch.Tensor) -> torch.Tensor:
+    """An operator of our own, of which ONNX knows nothing."""
+    return x.clone()
+
+
+@opaque.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+class OpaqueNet(torch.nn.Module):
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, num_classes, 1)
+
+    def forward(self, x):
+        return self.conv(opaque(x))
+
+
+def test_a_model_the_exporter_cannot_translate_fails_naming_the_operator(tmp_path, monkeypatch):
+    monkeypatch.setitem(MODELS, "opaque_net", OpaqueNet)
+    checkpoint = save_model_checkpoint(tmp_path / "best.pt", OpaqueNet(len(CLASSES)), "opaque_net", {}, tmp_path)
+    status, err = run_script(Export.main, [checkpoint, "--check-sizes", CHECK])
+    assert status == 2 and "the operator segtest.opaque.default has no ONNX form" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
+
+
+def test_the_metadata_states_the_opset_the_file_has(tmp_path, small_voc):
+    checkpoint = tiny_segmentnet_checkpoint(tmp_path / "best.pt", small_voc)
+    status, err = run_script(Export.main, [checkpoint, "--opset", "20", "--check-sizes", CHECK])
+    assert status == 0, err
+    proto = onnx.load(tmp_path / "best.onnx")
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["opset"] == "20" == str(next(o.version for o in proto.opset_import if o.domain == ""))
