@@ -32,7 +32,7 @@ readme-pictures: $(VENV)/.installed
 	$(PY) docs/readme_pictures.py demo/run docs/images
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q --numprocesses=auto --maxprocesses=4 tests
+	$(PY) -m pytest -q --numprocesses=auto --maxprocesses=4 --dist worksteal tests
 
 clean:
 	rm -rf demo $(VENV)
