@@ -14,10 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from segmentnet.archive import DataError, check_readable, download, extract, read_marker, verify_md5
+from segmentnet.archive import check_readable, download, extract, read_marker, verify_md5
 from segmentnet.cli import run_main
 from segmentnet.datasets import DATASETS, get_dataset
 from segmentnet.datasets.common import raw_dir
+from segmentnet.errors import DataError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,8 +13,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from segmentnet.archive import DataError  # noqa: E402
 from segmentnet.cli import run_main  # noqa: E402
+from segmentnet.errors import DataError  # noqa: E402
 from segmentnet.files import atomic_path  # noqa: E402
 
 MAX_WIDTH = 720  # pixels; keeps the committed files small

@@ -28,7 +28,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .errors import DataError  # noqa: F401  (re-exported: modules import it from here)
+from .errors import DataError
 
 MARKER = ".extracted.json"
 COPY_CHUNK = 1 << 20

@@ -11,13 +11,13 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from .config import entry_problems, is_colours, is_three_numbers, is_whole
+from .datasets.common import IGNORE_INDEX
 from .errors import DataError
 from .transforms import decode_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-IGNORE_INDEX = 255  # the label of pixels that count for nothing (borders, padding)
 
 
 def dataset_json_problems(info, complete: bool = True) -> list[str]:

@@ -55,7 +55,7 @@ def tolerance_of(model: nn.Module) -> Tolerance:
 @dataclass(frozen=True)
 class Check:
     """One verification: ONNX Runtime against PyTorch on a batch of random images of one size."""
-    shape: tuple[int, int, int, int]
+    shape: tuple[int, int, int, int]   # of the input images
     max_difference: float
     allowed: float            # ATOL + RTOL * max |PyTorch logits|
     logits_within: float      # the fraction of logits that differ by at most `allowed`
@@ -78,7 +78,8 @@ def compare(got: torch.Tensor, expected: torch.Tensor, tolerance: Tolerance = EX
     """How closely ONNX Runtime's logits `got` match PyTorch's `expected` (both N x C x H x W)."""
     allowed = ATOL + RTOL * float(expected.abs().max())
     difference = (got - expected).abs()
-    return Check(tuple(expected.shape), float(difference.max()), allowed, float((difference <= allowed).float().mean()),
+    batch, _, height, width = expected.shape
+    return Check((batch, 3, height, width), float(difference.max()), allowed, float((difference <= allowed).float().mean()),
                  float((got.argmax(1) == expected.argmax(1)).float().mean()), tolerance)
 
 

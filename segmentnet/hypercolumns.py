@@ -31,13 +31,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .archive import DataError
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import ConfigError
 from .data import IMAGE_SUFFIXES, SegmentationDataset, collate_pairs, read_dataset_json
 from .datasets.common import save_index_png
 from .distributed import DistEnv, pick_device
 from .engine import evaluate, lr_at
+from .errors import ConfigError, DataError
 from .files import atomic_path, claim_folder
 from .metrics import ConfusionMatrix
 from .models import build_model

@@ -25,10 +25,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .archive import DataError
 from .checkpoint import clean_state_dict, description_problems, load_checkpoint, load_weights
-from .cli import UsageError
 from .distributed import pick_device
+from .errors import DataError, UsageError
 from .onnx_model import OnnxModel
 from .transforms import normalize
 

@@ -31,11 +31,12 @@ import DataSeparate
 import TrainSegmentNet
 from conftest import ROOT, config_args, make_small_voc, tiny_train_config, unprivileged
 from segmentnet import synthetic
-from segmentnet.archive import MARKER, DataError
+from segmentnet.archive import MARKER
 from segmentnet.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from segmentnet.cli import run_main
 from segmentnet.datasets import voc2012
 from segmentnet.engine import train
+from segmentnet.errors import DataError
 from segmentnet.models import build_model
 
 VOC = voc2012.ARCHIVE
@@ -779,7 +780,7 @@ def test_infinity_in_a_config_file(capsys, tmp_path, tiny_voc):
 def test_every_model_checks_the_type_and_range_of_its_options(name):
     import inspect
 
-    from segmentnet.config import ConfigError
+    from segmentnet.errors import ConfigError
     from segmentnet.models import model_option_problems
 
     options = [p for p in inspect.signature(MODELS[name]).parameters if p not in ("self", "num_classes")]

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from segmentnet.config import ConfigError, parse_config
+from segmentnet.config import parse_config
+from segmentnet.errors import ConfigError
 from TrainSegmentNet import Config
 
 ROOT = Path(__file__).resolve().parent.parent

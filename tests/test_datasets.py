@@ -19,11 +19,11 @@ from conftest import realdata, tiny_train_config
 import DataExtract
 import DataSeparate
 from segmentnet import synthetic
-from segmentnet.archive import DataError
 from segmentnet.cli import run_main
 from segmentnet.datasets import ade20k, cityscapes, get_dataset, kitti_road, voc2012, voc2012_aug
 from segmentnet.datasets.common import separate
 from segmentnet.engine import train
+from segmentnet.errors import DataError
 
 # Small archives: few images, small sizes (the defaults are for the demo).
 SMALL = {

@@ -23,9 +23,9 @@ from PIL import Image
 from conftest import ROOT, make_small_voc, tiny_train_config
 from groupnorm_train import segmentnet_groupnorm
 from segmentnet.checkpoint import load_checkpoint
-from segmentnet.config import ConfigError
 from segmentnet.data import EpochSampler, SegmentationDataset
 from segmentnet.distributed import DistEnv
+from segmentnet.errors import ConfigError
 from segmentnet.engine import _train, evaluate, train
 from segmentnet.files import OWNER_FILE
 from segmentnet.losses import build_loss

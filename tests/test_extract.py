@@ -15,9 +15,10 @@ import pytest
 
 import DataExtract
 from segmentnet import synthetic
-from segmentnet.archive import MARKER, Archive, DataError, download, extract, md5sum, verify_md5
+from segmentnet.archive import MARKER, Archive, download, extract, md5sum, verify_md5
 from segmentnet.cli import run_main
 from segmentnet.datasets import DATASETS, voc2012
+from segmentnet.errors import DataError
 
 SPEC = Archive("test.tar", None, None, required_prefix="VOCdevkit/", max_member_bytes=1 << 20)
 

@@ -17,8 +17,8 @@ import torchvision
 from PIL import Image
 
 import Hypercolumns
-from segmentnet.archive import DataError
 from segmentnet.cli import run_main
+from segmentnet.errors import DataError
 from segmentnet.hypercolumns import open_hypercolumns, sample_pixels
 from segmentnet.models import build_model
 from segmentnet.models.hypercolumns import Hypercolumns as HypercolumnModel

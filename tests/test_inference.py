@@ -104,7 +104,7 @@ def test_run_model_accepts_paths_pil_and_arrays(tmp_path, small_voc):
 
 
 def test_bad_tta_options_are_refused():
-    from segmentnet.cli import UsageError
+    from segmentnet.errors import UsageError
 
     with pytest.raises(UsageError, match="scales"):
         TTA(scales=(0.0, 1.0))

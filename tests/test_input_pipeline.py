@@ -14,10 +14,10 @@ from PIL import Image
 
 from conftest import ROOT
 from segmentnet import synthetic
-from segmentnet.archive import DataError
 from segmentnet.data import SegmentationDataset
 from segmentnet.datasets import voc2012
 from segmentnet.datasets.common import save_index_png
+from segmentnet.errors import DataError
 from segmentnet.transforms import RandomScaleCrop, decode_rgb, train_transform
 
 

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
+from segmentnet.losses import build_loss
 from segmentnet.metrics import ConfusionMatrix
-from TrainSegmentNet import build_loss
 
 
 def jaccard_by_formula(logits, target, ignore=255):

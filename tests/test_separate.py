@@ -19,8 +19,8 @@ from PIL import Image
 
 import DataSeparate
 from conftest import ROOT, make_small_voc, realdata
-from segmentnet.archive import DataError
 from segmentnet.cli import run_main
+from segmentnet.errors import DataError
 from segmentnet.files import mark_owned, owner_of
 from segmentnet.datasets import voc2012
 from segmentnet.datasets.common import separate

@@ -10,9 +10,8 @@ import torch
 
 from conftest import tiny_train_config
 from segmentnet.checkpoint import load_checkpoint
-from segmentnet.config import ConfigError
 from segmentnet.engine import train
-from segmentnet.errors import DataError
+from segmentnet.errors import ConfigError, DataError
 from segmentnet.files import OWNER_FILE, owner_of
 from segmentnet.models import build_model
 from segmentnet.runs import LOCK_FILE
@@ -79,7 +78,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(small_voc, tmp_path, monke
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(small_voc, tmp_path):
-    from segmentnet.archive import DataError
+    from segmentnet.errors import DataError
 
     train(tiny_train_config(small_voc, tmp_path / "run"))
     cfg = tiny_train_config(small_voc, "", resume=str(tmp_path / "run" / "last.pt"), epochs=2,

@@ -7,9 +7,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from DatasetCreate import (EpochSampler, SegmentationDataset, collate_pairs, eval_transform, normalize,
-                           train_transform)
-from segmentnet.transforms import RandomScaleCrop
+from segmentnet.data import EpochSampler, SegmentationDataset, collate_pairs
+from segmentnet.transforms import RandomScaleCrop, eval_transform, normalize, train_transform
 
 
 def pair(w=50, h=30, seed=0):

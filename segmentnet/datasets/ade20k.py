@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import synthetic
-from ..archive import Archive, DataError
+from ..archive import Archive
+from ..errors import DataError
 from .common import IGNORE_INDEX, DatasetInfo, Pair, read_index_array
 from .voc2012 import voc_palette
 

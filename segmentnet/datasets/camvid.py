@@ -16,7 +16,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from .. import synthetic
-from ..archive import Archive, DataError
+from ..archive import Archive
+from ..errors import DataError
 from ..files import child
 from .common import IGNORE_INDEX, DatasetInfo, Pair, read_index_array, read_list_lines
 

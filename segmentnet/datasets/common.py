@@ -31,11 +31,12 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from ..archive import Archive, DataError
+from ..archive import Archive
+from ..errors import DataError
 from ..files import OWNER_FILE, check_inside, child, mark_owned, owner_of, plain_name
 from ..outputs import writing
 
-IGNORE_INDEX = 255
+IGNORE_INDEX = 255  # the label of pixels that count for nothing (borders, padding, VOC's outlines)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TOOL = "DataSeparate"  # the owner recorded in the folders separate() writes

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import synthetic
-from ..archive import Archive, DataError
-from ..cli import UsageError
+from ..archive import Archive
+from ..errors import DataError, UsageError
 from .common import IGNORE_INDEX, DatasetInfo, Pair, decode_mask, read_index_mask
 
 CLASSES = ("non-road", "road")

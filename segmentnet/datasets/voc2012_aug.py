@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import synthetic
-from ..archive import Archive, DataError
+from ..archive import Archive
+from ..errors import DataError
 from . import voc2012
 from .common import DatasetInfo, IGNORE_INDEX, Pair, check_label_values, read_split_list
 
