@@ -18,7 +18,8 @@ import re
 import sys
 from pathlib import Path
 
-from segmentnet.cli import UsageError, run_main
+from segmentnet.cli import run_main
+from segmentnet.errors import UsageError
 from segmentnet.inference import add_inference_arguments, evaluate_checkpoint, resolve_device, tta_from_args
 from segmentnet.outputs import folder_not_file
 from segmentnet.report import evaluation_paths, evaluation_table, write_evaluation

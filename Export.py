@@ -19,7 +19,8 @@ import re
 import sys
 from pathlib import Path
 
-from segmentnet.cli import UsageError, run_main
+from segmentnet.cli import run_main
+from segmentnet.errors import UsageError
 from segmentnet.export import OPSET, export_checkpoint
 from segmentnet.onnx_model import INPUT_TYPES
 

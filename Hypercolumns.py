@@ -15,8 +15,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from segmentnet.cli import UsageError, run_main
+from segmentnet.cli import run_main
 from segmentnet.config import parse_config
+from segmentnet.errors import UsageError
 
 STAGES = ("extract", "pretrain", "train", "run")
 

@@ -19,10 +19,10 @@ import glob
 import sys
 from pathlib import Path
 
-from segmentnet.cli import UsageError, run_main
+from segmentnet.cli import run_main
 from segmentnet.data import IMAGE_SUFFIXES
 from segmentnet.datasets.common import read_index_mask
-from segmentnet.errors import DataError
+from segmentnet.errors import DataError, UsageError
 from segmentnet.files import claim_folder
 from segmentnet.inference import (add_inference_arguments, image_size, load_model, model_device, predict_masks,
                                   read_rgb, resolve_device, tta_from_args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import traceback
 
-from .errors import SegmentNetError, UsageError  # noqa: F401  (UsageError: scripts raise it from here)
+from .errors import SegmentNetError
 
 BUG_EXIT = 70  # EX_SOFTWARE: an internal error, told apart from a user's error (2)
 REPORT = ("This is a bug in SegmentNet, not a problem with your input: please report it with the "

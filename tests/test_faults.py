@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import TrainSegmentNet
-from conftest import ROOT, config_args, make_small_voc, tiny_train_config
+from conftest import config_args, make_small_voc, tiny_train_config
 from segmentnet import engine
 from segmentnet.checkpoint import load_checkpoint
 from segmentnet.cli import run_main
@@ -29,65 +29,7 @@ from segmentnet.engine import train
 from segmentnet.files import OWNER_FILE
 from segmentnet.runs import LOCK_FILE
 
-LAUNCHER = """
-import io, os, signal, sys, time
-sys.path.insert(0, {root!r})
-import torch
-torch.set_num_threads(1)  # as the test process does: the same arithmetic, bit for bit
-from segmentnet import data, engine
-
-kind, _, arg = os.environ["FAULT"].partition(" ")
-
-if kind == "signal-at-step":  # the main process signals itself during step N
-    step, name = arg.split()
-    real_compute_loss, calls = engine.compute_loss, []
-    def compute_loss(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == int(step):
-            os.kill(os.getpid(), getattr(signal, name))
-        return real_compute_loss(*args, **kwargs)
-    engine.compute_loss = compute_loss
-
-if kind == "sleep-at-step":  # step N takes a while: the run is busy, with no checkpoint yet
-    step, seconds = arg.split()
-    real_compute_loss, calls = engine.compute_loss, []
-    def compute_loss(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == int(step):
-            print("sleeping", flush=True)
-            time.sleep(float(seconds))
-        return real_compute_loss(*args, **kwargs)
-    engine.compute_loss = compute_loss
-
-if kind == "ctrl-c-in-worker":  # a slow loader worker sends SIGINT to the whole process group
-    sample = int(arg)             # (as Ctrl-C in a terminal does) while the main process waits for it
-    real_getitem, loaded = data.SegmentationDataset.__getitem__, []
-    def getitem(self, index):
-        if self.split == "train":
-            loaded.append(1)
-            time.sleep(0.6)
-            if len(loaded) == sample:
-                os.killpg(os.getpgrp(), signal.SIGINT)
-        return real_getitem(self, index)
-    data.SegmentationDataset.__getitem__ = getitem
-
-if kind == "slow-save":  # torch.save writes slowly, so that a SIGKILL can land in the middle
-    real_save = torch.save
-    def save(obj, f, *args, **kwargs):
-        buffer = io.BytesIO()
-        real_save(obj, buffer, *args, **kwargs)
-        payload = buffer.getvalue()
-        print("slow save started", flush=True)
-        for start in range(0, len(payload), 8192):
-            f.write(payload[start:start + 8192])
-            f.flush()
-            time.sleep(0.05)
-    torch.save = save
-
-import TrainSegmentNet
-from segmentnet.cli import run_main
-sys.exit(run_main(TrainSegmentNet.main, sys.argv[1:]))
-"""
+FAULT_CHILD = Path(__file__).resolve().parent / "fault_child.py"  # the training with a fault injected, a full disk
 
 
 @pytest.fixture(scope="module")
@@ -97,10 +39,8 @@ def tiny_voc(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def launcher(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("launcher") / "launch_with_fault.py"
-    path.write_text(LAUNCHER.format(root=str(ROOT)))
-    return path
+def launcher() -> Path:
+    return FAULT_CHILD
 
 
 def config(data: Path, out, **overrides):
@@ -240,27 +180,6 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(capsys, tiny_voc,
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
 
 
-SMALL_DISK_CHILD = """
-import json, os, sys
-sys.path.insert(0, {root!r})
-import torch
-from segmentnet.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
-
-folder = sys.argv[1]
-last = os.path.join(folder, "last.pt")
-first = {{"model": {{"w": torch.arange(60_000, dtype=torch.float32)}}}}  # 240 kB
-save_checkpoint(first, last)
-report = {{"error": None}}
-try:
-    save_checkpoint({{"model": {{"w": torch.zeros(250_000)}}}}, last)  # 1000 kB more do not fit in 1 MB
-except CheckpointWriteError as exc:
-    report["error"] = str(exc)
-report["kept"] = torch.equal(load_checkpoint(last)["model"]["w"], first["model"]["w"])
-report["files"] = sorted(os.listdir(folder))
-print(json.dumps(report))
-"""
-
-
 def test_disk_full_on_a_real_one_megabyte_filesystem(tmp_path):
     """A tmpfs of 1 MB, mounted in a private mount namespace (root, or an unprivileged user namespace)."""
     if not (shutil.which("unshare") and shutil.which("mount")):
@@ -268,16 +187,14 @@ def test_disk_full_on_a_real_one_megabyte_filesystem(tmp_path):
                     "covers this with an injected ENOSPC")
     small = tmp_path / "small"
     small.mkdir()
-    script = tmp_path / "small_disk_child.py"
-    script.write_text(SMALL_DISK_CHILD.format(root=str(ROOT)))
     mounted = subprocess.run(["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs "$1"', "sh", str(small)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}): "
                     f"test_disk_full_during_a_save_keeps_the_previous_checkpoint covers this with an injected ENOSPC")
     result = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs "$1" && exec "$2" "$3" "$1"', "sh",
-         str(small), sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+        ["unshare", "-rm", "sh", "-c", 'mount -t tmpfs -o size=1m tmpfs "$1" && exec "$2" "$3" "$4" "$1"', "sh",
+         str(small), sys.executable, str(FAULT_CHILD), "--small-disk"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.splitlines()[-1])
     assert report["error"] is not None and "No space left on device (ENOSPC)" in report["error"]
