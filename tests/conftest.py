@@ -100,3 +100,18 @@ def no_hang():
             signal.signal(signal.SIGALRM, previous)
 
     return limit
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers_restored():
+    """A test that leaves a handler of SIGTERM or SIGINT installed fails (the training installs its own
+    only while it runs): a later fork, such as DataSeparate's pool, would inherit it, and the pool's
+    terminate() would then wait forever for a worker that does not end on SIGTERM."""
+    import signal
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    left = {sig: handler for sig, handler in ((s, signal.getsignal(s)) for s in before) if handler is not before[sig]}
+    for sig in left:
+        signal.signal(sig, before[sig])
+    assert not left, f"the test left signal handlers installed: {left}"

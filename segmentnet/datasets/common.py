@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
 import tempfile
@@ -461,13 +462,20 @@ def check_masks_present(splits: dict[str, list[Pair]]) -> None:
                         "Extract every archive of the dataset, or pass --skip-bad to leave these images out.")
 
 
+def default_sigterm() -> None:
+    """In a pool worker: SIGTERM ends it. A forked worker inherits its parent's Python handler, if the
+    parent has one (a program that calls separate(), a test process); the pool's terminate() then could
+    not end an idle worker, and waited for it forever."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _separate_into(info, splits, tmp, skip_bad, workers, progress) -> dict:
     from tqdm import tqdm
 
     counts, pixel_counts, skipped = {}, {}, []
     workers = workers or os.cpu_count() or 1
     context = get_context("fork") if hasattr(os, "fork") else get_context()
-    with context.Pool(workers) as pool:
+    with context.Pool(workers, initializer=default_sigterm) as pool:
         for split, pairs in splits.items():
             with writing(tmp / split):
                 (tmp / split / "images").mkdir(parents=True)
