@@ -171,8 +171,8 @@ def check_description(state: dict, name: str) -> None:
     if wrong:
         raise DataError(f"{name}: the entries {', '.join(wrong)} are not what TrainSegmentNet.py writes "
                         f"(a model name, 1..256 classes and as many class names, 3 channel means and stds, RGB "
-                        f"palette triples, a dataset name, an ignore index 0..255, a dict of tensors); the file "
-                        f"is corrupt or was not written by SegmentNet")
+                        f"palette triples, a dataset name, an ignore index 0..255); the file is corrupt or was not "
+                        f"written by SegmentNet")
 
 
 def count_parameters(model: nn.Module) -> int:

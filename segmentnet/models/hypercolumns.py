@@ -26,8 +26,6 @@ width (VGG16's channels scaled by width/64; 64 is torchvision's, smaller only fo
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
