@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from segmentnet.archive import check_readable, download, extract, read_marker, verify_md5
-from segmentnet.cli import run_main
+from segmentnet.cli import call_main
 from segmentnet.datasets import DATASETS, get_dataset
 from segmentnet.datasets.common import raw_dir
 from segmentnet.errors import DataError
@@ -87,12 +87,12 @@ def main(argv=None) -> int:
         if extract(path, target, spec, checksum, synthetic=args.synthetic):
             print(f"extracted {path} -> {target}")
             if before is not None:  # only a synthetic extraction is ever replaced
-                print(f"  (replacing the synthetic data that DataExtract.py --synthetic had put there; "
-                      f"run DataSeparate.py again)")
+                print("  (replacing the synthetic data that DataExtract.py --synthetic had put there; "
+                      "run DataSeparate.py again)")
         else:
             print(f"{target} already holds {path.name}; nothing to do")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(call_main(main))

@@ -19,7 +19,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from segmentnet.cli import run_main
+from segmentnet.cli import call_main
 from segmentnet.datasets import DATASETS, get_dataset
 from segmentnet.datasets.common import separate
 
@@ -89,4 +89,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(call_main(main))

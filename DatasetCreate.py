@@ -34,6 +34,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from segmentnet.cli import run_main
+    from segmentnet.cli import call_main
 
-    sys.exit(run_main(main))
+    sys.exit(call_main(main))

@@ -18,7 +18,7 @@ import re
 import sys
 from pathlib import Path
 
-from segmentnet.cli import run_main
+from segmentnet.cli import call_main
 from segmentnet.errors import UsageError
 from segmentnet.inference import add_inference_arguments, evaluate_checkpoint, resolve_device, tta_from_args
 from segmentnet.outputs import folder_not_file
@@ -57,4 +57,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(call_main(main))

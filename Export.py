@@ -19,7 +19,7 @@ import re
 import sys
 from pathlib import Path
 
-from segmentnet.cli import run_main
+from segmentnet.cli import call_main
 from segmentnet.errors import UsageError
 from segmentnet.export import OPSET, export_checkpoint
 from segmentnet.onnx_model import INPUT_TYPES
@@ -64,4 +64,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(call_main(main))

@@ -3,7 +3,7 @@
     python Hypercolumns.py extract  --cnn sqn            # 1. sampled pixels' hypercolumns -> one file
     python Hypercolumns.py pretrain --cnn sqn            # 2. the pixel classifier, on that file only
     python Hypercolumns.py train    --cnn sqn -- --epochs 20 --batch-size 8   # 3. TrainSegmentNet run
-    python Hypercolumns.py run      --cnn sqn --images some/folder            # masks for images
+    python Hypercolumns.py predict  --cnn sqn --images some/folder            # masks for images
 
 Outputs go to WORK_DIR/<dataset>-<cnn>-<layers>/: hypercolumns.bin, classifier.pt, train/ (a
 TrainSegmentNet run folder) and predictions/. A stage whose output exists reuses it, or stops when
@@ -15,11 +15,12 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from segmentnet.cli import run_main
+from segmentnet.cli import call_main
 from segmentnet.config import parse_config
 from segmentnet.errors import UsageError
 
-STAGES = ("extract", "pretrain", "train", "run")
+STAGES = ("extract", "pretrain", "train", "predict")
+RENAMED = {"run": "predict"}  # the earlier name of a stage, still accepted
 
 
 @dataclass
@@ -47,16 +48,19 @@ class Config:
     # train (TrainSegmentNet's own flags go after --)
     classifier: str = ""              # the pre-trained classifier (default STAGE_DIR/classifier.pt)
     finetune: bool = False            # train the CNN too (frozen by default)
-    # run
+    # predict
     images: str = ""                  # an image file or a folder of images
     checkpoint: str = ""              # trained model (default STAGE_DIR/train/best.pt)
     out: str = ""                     # folder for the masks (default STAGE_DIR/predictions)
 
 
 def main(argv=None) -> int:
-    from segmentnet import hypercolumns
+    from segmentnet import hypercolumn_train, hypercolumns
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in RENAMED:
+        print(f"note: the stage {argv[0]} is called {RENAMED[argv[0]]} now", file=sys.stderr)
+        argv[0] = RENAMED[argv[0]]
     if not argv or argv[0] not in STAGES:
         if argv and argv[0] in ("-h", "--help"):
             print(__doc__)
@@ -78,14 +82,13 @@ def main(argv=None) -> int:
     elif stage == "train":
         from TrainSegmentNet import Config as TrainConfig
 
-        train_cfg = parse_config(TrainConfig, hypercolumns.train_arguments(cfg) + user_train_flags)
-        summary = hypercolumns.train(cfg, train_cfg, user_train_flags)
+        summary = hypercolumn_train.train(hypercolumn_train.train_config(cfg, TrainConfig, user_train_flags))
         if summary["interrupted"] is not None:
             return 128 + summary["interrupted"]
     else:
-        hypercolumns.run(cfg)
+        hypercolumn_train.predict(cfg)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(call_main(main))

@@ -15,12 +15,11 @@ From Python: segmentnet.inference.run_model(checkpoint, images) returns the mask
 from __future__ import annotations
 
 import argparse
-import glob
 import sys
 from pathlib import Path
 
-from segmentnet.cli import run_main
-from segmentnet.data import IMAGE_SUFFIXES
+from segmentnet.cli import call_main
+from segmentnet.data import image_paths
 from segmentnet.datasets.common import read_index_mask
 from segmentnet.errors import DataError, UsageError
 from segmentnet.files import claim_folder
@@ -42,36 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_inference_arguments(parser)
     return parser
-
-
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files, folders and globs -> image paths, sorted, each once; an input that matches nothing is an error."""
-    paths: list[Path] = []
-    for text in inputs:
-        path = Path(text)
-        try:
-            if path.is_dir():
-                found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            elif path.is_file():
-                found = [path]
-            else:
-                found = sorted(Path(p) for p in glob.glob(text)
-                               if Path(p).suffix.lower() in IMAGE_SUFFIXES and Path(p).is_file())
-        except OSError as exc:
-            raise DataError(f"input {text!r} cannot be read: {exc.strerror or exc} ({exc.filename or text}); check "
-                            f"the permissions of that folder, or leave it out") from None
-        if not found:
-            raise DataError(f"input {text!r} is no image file, no folder holding images and no glob matching "
-                            f"any (image suffixes: {', '.join(IMAGE_SUFFIXES)})")
-        paths += found
-    unique = list(dict.fromkeys(paths))
-    stems: dict[str, Path] = {}
-    for path in unique:
-        if path.stem in stems:
-            raise DataError(f"{stems[path.stem]} and {path} have the same name {path.stem!r}: their outputs "
-                            f"would overwrite each other; predict them into separate --out folders")
-        stems[path.stem] = path
-    return unique
 
 
 def truth_path(masks_dir: Path | None, stem: str) -> Path | None:
@@ -110,7 +79,7 @@ def main(argv=None) -> int:
         raise DataError(f"--masks {args.masks}: no such folder")
     refuse_input_data(args.out, "--out")
     tta = tta_from_args(args)
-    paths = expand_inputs(args.inputs)[: args.limit]
+    paths = image_paths(args.inputs)[: args.limit]
     model, state = load_model(args.checkpoint, resolve_device(args.device))
     device = model_device(model)
     check_headers(paths, args.masks)
@@ -143,4 +112,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(call_main(main))

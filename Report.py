@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from segmentnet.cli import run_main
+from segmentnet.cli import call_main
 from segmentnet.report import build_report
 
 
@@ -32,4 +32,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(call_main(main))

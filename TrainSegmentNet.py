@@ -9,16 +9,18 @@
 
 Every hyperparameter below can be set as --name value (dashes or underscores alike) or in a JSON
 file given with --config; flags win over the file, the file over these defaults.
+From Python: `from TrainSegmentNet import Config, train, train_one_epoch, evaluate, build_loss`.
 """
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
 
-from segmentnet.cli import run_main
+from segmentnet.cli import call_main
 from segmentnet.config import parse_config
-from segmentnet.engine import evaluate, train, train_one_epoch  # noqa: F401  (importable from here)
-from segmentnet.losses import build_loss  # noqa: F401  (build_loss is part of this script's interface)
+from segmentnet.engine import train
+from segmentnet.loops import evaluate, train_one_epoch  # noqa: F401  (this script's interface, as its docstring says)
+from segmentnet.losses import build_loss  # noqa: F401
 
 
 @dataclass
@@ -78,4 +80,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(call_main(main))

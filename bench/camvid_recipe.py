@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import TrainSegmentNet  # noqa: E402
-from segmentnet.cli import run_main  # noqa: E402
+from segmentnet.cli import call_main  # noqa: E402
 from segmentnet.errors import UsageError  # noqa: E402
 from segmentnet.files import write_text_atomic  # noqa: E402
 from segmentnet.inference import evaluate_checkpoint  # noqa: E402
@@ -106,4 +106,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(call_main(main))

@@ -38,7 +38,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from segmentnet import synthetic  # noqa: E402
-from segmentnet.cli import run_main  # noqa: E402
+from segmentnet.cli import call_main  # noqa: E402
 from segmentnet.config import parse_config  # noqa: E402
 from segmentnet.data import SegmentationDataset, collate_pairs  # noqa: E402
 from segmentnet.datasets import voc2012  # noqa: E402
@@ -294,4 +294,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(call_main(main))

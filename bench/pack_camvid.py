@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from segmentnet.cli import run_main  # noqa: E402
+from segmentnet.cli import call_main  # noqa: E402
 from segmentnet.datasets import camvid  # noqa: E402
 from segmentnet.errors import DataError  # noqa: E402
 from segmentnet.files import atomic_path  # noqa: E402
@@ -40,4 +40,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(call_main(main))

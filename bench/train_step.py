@@ -31,9 +31,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from segmentnet.cli import run_main  # noqa: E402
+from segmentnet.cli import call_main  # noqa: E402
 from segmentnet.config import ConfigError, parse_config  # noqa: E402
-from segmentnet.engine import autocast_settings, compile_model, compute_loss, make_scaler, optimizer_step  # noqa: E402
+from segmentnet.loops import compute_loss  # noqa: E402
+from segmentnet.optim import autocast_settings, compile_model, make_scaler, optimizer_step  # noqa: E402
 from segmentnet.losses import build_loss  # noqa: E402
 from segmentnet.models import MODELS, build_model  # noqa: E402
 
@@ -125,7 +126,7 @@ def measure(cfg: Config, name: str, path: str) -> dict:
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = compute_loss(train_model(images), masks, criterion, aux_weights)
-        (scaler.scale(loss) if scaler else loss).backward()
+        scaler.scale(loss).backward()
         optimizer_step(optimizer, scaler)
 
     for _ in range(cfg.warmup):
@@ -219,4 +220,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main))
+    sys.exit(call_main(main))

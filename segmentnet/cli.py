@@ -21,7 +21,7 @@ def error_text(exc: BaseException) -> str:
     return text
 
 
-def run_main(main, argv=None) -> int:
+def call_main(main, argv=None) -> int:
     """Call main(argv); an expected error prints 'error: ...' on stderr and returns 2, Ctrl-C 130,
     and an unexpected exception its traceback, the request to report it, and 70."""
     try:

@@ -136,7 +136,8 @@ def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_dict(cls, values: dict, source: str = "config"):
+def config_from_dict(cls, values: dict, source: str = "config", base=None):
+    """cls(**values), each value checked against its field's type; over `base` (an instance) when given."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -153,11 +154,11 @@ def config_from_dict(cls, values: dict, source: str = "config"):
                                                     expected is not bool and isinstance(value, bool)):
             raise ConfigError(f"{source}: {key} must be {expected.__name__}, got {value!r}")
         clean[key] = value
-    return cls(**clean)
+    return cls(**clean) if base is None else dataclasses.replace(base, **clean)
 
 
-def parse_config(cls, argv=None, description: str = ""):
-    """Defaults <- JSON file (--config) <- command-line flags."""
+def parse_config(cls, argv=None, description: str = "", base=None):
+    """Defaults (or `base`, an instance of cls) <- JSON file (--config) <- command-line flags."""
     args = build_parser(cls, description).parse_args(argv)
     values = {}
     if args.config:
@@ -183,4 +184,4 @@ def parse_config(cls, argv=None, description: str = ""):
             raise ConfigError(f"--config {path}: expected a JSON object of hyperparameters")
         values = {k.replace("-", "_"): v for k, v in values.items()}
     values.update({k: v for k, v in vars(args).items() if k != "config"})
-    return config_from_dict(cls, values, source=str(args.config or "command line"))
+    return config_from_dict(cls, values, source=str(args.config or "command line"), base=base)

@@ -1,23 +1,26 @@
-"""The Dataset over the common layout, and a sampler that makes augmentation worker-independent."""
+"""The Dataset over the common layout, a sampler that makes augmentation worker-independent, and the
+training's loaders."""
 from __future__ import annotations
 
+import glob
 import json
 import math
+import os
+import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .config import entry_problems, is_colours, is_three_numbers, is_whole
 from .datasets.common import IGNORE_INDEX
-from .errors import DataError
-from .transforms import decode_rgb
+from .errors import ConfigError, DataError
+from .transforms import decode_rgb, eval_transform, train_transform
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-
-
 
 
 def dataset_json_problems(info, complete: bool = True) -> list[str]:
@@ -66,6 +69,54 @@ def read_dataset_json(root: Path, complete: bool = True) -> dict:
         raise DataError(f"{path} is damaged: {'; '.join(problems)}. Run DataSeparate.py again with --force to "
                         f"write it anew")
     return info
+
+
+def image_paths(inputs: list[str], what: str = "input") -> list[Path]:
+    """Image files, folders (their image files) and glob patterns -> image paths, sorted per input, each
+    once; DataError for an input that matches nothing or cannot be read, and for two images of one name
+    (their outputs, named by it, would overwrite each other)."""
+    paths: list[Path] = []
+    for text in map(str, inputs):
+        path = Path(text)
+        try:
+            if path.is_dir():
+                found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            elif path.is_file():
+                found = [path]
+            else:
+                found = sorted(Path(p) for p in glob.glob(text)
+                               if Path(p).suffix.lower() in IMAGE_SUFFIXES and Path(p).is_file())
+        except OSError as exc:
+            raise DataError(f"{what} {text!r} cannot be read: {exc.strerror or exc} ({exc.filename or text}); check "
+                            f"the permissions of that folder, or leave it out") from None
+        if not found:
+            raise DataError(f"{what} {text!r} is no image file, no folder holding images and no glob matching "
+                            f"any (image suffixes: {', '.join(IMAGE_SUFFIXES)})")
+        paths += found
+    unique = list(dict.fromkeys(paths))
+    stems: dict[str, Path] = {}
+    for path in unique:
+        if path.stem in stems:
+            raise DataError(f"{stems[path.stem]} and {path} have the same name {path.stem!r}: their outputs "
+                            f"would overwrite each other; predict them into separate --out folders")
+        stems[path.stem] = path
+    return unique
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What a model trained on a dataset keeps of its dataset.json: the classes it predicts, their
+    colours, and the normalisation its inputs get."""
+    num_classes: int
+    classes: list
+    palette: list
+    mean: list
+    std: list
+
+    @classmethod
+    def from_info(cls, info: dict) -> "DatasetFacts":
+        """From read_dataset_json's checked dict."""
+        return cls(info["num_classes"], info["classes"], info["palette"], info["mean"], info["std"])
 
 
 class SegmentationDataset(Dataset):
@@ -194,3 +245,58 @@ def collate_pairs(batch):
     images = torch.stack([b[0] for b in batch])
     masks = None if batch[0][1] is None else torch.stack([b[1] for b in batch])
     return images, masks
+
+
+# ----------------------------------------------------------------------------- the training's loaders
+
+
+def check_crop_fits(dataset: SegmentationDataset, cfg) -> None:
+    """With padding off, every image scaled by scale_min must still hold a crop."""
+    if cfg.pad:
+        return
+    for path in dataset.images:
+        with Image.open(path) as im:
+            w, h = im.size
+        if min(w, h) * cfg.scale_min < cfg.crop_size:
+            raise ConfigError(f"crop_size {cfg.crop_size} is larger than {path} ({w}x{h}) scaled by scale_min "
+                              f"{cfg.scale_min}, and pad is off: lower crop_size, raise scale_min or set pad true")
+
+
+def ignore_ctrl_c(worker_id: int) -> None:
+    """Loader worker init: Ctrl-C in a terminal reaches every process of the group, and a worker that
+    died of it would break the main process's orderly stop. (SIGTERM stays: it is how the loader and
+    multiprocessing end their workers.)"""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def loader_workers(requested: int) -> int:
+    """-1: the CPU cores this process may use, shared with the other training processes of the node
+    (torchrun's LOCAL_WORLD_SIZE), at most 8 (more rarely helps, and each holds prefetched batches)."""
+    if requested >= 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def build_loaders(cfg, env, root: Path):
+    """(train loader, val loader, train sampler) of the dataset at root, for the processes of `env`."""
+    train_set = SegmentationDataset(root, "train", train_transform(cfg.crop_size, (cfg.scale_min, cfg.scale_max),
+                                                                   cfg.flip, cfg.pad, cfg.colour_jitter), seed=cfg.seed,
+                                    require_masks=True)
+    val_set = SegmentationDataset(root, "val", eval_transform(), seed=cfg.seed, require_masks=True)
+    check_crop_fits(train_set, cfg)
+    train_sampler = EpochSampler(len(train_set), cfg.seed, shuffle=True, rank=env.rank, world_size=env.world_size,
+                                 drop_last=True)
+    val_sampler = EpochSampler(len(val_set), shuffle=False, rank=env.rank, world_size=env.world_size, pad=False)
+    if len(train_sampler) < cfg.batch_size:
+        raise ConfigError(f"the train split has {len(train_set)} images, fewer than one batch of {cfg.batch_size} "
+                          f"per process: lower batch_size")
+    pin = env.device.type == "cuda"
+    workers = loader_workers(cfg.workers)
+    common = dict(num_workers=workers, pin_memory=pin, collate_fn=collate_pairs, persistent_workers=workers > 0)
+    if workers > 0:
+        common["prefetch_factor"] = 4
+        common["worker_init_fn"] = ignore_ctrl_c
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=train_sampler, drop_last=True, **common)
+    val_loader = DataLoader(val_set, batch_size=1, sampler=val_sampler, **common)
+    return train_loader, val_loader, train_sampler

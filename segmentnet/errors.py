@@ -1,6 +1,6 @@
 """The errors a user can cause, and only those: each message names the file or value, what is
 wrong and what to do. The scripts print such an error as one line and exit with status 2; any
-other exception is a bug in SegmentNet and keeps its traceback (see cli.run_main)."""
+other exception is a bug in SegmentNet and keeps its traceback (see cli.call_main)."""
 from __future__ import annotations
 
 

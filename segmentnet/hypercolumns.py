@@ -4,8 +4,12 @@ extract   sample pixels of the train and val images, compute their hypercolumns 
           and stream them into one file (HYPERCOLUMNS_FILE, format below)
 pretrain  train the pixel classifier on that file alone (no image is read); val pixel accuracy from the
           val split's vectors, which are sampled uniformly so that they measure what a full image would
-train     a TrainSegmentNet run (engine.train) of hypercolumn_<cnn> with classifier_init = pretrain's file
-run       class-index PNG masks (with the dataset's palette) for images
+train     a TrainSegmentNet training (engine.train) of hypercolumn_<cnn> with classifier_init = pretrain's file
+predict   class-index PNG masks (with the dataset's palette) for images
+
+This module holds what the method adds: the features' extraction, their file, and the classifier's
+pre-training. Stage 3 and predict (hypercolumn_train.py) are the engine's training and evaluation and
+inference's prediction applied to the hypercolumn model.
 
 Every stage writes into STAGE_DIR = WORK_DIR/<dataset>-<cnn>-<layers>/ and keeps what it wrote: run
 again with the same settings, a stage reuses its output; with other settings it stops and asks for
@@ -20,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import struct
 import time
@@ -32,25 +35,21 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import IMAGE_SUFFIXES, SegmentationDataset, collate_pairs, read_dataset_json
-from .datasets.common import save_index_png
-from .distributed import DistEnv, pick_device
-from .engine import evaluate, lr_at
+from .data import SegmentationDataset, read_dataset_json
 from .errors import ConfigError, DataError
-from .files import atomic_path, claim_folder
+from .files import atomic_path
+from .inference import resolve_device
 from .metrics import ConfusionMatrix
 from .models import build_model
-from .models.hypercolumns import CLASSIFIER_KIND, DEFAULT_HIDDEN, DEFAULT_LAYERS, PixelMLP, check_layers, mismatches
-from .outputs import refuse_input_data, writing_into
-from .transforms import ToTensor, eval_transform, normalize
+from .models.hypercolumns import CLASSIFIER_KIND, DEFAULT_HIDDEN, DEFAULT_LAYERS, PixelMLP, mismatches
+from .optim import lr_at, make_scaler, optimizer_step
+from .transforms import eval_transform, normalize
 
 MAGIC = b"SEGMENTNET HYPERCOLUMNS 1\n"
 HYPERCOLUMNS_FILE = "hypercolumns.bin"
 CLASSIFIER_FILE = "classifier.pt"
 SPLITS = ("train", "val")
 CNN_ALIASES = {"sqn": "squeezenet", "vgg": "vgg16"}
-RESERVED_TRAIN_FLAGS = ("dataset", "data_dir", "model", "model_options")
-TOOL = "Hypercolumns"  # the owner recorded in the folder of predicted masks (files.claim_folder)
 
 
 # ----------------------------------------------------------------------------- settings shared by the stages
@@ -99,10 +98,6 @@ def build_hypercolumn_model(cfg, num_classes: int, **extra):
         return build_model(f"hypercolumn_{cnn_name(cfg)}", num_classes, **model_options(cfg), **extra)
     except ValueError as exc:  # bad layer indices
         raise ConfigError(str(exc)) from None
-
-
-def device_for(cfg) -> torch.device:
-    return pick_device(cfg.device)
 
 
 def progress_bar(items, cfg, **options):
@@ -234,10 +229,9 @@ def extract(cfg) -> Path:
     print(f"writing {path}: {count} hypercolumns of {model.dim} float16 values "
           f"({', '.join(f'{s} {b - a}' for s, (a, b) in splits.items())}), {size / 2**20:.1f} MiB")
 
-    device = device_for(cfg)
+    device = resolve_device(cfg.device)
     model.eval().to(device)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(head)
             f.truncate(size)
@@ -256,10 +250,6 @@ def extract(cfg) -> Path:
         vectors.flush()
         labels.flush()
         del vectors, labels
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     print(f"wrote {path}")
     return path
 
@@ -336,7 +326,7 @@ def pretrain(cfg) -> dict:
     if min(cfg.pretrain_epochs, cfg.pretrain_batch_size) < 1 or not cfg.pretrain_lr > 0:
         raise ConfigError("pretrain_epochs and pretrain_batch_size must be >= 1 and pretrain_lr > 0")
 
-    device = device_for(cfg)
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     (train_start, train_stop), (val_start, val_stop) = header["splits"]["train"], header["splits"]["val"]
@@ -345,6 +335,7 @@ def pretrain(cfg) -> dict:
     classifier.mean, classifier.std = column_statistics(vectors, train_start, train_stop)
     classifier.to(device)
     optimizer = torch.optim.AdamW(classifier.parameters(), lr=cfg.pretrain_lr, weight_decay=1e-4)
+    scaler = make_scaler(device, amp=False)  # (full precision: a pass-through)
     batch = cfg.pretrain_batch_size
     steps_per_epoch = math.ceil((train_stop - train_start) / batch)
     total_steps, step = steps_per_epoch * cfg.pretrain_epochs, 0
@@ -359,9 +350,8 @@ def pretrain(cfg) -> dict:
                 group["lr"] = lr_at(step, total_steps, 0, cfg.pretrain_lr, 1.0)
             x, y = rows_as_tensors(vectors, labels, np.sort(order[a:a + batch]), device)
             loss = F.cross_entropy(classifier.classify_vectors(x), y)
-            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            optimizer_step(optimizer, scaler)
             losses.append(loss.item())
             step += 1
         scores = evaluate_vectors(classifier, vectors, labels, val_start, val_stop, num_classes, device)
@@ -379,124 +369,3 @@ def pretrain(cfg) -> dict:
     print(f"wrote {out}: val pixel accuracy {scores['pixel_acc']:.4f} on {val_stop - val_start} sampled val pixels "
           f"(majority class {scores['majority_class_rate']:.4f})")
     return scores
-
-
-# ----------------------------------------------------------------------------- stage 3: train
-
-
-def train_arguments(cfg) -> list[str]:
-    """The TrainSegmentNet flags stage 3 sets; the user's flags (after --) come after them."""
-    classifier = Path(cfg.classifier) if cfg.classifier else stage_dir(cfg) / CLASSIFIER_FILE
-    if not classifier.exists():
-        raise DataError(f"{classifier} not found: run 'Hypercolumns.py pretrain' with the same settings first")
-    options = model_options(cfg) | {"classifier_init": str(classifier), "finetune": cfg.finetune}
-    return ["--dataset", cfg.dataset, "--data-dir", cfg.data_dir, "--model", f"hypercolumn_{cnn_name(cfg)}",
-            "--model-options", json.dumps(options), "--out", str(stage_dir(cfg) / "train"), "--loss", "ce",
-            "--seed", str(cfg.seed), "--device", cfg.device, "--progress", str(cfg.progress).lower()]
-
-
-def evaluate_initial_model(train_cfg) -> dict:
-    """Val scores of the model as pre-training left it (full images, as the training's own evaluation)."""
-    root = Path(train_cfg.data_dir) / train_cfg.dataset
-    info = read_dataset_json(root)
-    env = DistEnv(device=pick_device(train_cfg.device))
-    model = build_model(train_cfg.model, info["num_classes"], **train_cfg.model_options).to(env.device)
-    loader = torch.utils.data.DataLoader(SegmentationDataset(root, "val", eval_transform()), batch_size=1,
-                                         collate_fn=collate_pairs)
-    return evaluate(model, loader, info["num_classes"], env, info["mean"], info["std"], amp=train_cfg.amp,
-                    amp_dtype=train_cfg.amp_dtype)
-
-
-def train(cfg, train_cfg, user_flags: list[str] = ()) -> dict:
-    """Stage 3: engine.train(train_cfg); reports the val mIoU before (stage 2's) and after training."""
-    from . import engine
-
-    reserved = sorted({f.lstrip("-").split("=")[0].replace("-", "_") for f in user_flags if f.startswith("--")}
-                      & set(RESERVED_TRAIN_FLAGS))
-    if reserved:
-        raise ConfigError(f"{', '.join(reserved)}: set by the train stage from --cnn, --layers, --dataset and "
-                          f"--data-dir (flags before --), not after --")
-    before = None
-    if not train_cfg.resume:
-        engine.check_config(train_cfg)
-        before = evaluate_initial_model(train_cfg)
-        print(f"val mIoU of the pre-trained classifier, before training: {before['miou']:.4f} "
-              f"(pixel accuracy {before['pixel_acc']:.4f})")
-    summary = engine.train(train_cfg)
-    run_dir = Path(summary["run_dir"])
-    if before is not None:
-        record = {k: before[k] for k in ("miou", "pixel_acc", "mean_class_acc", "per_class_iou")}
-        (run_dir / "pretrained_scores.json").write_text(json.dumps(record, indent=1))
-        summary["pretrained_scores"] = record
-        final = summary["final_scores"].get("miou", float("nan"))
-        print(f"val mIoU: {before['miou']:.4f} with the pre-trained classifier, {final:.4f} after training "
-              f"(run folder {run_dir})")
-    return summary
-
-
-# ----------------------------------------------------------------------------- run
-
-
-def image_files(spec: str) -> list[Path]:
-    path = Path(spec)
-    try:
-        if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if not files:
-                raise DataError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-            return files
-        if not path.is_file():
-            raise DataError(f"--images {path}: no such file or folder")
-    except OSError as exc:
-        raise DataError(f"--images {path} cannot be read: {exc.strerror or exc} ({exc.filename or path}); check "
-                        f"its permissions") from None
-    return [path]
-
-
-def load_trained_model(path: Path, device):
-    from .inference import load_model
-
-    state = load_checkpoint(path, map_location="cpu")
-    if not str(state.get("model_name", "")).startswith("hypercolumn_"):
-        raise DataError(f"{path} holds a {state.get('model_name')!r} model, not a hypercolumn model; give the "
-                        f"best.pt or last.pt of 'Hypercolumns.py train'")
-    return load_model(path, device)  # with inference's checks of the entries it reads
-
-
-@torch.no_grad()
-def run(cfg) -> list[Path]:
-    """Predict class-index masks (palette PNGs) for images; returns the written paths."""
-    if not cfg.images:
-        raise ConfigError("run needs --images: an image file or a folder of images")
-    checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else stage_dir(cfg) / "train" / "best.pt"
-    device = device_for(cfg)
-    model, state = load_trained_model(checkpoint, device)
-    files = image_files(cfg.images)
-    out = Path(cfg.out) if cfg.out else stage_dir(cfg) / "predictions"
-    refuse_input_data(out, "--out")
-    stems = {}
-    for f in files:
-        if f.stem in stems:
-            raise DataError(f"{stems[f.stem]} and {f} have the same name {f.stem!r}: their masks would overwrite "
-                            f"each other; predict them into separate --out folders")
-        stems[f.stem] = f
-    # Only a folder Hypercolumns wrote (its ownership record), or a new or empty one; --force redoes masks there.
-    out = claim_folder(out, TOOL, "--out")
-    targets = [out / f"{f.stem}.png" for f in files]
-    existing = [t for t in targets if t.exists() or t.is_symlink()]
-    if existing and not cfg.force:
-        raise DataError(f"{len(existing)} masks exist already in {out} (e.g. {existing[0].name}): pass --force to "
-                        f"replace them, or another --out")
-    to_tensor = ToTensor()
-    for source, target in progress_bar(list(zip(files, targets)), cfg, desc="predicting"):
-        try:
-            with Image.open(source) as im:
-                image, _ = to_tensor(im.convert("RGB"), None)
-        except OSError as exc:
-            raise DataError(f"{source}: cannot read the image ({exc})") from None
-        x = normalize(image[None].to(device), state["mean"], state["std"])
-        prediction = model(x).argmax(1)[0].cpu().numpy().astype(np.uint8)
-        with writing_into(out, target.name, "--out") as path, atomic_path(path) as tmp:
-            save_index_png(tmp, prediction, state["palette"])
-    print(f"wrote {len(targets)} masks to {out}")
-    return targets

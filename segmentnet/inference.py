@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .checkpoint import clean_state_dict, description_problems, load_checkpoint, load_weights
+from .checkpoint import description_problems, load_checkpoint, model_from_checkpoint
 from .distributed import pick_device
 from .errors import DataError, UsageError
 from .onnx_model import OnnxModel
@@ -112,9 +112,6 @@ def load_model(checkpoint, device="cpu") -> tuple[nn.Module | OnnxModel, dict]:
             print(f"note: {checkpoint} runs on ONNX Runtime's CPU provider; the device {device} is not used",
                   file=sys.stderr)
         return load_onnx(checkpoint)
-    from .models import build_model, model_option_problems   # (not needed for an ONNX file)
-    from .models.legacy import upgrade
-
     if isinstance(checkpoint, dict):
         state, name = checkpoint, "(given as a dict)"
     else:
@@ -123,15 +120,7 @@ def load_model(checkpoint, device="cpu") -> tuple[nn.Module | OnnxModel, dict]:
                             f"TrainSegmentNet.py wrote, such as {Path(checkpoint) / 'best.pt'}")
         state, name = load_checkpoint(checkpoint), checkpoint
     check_checkpoint_entries(state, name)
-    options, weights = upgrade(state["model_name"], state.get("model_options", {}), clean_state_dict(state["model"]),
-                               name)
-    problems = model_option_problems(state["model_name"], options)
-    if problems:
-        raise DataError(f"checkpoint {name}: {'; '.join(problems)}; the file is corrupt or was not written by "
-                        f"SegmentNet")
-    model = build_model(state["model_name"], state["num_classes"], pretrained=False, **options)
-    load_weights(model, weights, name)
-    return model.to(device).eval(), state
+    return model_from_checkpoint(state, name).to(device).eval(), state
 
 
 def check_checkpoint_entries(state: dict, name) -> None:

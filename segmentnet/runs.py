@@ -22,11 +22,13 @@ import secrets
 import socket
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checkpoint import read_progress, writing
-from .errors import ConfigError, DataError
+from .distributed import DistEnv, broadcast_from_main
+from .errors import ConfigError, DataError, SegmentNetError
 from .files import OWNER_FILE, mark_owned, open_no_follow, owner_of, write_text_atomic
 from .outputs import refuse_input_data
 from . import visualize
@@ -276,3 +278,51 @@ def read_metrics(path: Path) -> list[dict]:
 def write_metrics(path: Path, records: list[dict]) -> None:
     with writing(path):
         write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def prepare_run_dir(cfg, env: DistEnv, resume_state: dict | None = None, held: ExitStack | None = None):
+    """The run folder, claimed for this run (claim_run_folder): a new run, the continuation of
+    the resumed checkpoint's run, or a fork of it into a new folder; never another run's folder.
+
+    Rank 0 names, checks, locks and marks it and tells the others (the default name holds the time),
+    so that all agree and stop together. Returns the RunFolder: on rank 0 with the lock, released
+    when `held` closes (without `held`, when the process ends); the other ranks write nothing.
+    """
+    folder, problem = None, None
+    out = Path(cfg.out) if cfg.out else (Path(cfg.resume).parent if cfg.resume else
+                                         Path("runs") / f"{cfg.dataset}-{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if env.is_main:
+        try:
+            folder = claim_run_folder(out, Path(cfg.resume) if cfg.resume else None, resume_state, cfg.resume_older)
+        except SegmentNetError as exc:
+            problem = exc
+        else:
+            if held is not None:
+                held.callback(folder.lock.release)
+            for note in folder.notes:
+                print(note)
+    out, run_id, problem = broadcast_from_main((out, folder.run_id if folder else None, problem), env)
+    if problem:
+        raise problem
+    return folder if env.is_main else RunFolder(out, run_id)
+
+
+def resume_hint(run_dir) -> str:
+    """How to go on after a run stopped with an error: from its last.pt, or, before its first
+    checkpoint, by running again (the folder, holding no checkpoint, is then reused)."""
+    last = Path(run_dir) / "last.pt" if run_dir else None
+    if last is None:
+        return "continue from the last finished epoch with --resume <run folder>/last.pt"
+    if last.is_file():
+        return f"continue from the last finished epoch with --resume {last}"
+    return (f"run the same command again: the run folder {run_dir} holds no checkpoint yet, so a new run starts "
+            f"over in it (or remove the folder)")
+
+
+def drop_metrics_after(path: Path, epoch: int) -> None:
+    """On resume, forget records of epochs the checkpoint does not include (a crash between the two
+    writes, or --resume-older), and any line cut short (a crash while appending)."""
+    if path.exists():
+        write_metrics(path, [record for record in read_metrics(path) if record["epoch"] <= epoch])
+
+

@@ -214,9 +214,9 @@ class EpochPictures:
     every epoch, chosen evenly through each split, so the epochs can be compared picture by picture.
     """
 
-    def __init__(self, run_dir, train_set, val_set, run: dict, tensorboard: bool = False, count: int = 3):
+    def __init__(self, run_dir, train_set, val_set, facts, tensorboard: bool = False, count: int = 3):
         self.run_dir = Path(run_dir)
-        self.palette, self.mean, self.std = run["palette"], run["mean"], run["std"]
+        self.palette, self.mean, self.std = facts.palette, facts.mean, facts.std  # (a data.DatasetFacts)
         self.samples = {"val": fixed_samples(val_set, count), "train (un-augmented)": fixed_samples(train_set, count)}
         self.writer = open_tensorboard(self.run_dir / "tensorboard") if tensorboard else None
 

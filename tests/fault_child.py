@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project
 
 import torch  # noqa: E402
 
-from segmentnet import data, engine  # noqa: E402
+from segmentnet import data, loops  # noqa: E402
 
 
 def at_call(function, number: int, action):
@@ -38,7 +38,7 @@ def at_call(function, number: int, action):
 def install_fault(kind: str, arg: str) -> None:
     if kind == "signal-at-step":  # the main process signals itself during step N
         step, name = arg.split()
-        engine.compute_loss = at_call(engine.compute_loss, int(step), lambda: os.kill(os.getpid(), getattr(signal, name)))
+        loops.compute_loss = at_call(loops.compute_loss, int(step), lambda: os.kill(os.getpid(), getattr(signal, name)))
     elif kind == "sleep-at-step":  # step N takes a while: the run is busy, with no checkpoint yet
         step, seconds = arg.split()
 
@@ -46,7 +46,7 @@ def install_fault(kind: str, arg: str) -> None:
             print("sleeping", flush=True)
             time.sleep(float(seconds))
 
-        engine.compute_loss = at_call(engine.compute_loss, int(step), sleep)
+        loops.compute_loss = at_call(loops.compute_loss, int(step), sleep)
     elif kind == "ctrl-c-in-worker":  # a slow loader worker sends SIGINT to the whole process group
         sample = int(arg)                # (as Ctrl-C in a terminal does) while the main process waits for it
         real_getitem, loaded = data.SegmentationDataset.__getitem__, []
@@ -80,12 +80,12 @@ def install_fault(kind: str, arg: str) -> None:
 
 def train_with_fault(argv: list[str]) -> int:
     import TrainSegmentNet
-    from segmentnet.cli import run_main
+    from segmentnet.cli import call_main
 
     torch.set_num_threads(1)  # as the test process does: the same arithmetic, bit for bit
     kind, _, arg = os.environ["FAULT"].partition(" ")
     install_fault(kind, arg)
-    return run_main(TrainSegmentNet.main, argv)
+    return call_main(TrainSegmentNet.main, argv)
 
 
 def save_on_a_small_disk(folder: str) -> int:

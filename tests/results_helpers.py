@@ -84,15 +84,15 @@ def tiny_segmentnet_checkpoint(path: Path, data_dir, seed: int = 0) -> Path:
 
 
 def run_script(main, argv) -> tuple[int, str]:
-    """A script's main(argv) through segmentnet.cli.run_main, as the script runs it: (exit status, stderr)."""
+    """A script's main(argv) through segmentnet.cli.call_main, as the script runs it: (exit status, stderr)."""
     import contextlib
     import io
 
-    from segmentnet.cli import run_main
+    from segmentnet.cli import call_main
 
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-        status = run_main(main, [str(a) for a in argv])
+        status = call_main(main, [str(a) for a in argv])
     return status, stderr.getvalue()
 
 

@@ -1,6 +1,6 @@
 """Bad inputs: each gets a specific message, a non-zero exit, and leaves no output that looks complete.
 
-The scripts are run through their own `main` (in-process with run_main, which is what
+The scripts are run through their own `main` (in-process with call_main, which is what
 `python Script.py` calls), and a representative few as real subprocesses to prove the exit codes.
 Malicious archives and checkpoints are built here, by hand, with tarfile, zipfile and pickle.
 """
@@ -33,7 +33,7 @@ from conftest import ROOT, config_args, make_small_voc, tiny_train_config, unpri
 from segmentnet import synthetic
 from segmentnet.archive import MARKER
 from segmentnet.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from segmentnet.cli import run_main
+from segmentnet.cli import call_main
 from segmentnet.datasets import voc2012
 from segmentnet.engine import train
 from segmentnet.errors import DataError
@@ -52,7 +52,7 @@ def run_script(script: str, *args, cwd: Path) -> subprocess.CompletedProcess:
 def main_exit(capsys, main, *args) -> tuple[int, str]:
     """(exit status, stderr) of a script's main called as `python Script.py args` would call it."""
     capsys.readouterr()
-    status = run_main(main, [str(a) for a in args])
+    status = call_main(main, [str(a) for a in args])
     return status, capsys.readouterr().err
 
 

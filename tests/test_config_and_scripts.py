@@ -91,26 +91,26 @@ def test_unknown_dataset_exits_2_with_the_choices(tmp_path):
 
 
 def test_run_main_tells_a_users_error_from_a_bug(capsys):
-    from segmentnet.cli import BUG_EXIT, run_main
+    from segmentnet.cli import BUG_EXIT, call_main
     from segmentnet.errors import DataError, UnknownNameError
 
     def users_error(argv):
         raise DataError("x.png: the mask cannot be decoded; replace it")
 
-    assert run_main(users_error) == 2
+    assert call_main(users_error) == 2
     err = capsys.readouterr().err
     assert err == "error: x.png: the mask cannot be decoded; replace it\n"
 
     def unknown_name(argv):
         raise UnknownNameError("unknown loss 'dice'; choices: ce, jaccard")
 
-    assert run_main(unknown_name) == 2
+    assert call_main(unknown_name) == 2
     assert capsys.readouterr().err == "error: unknown loss 'dice'; choices: ce, jaccard\n"  # not quoted as KeyError
 
     def bug(argv):
         return {}["optimizer"]  # a KeyError from the code itself is no user's error
 
-    assert run_main(bug) == BUG_EXIT == 70
+    assert call_main(bug) == BUG_EXIT == 70
     err = capsys.readouterr().err
     assert "Traceback" in err and "KeyError: 'optimizer'" in err and "This is a bug in SegmentNet" in err
     assert not err.startswith("error:")

@@ -19,7 +19,7 @@ from conftest import realdata, tiny_train_config
 import DataExtract
 import DataSeparate
 from segmentnet import synthetic
-from segmentnet.cli import run_main
+from segmentnet.cli import call_main
 from segmentnet.datasets import ade20k, cityscapes, get_dataset, kitti_road, voc2012, voc2012_aug
 from segmentnet.datasets.common import separate
 from segmentnet.engine import train
@@ -146,7 +146,7 @@ def test_kitti_road_split_test_images_and_colours(prepared, tmp_path):
     assert len(half) == 6 and half == split_with("--val-fraction", "0.5", "--split-seed", "3")
     assert json.loads((out / "dataset.json").read_text())["options"] == {"val_fraction": 0.5, "split_seed": 3}
     # a finished separation with other options is not silently kept
-    assert run_main(DataSeparate.main, ["--dataset", "kitti_road", "--data-dir", str(data),
+    assert call_main(DataSeparate.main, ["--dataset", "kitti_road", "--data-dir", str(data),
                                         "--val-fraction", "0.25"]) == 2
     split_with()  # back to the defaults for the other tests
 
@@ -415,14 +415,14 @@ def test_images_without_masks_and_colour_masks_through_data_separate(tmp_path, c
     kept = missing.read_bytes()
     missing.unlink()
     argv = ["--dataset", "cityscapes", "--data-dir", str(data), "--workers", "1"]
-    assert run_main(DataSeparate.main, argv) == 2
+    assert call_main(DataSeparate.main, argv) == 2
     assert "1 of 8 images in split 'train' have no mask" in capsys.readouterr().err
     assert DataSeparate.main(argv + ["--skip-bad"]) == 0
     assert "skipped train/" in capsys.readouterr().out
     missing.write_bytes(kept)
     coloured = sorted(gt.glob("val/*/*_labelIds.png"))[0]
     coloured.write_bytes(coloured.with_name(coloured.name.replace("labelIds", "color")).read_bytes())
-    assert run_main(DataSeparate.main, argv + ["--force"]) == 2
+    assert call_main(DataSeparate.main, argv + ["--force"]) == 2
     assert "colour (RGB) mask" in capsys.readouterr().err
 
 
@@ -451,7 +451,7 @@ def independent_weights(counts: list[int], rule: str) -> list[float]:
 
 
 def test_class_weight_rules_match_their_definitions():
-    from segmentnet.engine import class_weights_from_counts
+    from segmentnet.optim import class_weights_from_counts
 
     counts = [500, 0, 120, 30, 7, 2000]  # an absent class, and an even number of present ones
     for rule in ("median_freq", "inverse_freq", "enet"):

@@ -26,7 +26,8 @@ from segmentnet.checkpoint import load_checkpoint
 from segmentnet.data import EpochSampler, SegmentationDataset
 from segmentnet.distributed import DistEnv
 from segmentnet.errors import ConfigError
-from segmentnet.engine import _train, evaluate, train
+from segmentnet.engine import _train, train
+from segmentnet.loops import evaluate
 from segmentnet.files import OWNER_FILE
 from segmentnet.losses import build_loss
 from segmentnet.models import MODELS, build_model

@@ -56,12 +56,12 @@ def test_evaluate_equals_an_independent_computation_from_predict_pngs(small_voc,
 
 
 def test_evaluate_out_folder_and_missing_split(small_voc, tmp_path, capsys):
-    from segmentnet.cli import run_main
+    from segmentnet.cli import call_main
 
     checkpoint = tiny_segmentnet_checkpoint(tmp_path / "net.pt", small_voc)
-    assert run_main(Evaluate.main, [str(checkpoint), "--split", "test", "--no-progress"]) == 2
+    assert call_main(Evaluate.main, [str(checkpoint), "--split", "test", "--no-progress"]) == 2
     assert "split 'test'" in capsys.readouterr().err
-    assert run_main(Evaluate.main, [str(tmp_path / "missing.pt")]) == 2
+    assert call_main(Evaluate.main, [str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt not found" in capsys.readouterr().err
 
 

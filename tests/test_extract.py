@@ -16,7 +16,7 @@ import pytest
 import DataExtract
 from segmentnet import synthetic
 from segmentnet.archive import MARKER, Archive, download, extract, md5sum, verify_md5
-from segmentnet.cli import run_main
+from segmentnet.cli import call_main
 from segmentnet.datasets import DATASETS, voc2012
 from segmentnet.errors import DataError
 
@@ -61,8 +61,8 @@ def test_md5_mismatch_refused(tmp_path):
     path.write_bytes(b"not the archive")
     with pytest.raises(DataError, match="md5 is .* the official archive's is 6cd6e144f989b92b3379bac3b3de84fd"):
         verify_md5(path, voc2012.ARCHIVE.md5)
-    from segmentnet.cli import run_main
-    assert run_main(DataExtract.main, ["--downloads", str(tmp_path), "--data-dir", str(tmp_path / "data")]) == 2
+    from segmentnet.cli import call_main
+    assert call_main(DataExtract.main, ["--downloads", str(tmp_path), "--data-dir", str(tmp_path / "data")]) == 2
     assert not (tmp_path / "data").exists()
 
 
@@ -171,7 +171,7 @@ TRAIN_TXT = f"{voc2012.ROOT}/ImageSets/Segmentation/train.txt"
 def extract_exit(capsys, tmp_path, *args) -> tuple[int, str, str]:
     """(exit status, stdout, stderr) of `python DataExtract.py --downloads dl --data-dir data args`."""
     capsys.readouterr()
-    status = run_main(DataExtract.main, ["--downloads", str(tmp_path / "dl"), "--data-dir", str(tmp_path / "data"),
+    status = call_main(DataExtract.main, ["--downloads", str(tmp_path / "dl"), "--data-dir", str(tmp_path / "data"),
                                          *map(str, args)])
     out, err = capsys.readouterr()
     assert "Traceback" not in err, err

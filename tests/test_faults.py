@@ -22,9 +22,9 @@ import torch
 
 import TrainSegmentNet
 from conftest import config_args, make_small_voc, tiny_train_config
-from segmentnet import engine
+from segmentnet import engine, loops
 from segmentnet.checkpoint import load_checkpoint
-from segmentnet.cli import run_main
+from segmentnet.cli import call_main
 from segmentnet.engine import train
 from segmentnet.files import OWNER_FILE
 from segmentnet.runs import LOCK_FILE
@@ -165,7 +165,7 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(capsys, tiny_voc,
 
     monkeypatch.setattr(checkpoint, "open", open_on_a_filling_disk, raising=False)
     run = tmp_path / "run"
-    status = run_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
+    status = call_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
     err = capsys.readouterr().err
     assert status == 2, err
     assert f"error: could not write checkpoint {run / 'last.pt'}: No space left on device (ENOSPC); " \
@@ -204,20 +204,20 @@ def test_disk_full_on_a_real_one_megabyte_filesystem(tmp_path):
 
 
 def loss_becomes_nan_at(call: int, monkeypatch) -> None:
-    real, calls = engine.compute_loss, []
+    real, calls = loops.compute_loss, []
 
     def compute_loss(*args, **kwargs):
         calls.append(1)
         loss = real(*args, **kwargs)
         return loss * float("nan") if len(calls) == call else loss
 
-    monkeypatch.setattr(engine, "compute_loss", compute_loss)
+    monkeypatch.setattr(loops, "compute_loss", compute_loss)
 
 
 def test_nonfinite_loss_stops_naming_the_step(capsys, tiny_voc, tmp_path, monkeypatch):
     loss_becomes_nan_at(6, monkeypatch)
     run = tmp_path / "run"
-    status = run_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
+    status = call_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
     err = capsys.readouterr().err
     assert status == 2, err
     assert "error: loss is nan at step 6 (epoch 2, batch 2): lower lr, check the data, or set skip_nonfinite true" in " ".join(err.split())
@@ -240,8 +240,8 @@ def test_out_of_memory_says_which_settings_to_lower(capsys, tiny_voc, tmp_path, 
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
                                      "of 15.77 GiB of which 1.02 GiB is free.\nmore details")
 
-    monkeypatch.setattr(engine, "compute_loss", out_of_memory)
-    status = run_main(TrainSegmentNet.main, config_args(config(tiny_voc, tmp_path / "a", amp=False)))
+    monkeypatch.setattr(loops, "compute_loss", out_of_memory)
+    status = call_main(TrainSegmentNet.main, config_args(config(tiny_voc, tmp_path / "a", amp=False)))
     err = capsys.readouterr().err
     assert status == 2, err
     assert err.startswith("error: out of GPU memory during training in epoch 1, after 0 steps: CUDA out of memory. "
@@ -252,7 +252,7 @@ def test_out_of_memory_says_which_settings_to_lower(capsys, tiny_voc, tmp_path, 
 
     monkeypatch.undo()
     monkeypatch.setattr(engine, "evaluate", out_of_memory)
-    status = run_main(TrainSegmentNet.main, config_args(config(tiny_voc, tmp_path / "b", amp=True)))
+    status = call_main(TrainSegmentNet.main, config_args(config(tiny_voc, tmp_path / "b", amp=True)))
     err = capsys.readouterr().err
     assert status == 2 and "out of GPU memory during validation in epoch 1, after 4 steps" in err, err
     assert "there only amp or a smaller model helps" in err
@@ -265,13 +265,13 @@ def test_signal_during_validation_stops_at_the_epoch_end(capsys, tiny_voc, tmp_p
     def evaluate_then_signal(*args, **kwargs):
         handler = signal.getsignal(signal.SIGTERM)
         # Only while the training's own handler is installed: otherwise SIGTERM would end pytest itself.
-        assert isinstance(getattr(handler, "__self__", None), engine.StopRequest), handler
+        assert isinstance(getattr(handler, "__self__", None), loops.StopRequest), handler
         signal.raise_signal(signal.SIGTERM)
         return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(engine, "evaluate", evaluate_then_signal)
     run = tmp_path / "run"
-    status = run_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
+    status = call_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
     assert status == 128 + signal.SIGTERM
     assert f"stopped by signal {int(signal.SIGTERM)} at epoch 2, batch 0" in capsys.readouterr().err
     state = load_checkpoint(run / "last.pt")  # epoch 1 whole, validated and recorded; not a step of epoch 2
@@ -285,7 +285,7 @@ def test_failing_loader_worker_names_the_sample(capsys, tiny_voc, tmp_path):
     images = sorted((data / "voc2012" / "train" / "images").iterdir())
     bad = images[5]
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 3])
-    status = run_main(TrainSegmentNet.main, config_args(config(data, tmp_path / "run", workers=1)))
+    status = call_main(TrainSegmentNet.main, config_args(config(data, tmp_path / "run", workers=1)))
     err = capsys.readouterr().err
     assert status == 2, err
     assert f"error: sample 5 of {data / 'voc2012' / 'train'}: cannot decode {bad.name}" in err
@@ -302,7 +302,7 @@ def test_a_second_training_into_a_busy_folder_is_refused_and_a_dead_ones_lock_do
         for line in child.stdout:  # it holds the folder and is inside its first step
             if line.startswith("sleeping"):
                 break
-        status = run_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
+        status = call_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
         err = capsys.readouterr().err
         assert status == 2, err
         assert f"error: run folder {run} is in use: another training (pid {child.pid} on " in err
@@ -315,7 +315,7 @@ def test_a_second_training_into_a_busy_folder_is_refused_and_a_dead_ones_lock_do
     # Its lock went with it; the folder it left (config.json, no checkpoint) is taken for the new run.
     assert sorted(p.name for p in run.iterdir()) == sorted([OWNER_FILE, LOCK_FILE, "config.json"])
     killed_id = json.loads((run / "config.json").read_text())["run_id"]
-    status = run_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
+    status = call_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
     out, err = capsys.readouterr()
     assert status == 0, err
     assert "stopped before its first checkpoint: starting over there" in out
@@ -327,14 +327,14 @@ def test_a_run_that_fails_before_its_first_checkpoint_says_so_and_its_folder_is_
         capsys, tiny_voc, tmp_path, monkeypatch):
     loss_becomes_nan_at(2, monkeypatch)
     run = tmp_path / "run"
-    status = run_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
+    status = call_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
     err = " ".join(capsys.readouterr().err.split())
     assert status == 2, err
     assert f"then run the same command again: the run folder {run} holds no checkpoint yet, so a new run starts " \
            f"over in it" in err
     assert "last.pt" not in err
     monkeypatch.undo()
-    assert run_main(TrainSegmentNet.main, config_args(config(tiny_voc, run))) == 0
+    assert call_main(TrainSegmentNet.main, config_args(config(tiny_voc, run))) == 0
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
 
 
@@ -343,7 +343,7 @@ def test_a_half_written_metrics_line_does_not_block_resume(capsys, tiny_voc, tmp
     train(config(tiny_voc, run, epochs=1))
     with open(run / "metrics.jsonl", "a") as f:  # killed while appending the next epoch's record
         f.write('{"epoch": 2, "train_loss": 0.5, "val_lo')
-    status = run_main(TrainSegmentNet.main, config_args(config(tiny_voc, "", resume=run / "last.pt")))
+    status = call_main(TrainSegmentNet.main, config_args(config(tiny_voc, "", resume=run / "last.pt")))
     err = capsys.readouterr().err
     assert status == 0, err
     assert "left out 1 line(s) that are not complete records" in err
@@ -397,7 +397,7 @@ def test_run_folder_removed_during_the_run(capsys, tiny_voc, tmp_path, monkeypat
         return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(engine, "evaluate", evaluate_then_remove_the_folder)
-    status = run_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
+    status = call_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
     err = capsys.readouterr().err
     assert status == 2, err
     assert f"error: could not write {run / 'metrics.jsonl'}: No such file or directory (ENOENT); The folder {run} " \

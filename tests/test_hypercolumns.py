@@ -17,7 +17,7 @@ import torchvision
 from PIL import Image
 
 import Hypercolumns
-from segmentnet.cli import run_main
+from segmentnet.cli import call_main
 from segmentnet.errors import DataError
 from segmentnet.hypercolumns import open_hypercolumns, sample_pixels
 from segmentnet.models import build_model
@@ -139,20 +139,23 @@ def test_training_ends_above_the_pretrained_classifier(chained):
     assert state["model_name"] == "hypercolumn_squeezenet" and state["model_options"]["finetune"] is False
 
 
-def test_run_writes_palette_masks(chained, small_voc):
+def test_predict_writes_palette_masks(chained, small_voc, capsys):
     work, _ = chained
     images = small_voc / "voc2012" / "val" / "images"
-    assert stage("run", small_voc, work, "--images", str(images), "--out", str(work / "masks")) == 0
+    assert stage("predict", small_voc, work, "--images", str(images), "--out", str(work / "masks")) == 0
     for source in sorted(images.iterdir())[:3]:
         with Image.open(work / "masks" / f"{source.stem}.png") as mask, Image.open(source) as image:
             assert mask.mode == "P" and mask.size == image.size
             assert mask.getpalette()[3 * 15: 3 * 16] == [192, 128, 128]  # VOC's colour of class 15 (person)
             assert set(np.unique(np.array(mask))) <= set(range(21))
     with pytest.raises(DataError, match="--force"):
-        stage("run", small_voc, work, "--images", str(images), "--out", str(work / "masks"))
+        stage("predict", small_voc, work, "--images", str(images), "--out", str(work / "masks"))
+    # the stage's earlier name still works, with a note
+    assert stage("run", small_voc, work, "--images", str(images), "--out", str(work / "masks"), "--force", "true") == 0
+    assert "the stage run is called predict now" in capsys.readouterr().err
 
 
-def test_run_writes_only_into_a_folder_of_its_own(chained, small_voc, tmp_path):
+def test_predict_writes_only_into_a_folder_of_its_own(chained, small_voc, tmp_path):
     work, _ = chained
     image = sorted((small_voc / "voc2012" / "val" / "images").iterdir())[0]
     mask = f"{image.stem}.png"
@@ -161,21 +164,21 @@ def test_run_writes_only_into_a_folder_of_its_own(chained, small_voc, tmp_path):
     (users / mask).write_bytes(b"my mask")
     for force in ("false", "true"):                       # --force redoes only its own masks
         with pytest.raises(DataError, match=f"--out {users} already holds files that Hypercolumns did not write"):
-            stage("run", small_voc, work, "--images", str(image), "--out", str(users), "--force", force)
+            stage("predict", small_voc, work, "--images", str(image), "--out", str(users), "--force", force)
     assert os.listdir(users) == [mask] and (users / mask).read_bytes() == b"my mask"
     inside = small_voc / "voc2012" / "val" / "pred"
     with pytest.raises(DataError, match=f"--out {inside} is inside the prepared dataset"):
-        stage("run", small_voc, work, "--images", str(image), "--out", str(inside))
+        stage("predict", small_voc, work, "--images", str(image), "--out", str(inside))
     assert not inside.exists()
     own = tmp_path / "own"
-    assert stage("run", small_voc, work, "--images", str(image), "--out", str(own)) == 0
-    assert stage("run", small_voc, work, "--images", str(image), "--out", str(own), "--force", "true") == 0
+    assert stage("predict", small_voc, work, "--images", str(image), "--out", str(own)) == 0
+    assert stage("predict", small_voc, work, "--images", str(image), "--out", str(own), "--force", "true") == 0
     victim = tmp_path / "victim.png"
     victim.write_bytes(b"mine")
     (own / mask).unlink()
     (own / mask).symlink_to(victim)                       # planted in its own folder
     with pytest.raises(DataError, match=f"--out {own / mask} is a link"):
-        stage("run", small_voc, work, "--images", str(image), "--out", str(own), "--force", "true")
+        stage("predict", small_voc, work, "--images", str(image), "--out", str(own), "--force", "true")
     assert victim.read_bytes() == b"mine"
 
 
@@ -195,7 +198,7 @@ def test_a_second_extract_and_pretrain_reuse_their_outputs(chained, small_voc, m
     assert (features.stat().st_mtime_ns, classifier.stat().st_mtime_ns) == stamps
     assert capsys.readouterr().out.count("kept") == 2
     # Other settings are never a silent redo: the stage stops and asks for --force.
-    code = run_main(Hypercolumns.main, ["extract", "--data-dir", str(small_voc), "--work-dir", str(work), *SQN,
+    code = call_main(Hypercolumns.main, ["extract", "--data-dir", str(small_voc), "--work-dir", str(work), *SQN,
                                         "--samples-per-image", "32", "--balanced", "false"])
     assert code == 2 and "--force" in capsys.readouterr().err
     with pytest.raises(DataError, match="other settings"):
@@ -231,5 +234,25 @@ def test_script_imports_without_side_effects_and_needs_a_stage(tmp_path, monkeyp
     sys.modules.pop("Hypercolumns", None)
     module = importlib.import_module("Hypercolumns")
     assert os.listdir(tmp_path) == []
-    assert run_main(module.main, ["fit"]) == 2 and "extract, pretrain, train, run" in capsys.readouterr().err
-    assert run_main(module.main, ["extract", "--", "--epochs", "2"]) == 2
+    assert call_main(module.main, ["fit"]) == 2 and "extract, pretrain, train, predict" in capsys.readouterr().err
+    assert call_main(module.main, ["extract", "--", "--epochs", "2"]) == 2
+
+
+def test_the_train_stage_config_holds_the_stage_settings_under_the_users_flags(chained, small_voc):
+    from segmentnet.config import parse_config
+    from segmentnet.errors import ConfigError
+    from segmentnet.hypercolumn_train import train_config
+    from TrainSegmentNet import Config as TrainConfig
+
+    work, _ = chained
+    cfg = parse_config(Hypercolumns.Config, ["--data-dir", str(small_voc), "--work-dir", str(work), *SQN])
+    train_cfg = train_config(cfg, TrainConfig, ["--epochs", "3", "--loss", "jaccard"])
+    assert (train_cfg.model, train_cfg.dataset, train_cfg.data_dir) == ("hypercolumn_squeezenet", "voc2012",
+                                                                         str(small_voc))
+    assert train_cfg.out == str(work / STAGE_DIR / "train") and (train_cfg.epochs, train_cfg.loss) == (3, "jaccard")
+    assert train_cfg.model_options == {"layers": [1, 4], "hidden": 64, "finetune": False,
+                                       "classifier_init": str(work / STAGE_DIR / "classifier.pt")}
+    assert train_config(cfg, TrainConfig).loss == "ce" and train_config(cfg, TrainConfig).progress is False
+    for flags in (["--model", "unet"], ["--data-dir", "elsewhere"]):
+        with pytest.raises(ConfigError, match="set by the train stage"):
+            train_config(cfg, TrainConfig, flags)

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 import torchvision
 
 from conftest import make_small_voc, tiny_train_config
-from segmentnet.engine import compute_loss, train
+from segmentnet.engine import train
+from segmentnet.loops import compute_loss
 from segmentnet.losses import LOSSES, build_loss
 from segmentnet.errors import ConfigError
 from segmentnet.models import ENCODERS, MODELS, build_model
@@ -371,8 +372,6 @@ def test_what_the_earlier_release_wrote_and_this_one_cannot_build_is_refused_say
 @pytest.mark.parametrize("shape", [(2, 4, 3, 5), (1, 3, 7, 11), (1, 2, 1, 1), (1, 1, 13, 2), (1, 2, 12, 18)])
 def test_icnets_pyramid_pooling_equals_adaptive_average_pooling(shape):
     """ICNet pools with slices (which an ONNX export keeps for any size): the windows of adaptive pooling."""
-    import torch.nn.functional as F
-
     from segmentnet.models.icnet import adaptive_avg_pool
 
     x = torch.randn(shape)

@@ -25,7 +25,7 @@ from PIL import Image
 import DataExtract
 import DataSeparate
 from segmentnet import synthetic
-from segmentnet.cli import run_main
+from segmentnet.cli import call_main
 from segmentnet.datasets import voc2012
 from test_bad_inputs import write_tar_members, write_zip_members
 
@@ -137,7 +137,7 @@ def tree_state(root: Path, skip: Path) -> dict[str, tuple]:
 def run(main, *argv) -> tuple[int, str]:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = run_main(main, [str(a) for a in argv])
+        status = call_main(main, [str(a) for a in argv])
     return status, err.getvalue()
 
 

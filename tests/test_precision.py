@@ -14,7 +14,9 @@ import torch
 
 from conftest import ROOT, config_args, tiny_train_config
 from segmentnet.checkpoint import load_checkpoint, load_weights
-from segmentnet.engine import autocast_settings, compute_loss, make_scaler, train
+from segmentnet.engine import train
+from segmentnet.loops import compute_loss
+from segmentnet.optim import autocast_settings, make_scaler
 from segmentnet.losses import build_loss
 from segmentnet.models import MODELS, build_model
 from test_models import NUM_CLASSES, SMALL_OPTIONS, small_model
@@ -77,9 +79,32 @@ def test_autocast_settings():
     assert autocast_settings(cpu, amp=False, amp_dtype="bfloat16") == (None, False)
     assert autocast_settings(cpu, amp=True, amp_dtype="bfloat16") == (torch.bfloat16, False)
     assert autocast_settings(cpu, amp=True, amp_dtype="float16") == (torch.float16, True)
-    assert make_scaler(cpu, True, "bfloat16") is None
+    assert not make_scaler(cpu, True, "bfloat16").is_enabled() and not make_scaler(cpu, False).is_enabled()
     scaler = make_scaler(cpu, True, "float16")
     assert isinstance(scaler, torch.amp.GradScaler) and scaler.is_enabled()
+
+
+def test_a_disabled_scaler_steps_as_the_plain_optimizer_does():
+    from segmentnet.optim import optimizer_step
+
+    torch.manual_seed(0)
+    plain, scaled = torch.nn.Linear(4, 2), torch.nn.Linear(4, 2)
+    scaled.load_state_dict(plain.state_dict())
+    x = torch.randn(8, 4)
+    opt_plain = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9)
+    opt_scaled = torch.optim.SGD(scaled.parameters(), lr=0.1, momentum=0.9)
+    scaler = make_scaler(torch.device("cpu"), amp=False)
+    for _ in range(3):
+        plain(x).square().mean().backward()
+        opt_plain.step()
+        opt_plain.zero_grad()
+        loss = scaled(x).square().mean()
+        assert scaler.scale(loss) is loss  # the loss passes through unscaled
+        loss.backward()
+        optimizer_step(opt_scaled, scaler)
+        assert all(p.grad is None for p in scaled.parameters())  # and the gradients are cleared
+    for a, b in zip(plain.parameters(), scaled.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_compile_and_channels_last_on_cpu_train_and_write_plain_checkpoints(small_voc, tmp_path):

@@ -50,9 +50,9 @@ def test_predict_without_masks_writes_no_panels(small_voc, checkpoint, tmp_path)
 
 
 def test_predict_names_an_input_that_matches_nothing(checkpoint, tmp_path, capsys):
-    from segmentnet.cli import run_main
+    from segmentnet.cli import call_main
 
-    assert run_main(Predict.main, [str(checkpoint), str(tmp_path / "nope*.jpg"), "--out", str(tmp_path)]) == 2
+    assert call_main(Predict.main, [str(checkpoint), str(tmp_path / "nope*.jpg"), "--out", str(tmp_path)]) == 2
     assert "nope*.jpg" in capsys.readouterr().err
 
 

@@ -84,9 +84,9 @@ def test_report_is_one_self_contained_page_with_a_markdown_twin(trained_run, tmp
 
 
 def test_report_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
-    from segmentnet.cli import run_main
+    from segmentnet.cli import call_main
 
-    assert run_main(Report.main, [str(tmp_path), "--out", str(tmp_path / "r.html")]) == 2
+    assert call_main(Report.main, [str(tmp_path), "--out", str(tmp_path / "r.html")]) == 2
     assert "metrics.jsonl" in capsys.readouterr().err
     assert not (tmp_path / "r.html").exists()
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 import DataSeparate
 from conftest import ROOT, make_small_voc, realdata
-from segmentnet.cli import run_main
+from segmentnet.cli import call_main
 from segmentnet.errors import DataError
 from segmentnet.files import mark_owned, owner_of
 from segmentnet.datasets import voc2012
@@ -121,21 +121,21 @@ def test_a_folder_it_did_not_write_is_never_replaced(tmp_path, capsys):
     (users / "notes.txt").write_text("mine")
     argv = ["--data-dir", str(tmp_path), "--workers", "1"]
     for extra in ([], ["--force"]):
-        assert run_main(DataSeparate.main, argv + extra) == 2
+        assert call_main(DataSeparate.main, argv + extra) == 2
         err = capsys.readouterr().err
         assert f"error: {users} holds files DataSeparate did not write" in err, err
         assert sorted(os.listdir(users)) == ["notes.txt"] and not list(tmp_path.glob(".voc2012*"))
     mark_owned(users, "Predict")
-    assert run_main(DataSeparate.main, argv + ["--force"]) == 2
+    assert call_main(DataSeparate.main, argv + ["--force"]) == 2
     assert f"error: {users} was written by Predict" in capsys.readouterr().err
     assert (users / "notes.txt").read_text() == "mine"
 
     shutil.rmtree(users)
     users.mkdir()  # an empty folder is taken
-    assert run_main(DataSeparate.main, argv) == 0
+    assert call_main(DataSeparate.main, argv) == 0
     assert owner_of(users)["tool"] == "DataSeparate"
     (users / "train" / "images" / "stale.jpg").write_bytes(b"x")
-    assert run_main(DataSeparate.main, argv + ["--force"]) == 0  # its own output: redone
+    assert call_main(DataSeparate.main, argv + ["--force"]) == 0  # its own output: redone
     assert not (users / "train" / "images" / "stale.jpg").exists()
     assert json.loads((users / "dataset.json").read_text())["counts"] == {"train": 3, "val": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["downloads", "raw", "voc2012"]
@@ -182,7 +182,7 @@ from pathlib import Path
 sys.path.insert(0, {root!r})
 from segmentnet.datasets import common
 import DataSeparate
-from segmentnet.cli import run_main
+from segmentnet.cli import call_main
 
 convert = common._convert_pair
 def slow(*args):  # each pair takes a while, and says when the first has begun
@@ -190,7 +190,7 @@ def slow(*args):  # each pair takes a while, and says when the first has begun
     time.sleep(0.3)
     return convert(*args)
 common._convert_pair = slow
-sys.exit(run_main(DataSeparate.main, ["--data-dir", {data!r}, "--workers", "1"]))
+sys.exit(call_main(DataSeparate.main, ["--data-dir", {data!r}, "--workers", "1"]))
 """
 
 
@@ -258,7 +258,7 @@ def test_force_never_deletes_what_it_did_not_write_inside_its_folder(tmp_path, c
     (run / "metrics.jsonl").write_text('{"epoch": 1}\n')
     (out / "val" / "notes.txt").write_text("mine")
     argv = ["--data-dir", str(tmp_path), "--workers", "1", "--force"]
-    assert run_main(DataSeparate.main, argv) == 2
+    assert call_main(DataSeparate.main, argv) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {out} was written by DataSeparate, but it also holds what DataSeparate did not "
                           f"write ({run}, {out / 'val' / 'notes.txt'}); replacing the folder would delete "
@@ -267,7 +267,7 @@ def test_force_never_deletes_what_it_did_not_write_inside_its_folder(tmp_path, c
     assert not list(tmp_path.glob(".voc2012*"))
     shutil.rmtree(out / "runs")
     (out / "val" / "notes.txt").unlink()
-    assert run_main(DataSeparate.main, argv) == 0             # its own layout alone: redone
+    assert call_main(DataSeparate.main, argv) == 0             # its own layout alone: redone
 
 
 @pytest.mark.parametrize("skip_bad", [False, True])
@@ -281,7 +281,7 @@ def test_a_full_disk_is_one_error_naming_the_file(tmp_path, capsys, monkeypatch,
         raise OSError(errno.ENOSPC, "No space left on device", str(target))
 
     monkeypatch.setattr(shutil, "copyfile", disk_full)   # (the pool's workers are forked: they have it too)
-    status = run_main(DataSeparate.main, ["--data-dir", str(tmp_path), "--workers", "1"]
+    status = call_main(DataSeparate.main, ["--data-dir", str(tmp_path), "--workers", "1"]
                       + (["--skip-bad"] if skip_bad else []))
     err = capsys.readouterr().err
     assert status == 2 and "Traceback" not in err, err

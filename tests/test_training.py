@@ -110,7 +110,7 @@ def test_impossible_hyperparameters_rejected_before_work(tmp_path, field, value,
     (0, 16, None, 0),
 ])
 def test_default_loader_workers_share_the_cores(monkeypatch, requested, cores, local_world_size, expected):
-    from segmentnet.engine import loader_workers
+    from segmentnet.data import loader_workers
 
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     if local_world_size is None:
@@ -143,14 +143,14 @@ def test_grad_accum_beyond_an_epoch_steps_on_the_batches_there_are(small_voc, tm
 
 
 def test_accumulation_windows_end_with_each_epoch(small_voc, tmp_path, monkeypatch):
-    from segmentnet import engine
+    from segmentnet import loops, optim
 
-    steps, real_step = [], engine.optimizer_step
-    monkeypatch.setattr(engine, "optimizer_step", lambda *a: (steps.append(1), real_step(*a)))
+    steps, real_step = [], loops.optimizer_step
+    monkeypatch.setattr(loops, "optimizer_step", lambda *a: (steps.append(1), real_step(*a)))
     # 6 batches per epoch in windows of 4: 4 + 2 per epoch, so 2 steps per epoch, nothing carried over.
     train(sgd_config(small_voc, tmp_path / "run", grad_accum=4, epochs=2))
     assert len(steps) == 4
-    assert [engine.accumulation_window(1, i, 6, 4) for i in range(6)] == [
+    assert [optim.accumulation_window(1, i, 6, 4) for i in range(6)] == [
         (2, 4, False), (2, 4, False), (2, 4, False), (2, 4, True), (3, 2, False), (3, 2, True)]
 
 
@@ -248,20 +248,20 @@ def test_checkpoint_of_the_previous_release_resumes_into_its_own_folder(small_vo
 def test_fit_to_budget_plans_the_epochs_the_minutes_left_hold():
     import time as clock
 
-    from segmentnet.engine import fit_to_budget
+    from segmentnet.train_state import TrainState
 
-    run = {"elapsed_before": 300.0, "clock_start": clock.time() - 300.0, "epoch": 2, "steps_per_epoch": 10,
-           "grad_accum": 1, "warmup_steps": 10}
+    state = TrainState(elapsed_before=300.0, clock_start=clock.time() - 300.0, epoch=2, steps_per_epoch=10,
+                       grad_accum=1, warmup_steps=10)
     cfg = tiny_train_config("data", "out", time_budget=20.0, epochs=100)  # 1200 s, 600 s spent
-    fit_to_budget(run, cfg, epoch_seconds=100.0)   # 600 s left / (100 s x margin 1.03) -> 5 more
-    assert run["planned_epochs"] == 7 and run["total_steps"] == 70
-    fit_to_budget(run, dataclasses.replace(cfg, epochs=4), epoch_seconds=100.0)  # epochs stays the ceiling
-    assert run["planned_epochs"] == 4
-    fit_to_budget(run, dataclasses.replace(cfg, time_budget=5.0), epoch_seconds=100.0)  # over budget: stop now
-    assert run["planned_epochs"] == 2
-    run["warmup_steps"] = 50  # a warmup longer than the plan is cut to half of it, so the rate still decays
-    fit_to_budget(run, cfg, epoch_seconds=100.0)
-    assert run["total_steps"] == 70 and run["warmup_steps"] == 35
+    state.fit_to_budget(cfg, epoch_seconds=100.0)   # 600 s left / (100 s x margin 1.03) -> 5 more
+    assert state.planned_epochs == 7 and state.total_steps == 70
+    state.fit_to_budget(dataclasses.replace(cfg, epochs=4), epoch_seconds=100.0)  # epochs stays the ceiling
+    assert state.planned_epochs == 4
+    state.fit_to_budget(dataclasses.replace(cfg, time_budget=5.0), epoch_seconds=100.0)  # over budget: stop now
+    assert state.planned_epochs == 2
+    state.warmup_steps = 50  # a warmup longer than the plan is cut to half of it, so the rate still decays
+    state.fit_to_budget(cfg, epoch_seconds=100.0)
+    assert state.total_steps == 70 and state.warmup_steps == 35
 
 
 def test_time_budget_ends_the_run_and_resumes_with_its_clock(small_voc, tmp_path):
@@ -294,7 +294,7 @@ def test_val_every_validates_every_nth_epoch_and_always_the_last(small_voc, tmp_
 
 
 def test_the_pace_is_an_average_and_counts_validation_at_its_rate():
-    from segmentnet.engine import PACE_EPOCHS, EpochPace
+    from segmentnet.train_state import PACE_EPOCHS, EpochPace
 
     pace = EpochPace(val_every=3)
     assert pace.seconds() == 0.0
@@ -310,11 +310,13 @@ def test_a_budgeted_plan_keeps_its_length_when_single_epochs_vary(small_voc, tmp
     # plan of a 20-minute budget should hardly move once a few epochs are measured.
     from types import SimpleNamespace
 
-    from segmentnet import engine
+    from segmentnet import engine, train_state
+    from segmentnet.train_state import PACE_EPOCHS, TrainState
 
     clock = {"now": 1000.0}
-    monkeypatch.setattr(engine, "time", SimpleNamespace(time=lambda: clock["now"], perf_counter=time.perf_counter,
-                                                        strftime=time.strftime))
+    fake_time = SimpleNamespace(time=lambda: clock["now"], perf_counter=time.perf_counter, strftime=time.strftime)
+    monkeypatch.setattr(engine, "time", fake_time)
+    monkeypatch.setattr(train_state, "time", fake_time)
     real_train_one_epoch, real_evaluate = engine.train_one_epoch, engine.evaluate
     plans = []
 
@@ -326,19 +328,19 @@ def test_a_budgeted_plan_keeps_its_length_when_single_epochs_vary(small_voc, tmp
         clock["now"] += 2.0
         return real_evaluate(*args, **kwargs)
 
-    def record_plan(run, cfg, seconds, reserve=0.0):
-        real_fit(run, cfg, seconds, reserve)
-        plans.append(run["planned_epochs"])
+    def record_plan(state, cfg, seconds, reserve=0.0):
+        real_fit(state, cfg, seconds, reserve)
+        plans.append(state.planned_epochs)
         if len(plans) == 12:  # enough: end the run here
-            engine.plan_epochs(run, run["epoch"])
+            state.plan_epochs(state.epoch)
 
-    real_fit = engine.fit_to_budget
+    real_fit = TrainState.fit_to_budget
     monkeypatch.setattr(engine, "train_one_epoch", slow_epoch)
     monkeypatch.setattr(engine, "evaluate", slow_evaluate)
-    monkeypatch.setattr(engine, "fit_to_budget", record_plan)
+    monkeypatch.setattr(TrainState, "fit_to_budget", record_plan)
     train(tiny_train_config(small_voc, tmp_path / "run", epochs=1000, time_budget=20.0))
     assert len(plans) == 12
-    settled = plans[engine.PACE_EPOCHS:-1]  # once the pace window is full
+    settled = plans[PACE_EPOCHS:-1]  # once the pace window is full
     assert max(settled) - min(settled) <= 1, plans
 
 
@@ -354,7 +356,7 @@ def test_damaged_budget_entries_of_a_checkpoint_are_named(small_voc, tmp_path):
 
 def test_colour_jitter_reaches_the_training_transform(small_voc):
     from segmentnet.distributed import DistEnv
-    from segmentnet.engine import build_loaders
+    from segmentnet.data import build_loaders
     from segmentnet.transforms import ColourJitter
 
     cfg = tiny_train_config(small_voc, "unused", colour_jitter=0.3)
@@ -367,9 +369,9 @@ def test_colour_jitter_reaches_the_training_transform(small_voc):
 def test_a_signal_in_an_epochs_last_batch_stops_after_its_validation_and_resumes(small_voc, tmp_path, monkeypatch):
     import signal
 
-    from segmentnet import engine
+    from segmentnet import loops
 
-    real_loss, calls = engine.compute_loss, []
+    real_loss, calls = loops.compute_loss, []
 
     def loss_then_signal_in_the_last_batch(*args, **kwargs):
         calls.append(1)
@@ -377,13 +379,13 @@ def test_a_signal_in_an_epochs_last_batch_stops_after_its_validation_and_resumes
             signal.raise_signal(signal.SIGTERM)
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "compute_loss", loss_then_signal_in_the_last_batch)
+    monkeypatch.setattr(loops, "compute_loss", loss_then_signal_in_the_last_batch)
     cfg = tiny_train_config(small_voc, tmp_path / "run", epochs=2)
     summary = train(cfg)
     assert summary["interrupted"] == signal.SIGTERM
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert (state["epoch"], state["step_in_epoch"]) == (1, 0)  # the epoch whole, validated: resumable
-    monkeypatch.setattr(engine, "compute_loss", real_loss)
+    monkeypatch.setattr(loops, "compute_loss", real_loss)
     summary = train(dataclasses.replace(cfg, resume=str(tmp_path / "run" / "last.pt")))
     assert summary["interrupted"] is None and summary["epoch"] == 2
 

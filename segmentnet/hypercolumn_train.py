@@ -1,0 +1,106 @@
+"""Stage 3 (train) and predict of Hypercolumns.py: the engine's training and evaluation, and
+inference's loading, prediction and mask writing, applied to the hypercolumn model that stages 1-2
+(hypercolumns.py) prepared."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .config import parse_config
+from .data import build_loaders, image_paths, read_dataset_json
+from .distributed import DistEnv
+from .errors import ConfigError, DataError
+from .files import claim_folder
+from .hypercolumns import CLASSIFIER_FILE, cnn_name, model_options, progress_bar, stage_dir
+from .inference import load_model, predict_masks, read_rgb, resolve_device
+from .loops import evaluate
+from .models import build_model
+from .outputs import refuse_input_data, writing_into
+from .visualize import save_mask_png
+
+RESERVED_TRAIN_SETTINGS = ("dataset", "data_dir", "model", "model_options")  # from the stages' own flags
+TOOL = "Hypercolumns"  # the owner recorded in the folder of predicted masks (files.claim_folder)
+
+
+def train_config(cfg, train_config_class, user_flags: list[str] = ()):
+    """Stage 3's TrainSegmentNet config: its settings from these stages' (model, data, output folder),
+    then the user's TrainSegmentNet flags (those after --) over them."""
+    classifier = Path(cfg.classifier) if cfg.classifier else stage_dir(cfg) / CLASSIFIER_FILE
+    if not classifier.exists():
+        raise DataError(f"{classifier} not found: run 'Hypercolumns.py pretrain' with the same settings first")
+    options = model_options(cfg) | {"classifier_init": str(classifier), "finetune": cfg.finetune}
+    base = train_config_class(dataset=cfg.dataset, data_dir=cfg.data_dir, model=f"hypercolumn_{cnn_name(cfg)}",
+                              model_options=options, out=str(stage_dir(cfg) / "train"), loss="ce", seed=cfg.seed,
+                              device=cfg.device, progress=cfg.progress)
+    train_cfg = parse_config(train_config_class, list(user_flags), base=base)
+    changed = [name for name in RESERVED_TRAIN_SETTINGS if getattr(train_cfg, name) != getattr(base, name)]
+    if changed:
+        raise ConfigError(f"{', '.join(changed)}: set by the train stage from --cnn, --layers, --dataset and "
+                          f"--data-dir (flags before --), not after --")
+    return train_cfg
+
+
+def evaluate_initial_model(train_cfg) -> dict:
+    """Val scores of the model as pre-training left it: the training's own evaluation and val loader."""
+    root = Path(train_cfg.data_dir) / train_cfg.dataset
+    info = read_dataset_json(root)
+    env = DistEnv(device=resolve_device(train_cfg.device))
+    model = build_model(train_cfg.model, info["num_classes"], **train_cfg.model_options).to(env.device)
+    _, val_loader, _ = build_loaders(train_cfg, env, root)
+    return evaluate(model, val_loader, info["num_classes"], env, info["mean"], info["std"], amp=train_cfg.amp,
+                    amp_dtype=train_cfg.amp_dtype)
+
+
+def train(train_cfg) -> dict:
+    """Stage 3: engine.train(train_cfg); reports the val mIoU before (stage 2's) and after training."""
+    from . import engine
+
+    before = None
+    if not train_cfg.resume:
+        engine.check_config(train_cfg)
+        before = evaluate_initial_model(train_cfg)
+        print(f"val mIoU of the pre-trained classifier, before training: {before['miou']:.4f} "
+              f"(pixel accuracy {before['pixel_acc']:.4f})")
+    summary = engine.train(train_cfg)
+    run_dir = Path(summary["run_dir"])
+    if before is not None:
+        record = {k: before[k] for k in ("miou", "pixel_acc", "mean_class_acc", "per_class_iou")}
+        (run_dir / "pretrained_scores.json").write_text(json.dumps(record, indent=1))
+        summary["pretrained_scores"] = record
+        final = summary["final_scores"].get("miou", float("nan"))
+        print(f"val mIoU: {before['miou']:.4f} with the pre-trained classifier, {final:.4f} after training "
+              f"(run folder {run_dir})")
+    return summary
+
+
+# ----------------------------------------------------------------------------- predict
+
+
+@torch.no_grad()
+def predict(cfg) -> list[Path]:
+    """Predict class-index masks (palette PNGs) for images; returns the written paths."""
+    if not cfg.images:
+        raise ConfigError("predict needs --images: an image file or a folder of images")
+    checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else stage_dir(cfg) / "train" / "best.pt"
+    model, state = load_model(checkpoint, resolve_device(cfg.device))
+    if not state["model_name"].startswith("hypercolumn_"):
+        raise DataError(f"{checkpoint} holds a {state['model_name']!r} model, not a hypercolumn model; give the "
+                        f"best.pt or last.pt of 'Hypercolumns.py train'")
+    files = image_paths([cfg.images], "--images")
+    out = Path(cfg.out) if cfg.out else stage_dir(cfg) / "predictions"
+    refuse_input_data(out, "--out")
+    # Only a folder Hypercolumns wrote (its ownership record), or a new or empty one; --force redoes masks there.
+    out = claim_folder(out, TOOL, "--out")
+    targets = [out / f"{f.stem}.png" for f in files]
+    existing = [t for t in targets if t.exists() or t.is_symlink()]
+    if existing and not cfg.force:
+        raise DataError(f"{len(existing)} masks exist already in {out} (e.g. {existing[0].name}): pass --force to "
+                        f"replace them, or another --out")
+    for source, target in progress_bar(list(zip(files, targets)), cfg, desc="predicting"):
+        prediction = predict_masks(model, [read_rgb(source)], state["mean"], state["std"])[0]
+        with writing_into(out, target.name, "--out") as path:
+            save_mask_png(prediction, state["palette"], path)
+    print(f"wrote {len(targets)} masks to {out}")
+    return targets
