@@ -14,7 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from segmentnet.archive import check_readable, download, extract, read_marker, verify_md5
+from segmentnet.archive import check_readable, verify_md5
+from segmentnet.download import download
+from segmentnet.extraction import extract, read_marker
 from segmentnet.cli import call_main
 from segmentnet.datasets import DATASETS, get_dataset
 from segmentnet.datasets.common import raw_dir

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from segmentnet.cli import call_main
 from segmentnet.datasets import DATASETS, get_dataset
-from segmentnet.datasets.common import separate
+from segmentnet.datasets.separate import separate
 
 
 def build_parser() -> argparse.ArgumentParser:

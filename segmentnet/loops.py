@@ -107,7 +107,8 @@ def train_one_epoch(model, loader, criterion, optimizer, scaler, state: TrainSta
         masks = masks.to(device, non_blocking=True)
         if cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        step, window, last_micro = accumulation_window(state.epoch, state.step_in_epoch, steps_per_epoch, cfg.grad_accum)
+        step, window, last_micro = accumulation_window(state.epoch, state.step_in_epoch, steps_per_epoch,
+                                                       cfg.grad_accum)
         lr = lr_at(step, state.total_steps, state.warmup_steps, cfg.lr, cfg.poly_power)
         for group in optimizer.param_groups:
             group["lr"] = lr

@@ -27,9 +27,10 @@ def realdata(sub: str) -> Path:
 def make_small_voc(data_dir: Path, counts=None, seed: int = 0) -> Path:
     """Synthetic VOC archive -> DataExtract -> DataSeparate, with few images; returns data_dir."""
     from segmentnet import synthetic
-    from segmentnet.archive import extract
+    from segmentnet.extraction import extract
     from segmentnet.datasets import voc2012
-    from segmentnet.datasets.common import raw_dir, separate
+    from segmentnet.datasets.common import raw_dir
+    from segmentnet.datasets.separate import separate
 
     counts = counts or {"train": 24, "val": 8, "unlabelled": 2}
     archive = synthetic.write_tar(data_dir / "downloads" / voc2012.ARCHIVE.filename,
@@ -39,10 +40,56 @@ def make_small_voc(data_dir: Path, counts=None, seed: int = 0) -> Path:
     return data_dir
 
 
+# The prepared synthetic VOC sets, each made once per test process and shared: read only (a test that
+# changes a dataset copies it first).
+
+
 @pytest.fixture(scope="session")
 def small_voc(tmp_path_factory) -> Path:
-    """A prepared synthetic VOC (24 train / 8 val images) shared by the whole session: read only."""
+    """24 train / 8 val / 2 unlabelled images."""
     return make_small_voc(tmp_path_factory.mktemp("small_voc"))
+
+
+@pytest.fixture(scope="session")
+def smaller_voc(tmp_path_factory) -> Path:
+    """8 train / 2 val / 1 unlabelled images: 4 steps of 2 per epoch, or eleven trainings in little time."""
+    return make_small_voc(tmp_path_factory.mktemp("smaller_voc"), counts={"train": 8, "val": 2, "unlabelled": 1})
+
+
+@pytest.fixture(scope="session")
+def tiny_voc(tmp_path_factory) -> Path:
+    """4 train / 1 val images: enough for the checks that stop a training before its first step."""
+    return make_small_voc(tmp_path_factory.mktemp("tiny_voc"), counts={"train": 4, "val": 1, "unlabelled": 0})
+
+
+@pytest.fixture(scope="session")
+def ddp_voc(tmp_path_factory) -> Path:
+    """16 train images whose masks have no ignored pixel, and 7 val images (an odd count: uneven shards).
+
+    With every training pixel labelled, each sample adds the same number of pixels to the mean
+    cross-entropy, so the mean over ranks of per-rank means is the mean over the global batch.
+    """
+    import numpy as np
+    from PIL import Image
+
+    data = make_small_voc(tmp_path_factory.mktemp("ddp_voc"), counts={"train": 16, "val": 7, "unlabelled": 1})
+    for path in (data / "voc2012" / "train" / "masks").iterdir():
+        with Image.open(path) as mask:
+            array, palette = np.array(mask), mask.getpalette()
+        array[array == 255] = 0
+        labelled = Image.fromarray(array, mode="P")
+        labelled.putpalette(palette)
+        labelled.save(path)
+    return data
+
+
+@pytest.fixture
+def two_conv_registered(monkeypatch):
+    """results_helpers.TwoConvNet registered as the model "two_conv" for one test (MODELS is restored)."""
+    from results_helpers import TwoConvNet
+    from segmentnet.models import MODELS
+
+    monkeypatch.setitem(MODELS, "two_conv", TwoConvNet)
 
 
 def tiny_train_config(data_dir: Path, out: Path, **overrides):
@@ -115,3 +162,100 @@ def signal_handlers_restored():
     for sig in left:
         signal.signal(sig, before[sig])
     assert not left, f"the test left signal handlers installed: {left}"
+
+
+# ----------------------------------------------------------------------------- running the scripts
+
+
+def main_exit(capsys, main, *args) -> tuple[int, str]:
+    """(exit status, stderr) of a script's main called as `python Script.py args` would call it."""
+    from segmentnet.cli import call_main
+
+    capsys.readouterr()
+    status = call_main(main, [str(a) for a in args])
+    return status, capsys.readouterr().err
+
+
+def script_process(script: str, *args, cwd: Path):
+    """`python Script.py args` as a process of its own (its real exit status): subprocess.CompletedProcess."""
+    import subprocess
+
+    return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def train_args(data: Path, out: Path, **overrides) -> list[str]:
+    """TrainSegmentNet.py's flags for tiny_train_config (batch 2, which tiny_voc's 4 images hold)."""
+    return config_args(tiny_train_config(data, out, **{"batch_size": 2, **overrides}))
+
+
+# ----------------------------------------------------------------------------- the synthetic VOC archive
+
+from segmentnet.datasets import voc2012  # noqa: E402  (after the path set-up above)
+
+VOC = voc2012.ARCHIVE
+SETS = f"{voc2012.ROOT}/ImageSets/Segmentation"
+TINY_COUNTS = {"train": 3, "val": 1, "unlabelled": 0}
+
+
+def leftovers(data: Path) -> list[str]:
+    """What an extraction left under data/: any file or link, or the target folder itself."""
+    if not data.exists():
+        return []
+    found = [p for p in data.rglob("*") if p.is_file() or p.is_symlink() or p == data / "raw" / VOC.stem]
+    return sorted(str(p.relative_to(data)) for p in found)
+
+
+def write_tar_members(path: Path, members) -> Path:
+    """A tar of (name, kind, payload) members written as given, hostile ones included."""
+    import io
+    import tarfile
+
+    kinds = {"file": tarfile.REGTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE,
+             "fifo": tarfile.FIFOTYPE, "device": tarfile.CHRTYPE}
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        for name, kind, payload in members:
+            info = tarfile.TarInfo(name)
+            info.type = kinds[kind]
+            if kind == "file":
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+            else:
+                info.linkname = payload if isinstance(payload, str) else ""
+                tar.addfile(info)
+    return path
+
+
+def write_zip_members(path: Path, members) -> Path:
+    """A zip of (name, kind, payload) members, kinds told by their Unix mode bits, written as given."""
+    import stat
+    import warnings
+    import zipfile
+
+    types = {"file": stat.S_IFREG, "symlink": stat.S_IFLNK, "fifo": stat.S_IFIFO, "device": stat.S_IFCHR}
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, kind, payload in members:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (types[kind] | 0o644) << 16
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # zipfile warns of a duplicate name, and writes it
+                zf.writestr(info, payload.encode() if isinstance(payload, str) else payload)
+    return path
+
+
+def png_declaring(width: int, height: int, rgb: bool = False) -> bytes:
+    """A PNG of a few dozen bytes whose header declares width x height pixels (greyscale, or RGB)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2 if rgb else 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(64))) + chunk(b"IEND", b"")
+
+
+def bomb_png(path: Path, width: int = 30000, height: int = 30000) -> Path:
+    """An RGB PNG file declaring width x height pixels: a decompression bomb."""
+    path.write_bytes(png_declaring(width, height, rgb=True))
+    return path

@@ -1,7 +1,9 @@
-"""Child processes of tests/test_faults.py: the training with one fault injected, and a save on a full disk.
+"""Child processes of the fault tests: the training with one fault injected, a save on a full disk
+(tests/test_faults.py), and a slow separation (tests/test_separate.py).
 
     FAULT="signal-at-step 3 SIGTERM" python tests/fault_child.py TRAIN-ARGS...
     python tests/fault_child.py --small-disk FOLDER          # FOLDER: a 1 MB file system
+    python tests/fault_child.py --slow-separate STARTED DATA-DIR   # touches STARTED when the first pair begins
 
 FAULT: signal-at-step N SIGNAL | sleep-at-step N SECONDS | ctrl-c-in-worker SAMPLE | slow-save
 """
@@ -106,7 +108,29 @@ def save_on_a_small_disk(folder: str) -> int:
     return 0
 
 
+SLOW = {}  # the slow separation's flag file and the real conversion (module level: the pool pickles slow_convert)
+
+
+def slow_convert(*args):
+    Path(SLOW["started"]).touch()
+    time.sleep(0.3)
+    return SLOW["convert"](*args)
+
+
+def slow_separation(started: str, data_dir: str) -> int:
+    """DataSeparate with one worker whose pairs take 0.3 s each; `started` is touched as the first begins."""
+    import DataSeparate
+    from segmentnet.cli import call_main
+    from segmentnet.datasets import separate
+
+    SLOW.update(started=started, convert=separate._convert_pair)
+    separate._convert_pair = slow_convert
+    return call_main(DataSeparate.main, ["--data-dir", data_dir, "--workers", "1"])
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--small-disk"]:
         sys.exit(save_on_a_small_disk(sys.argv[2]))
+    if sys.argv[1:2] == ["--slow-separate"]:
+        sys.exit(slow_separation(sys.argv[2], sys.argv[3]))
     sys.exit(train_with_fault(sys.argv[1:]))

@@ -16,7 +16,7 @@ import DataExtract
 import DataSeparate
 from segmentnet.cli import call_main
 from segmentnet.datasets import camvid
-from segmentnet.datasets.common import separate
+from segmentnet.datasets.separate import separate
 from segmentnet.engine import train
 from segmentnet.errors import DataError
 

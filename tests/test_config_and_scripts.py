@@ -7,15 +7,17 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+import DataExtract
+import DataSeparate
+from conftest import ROOT, main_exit, script_process
 from segmentnet.config import parse_config
+from segmentnet.datasets import DATASETS
 from segmentnet.errors import ConfigError
 from TrainSegmentNet import Config
 
-ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ["DataExtract", "DataSeparate", "DatasetCreate", "SegmentNet", "TrainSegmentNet"]
 
 
@@ -83,13 +85,6 @@ def test_scripts_import_without_side_effects(name, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-def test_unknown_dataset_exits_2_with_the_choices(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "DataSeparate.py"), "--dataset", "mnist",
-                             "--data-dir", str(tmp_path)], capture_output=True, text=True)
-    assert result.returncode == 2
-    assert "unknown dataset 'mnist'; choices:" in result.stderr and "voc2012" in result.stderr
-
-
 def test_run_main_tells_a_users_error_from_a_bug(capsys):
     from segmentnet.cli import BUG_EXIT, call_main
     from segmentnet.errors import DataError, UnknownNameError
@@ -114,3 +109,14 @@ def test_run_main_tells_a_users_error_from_a_bug(capsys):
     err = capsys.readouterr().err
     assert "Traceback" in err and "KeyError: 'optimizer'" in err and "This is a bug in SegmentNet" in err
     assert not err.startswith("error:")
+
+
+def test_unknown_dataset_lists_the_choices(capsys, tmp_path):
+    for main in (DataExtract.main, DataSeparate.main):
+        status, err = main_exit(capsys, main, "--dataset", "vocc", "--data-dir", tmp_path / "data")
+        assert status == 2 and err.strip() == f"error: unknown dataset 'vocc'; choices: {', '.join(sorted(DATASETS))}", err
+    assert not (tmp_path / "data").exists()
+    # and the script as a process of its own exits with 2
+    result = script_process("DataSeparate.py", "--dataset", "mnist", "--data-dir", tmp_path, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "unknown dataset 'mnist'; choices:" in result.stderr and "voc2012" in result.stderr

@@ -21,7 +21,7 @@ import DataSeparate
 from segmentnet import synthetic
 from segmentnet.cli import call_main
 from segmentnet.datasets import ade20k, cityscapes, get_dataset, kitti_road, voc2012, voc2012_aug
-from segmentnet.datasets.common import separate
+from segmentnet.datasets.separate import separate
 from segmentnet.engine import train
 from segmentnet.errors import DataError
 

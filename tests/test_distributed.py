@@ -15,12 +15,10 @@ from contextlib import contextmanager
 from multiprocessing import get_context
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from conftest import ROOT, make_small_voc, tiny_train_config
+from conftest import ROOT, tiny_train_config
 from groupnorm_train import segmentnet_groupnorm
 from segmentnet.checkpoint import load_checkpoint
 from segmentnet.data import EpochSampler, SegmentationDataset
@@ -36,24 +34,6 @@ from segmentnet.transforms import eval_transform
 
 RUN_FILES = {OWNER_FILE, LOCK_FILE, "config.json", "metrics.jsonl", "last.pt", "best.pt", "curves.png",
              "samples"}  # rank 0 only
-
-
-@pytest.fixture(scope="module")
-def ddp_voc(tmp_path_factory) -> Path:
-    """16 train images whose masks have no ignored pixel, and 7 val images (an odd count: uneven shards).
-
-    With every training pixel labelled, each sample adds the same number of pixels to the mean
-    cross-entropy, so the mean over ranks of per-rank means is the mean over the global batch.
-    """
-    data = make_small_voc(tmp_path_factory.mktemp("ddp_voc"), counts={"train": 16, "val": 7, "unlabelled": 1})
-    for path in (data / "voc2012" / "train" / "masks").iterdir():
-        with Image.open(path) as mask:
-            array, palette = np.array(mask), mask.getpalette()
-        array[array == 255] = 0
-        labelled = Image.fromarray(array, mode="P")
-        labelled.putpalette(palette)
-        labelled.save(path)
-    return data
 
 
 @contextmanager

@@ -8,8 +8,7 @@ from PIL import Image
 
 import Evaluate
 import Predict
-from results_helpers import TwoConvNet, colour_classifier_checkpoint, run_script, tiny_segmentnet_checkpoint
-from segmentnet.models import MODELS
+from results_helpers import colour_classifier_checkpoint, run_script, tiny_segmentnet_checkpoint
 
 
 def independent_ious(pred_dir, mask_dir, num_classes: int) -> dict[int, float]:
@@ -27,8 +26,8 @@ def independent_ious(pred_dir, mask_dir, num_classes: int) -> dict[int, float]:
     return {c: intersection[c] / union[c] for c in range(num_classes) if union[c] > 0}
 
 
-def test_evaluate_equals_an_independent_computation_from_predict_pngs(small_voc, tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(MODELS, "two_conv", TwoConvNet)
+def test_evaluate_equals_an_independent_computation_from_predict_pngs(small_voc, tmp_path, capsys, monkeypatch,
+                                                                      two_conv_registered):
     checkpoint = colour_classifier_checkpoint(tmp_path / "net.pt", small_voc)
     val = small_voc / "voc2012" / "val"
     assert Predict.main([str(checkpoint), str(val / "images"), "--out", str(tmp_path / "pred"), "--flip",

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from results_helpers import (TwoConvNet, colour_classifier_checkpoint, read_png, run_script, save_model_checkpoint,
+from results_helpers import (colour_classifier_checkpoint, read_png, run_script, save_model_checkpoint,
                              tiny_segmentnet_checkpoint)
 from test_models import SMALL_OPTIONS
 
@@ -109,8 +109,8 @@ def test_predict_on_the_onnx_file_writes_what_the_checkpoint_gives_without_the_m
                                   read_png(tmp_path / "from_onnx" / kind / file)[2]), (kind, file)
 
 
-def test_evaluate_scores_the_onnx_file_as_the_checkpoint(tmp_path, small_voc, monkeypatch):
-    monkeypatch.setitem(MODELS, "two_conv", TwoConvNet)  # a nearest-colour classifier: mIoU well above 0
+def test_evaluate_scores_the_onnx_file_as_the_checkpoint(tmp_path, small_voc, monkeypatch, two_conv_registered):
+    # (two_conv: a nearest-colour classifier, mIoU well above 0)
     checkpoint = colour_classifier_checkpoint(tmp_path / "best.pt", small_voc)
     assert run_script(Export.main, [checkpoint, "--check-sizes", CHECK])[0] == 0
     linked = tmp_path / "linked"  # a dataset folder that is a link (to a mounted volume, say) is the user's choice

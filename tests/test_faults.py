@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import TrainSegmentNet
-from conftest import config_args, make_small_voc, tiny_train_config
+from conftest import config_args, tiny_train_config
 from segmentnet import engine, loops
 from segmentnet.checkpoint import load_checkpoint
 from segmentnet.cli import call_main
@@ -30,12 +30,6 @@ from segmentnet.files import OWNER_FILE
 from segmentnet.runs import LOCK_FILE
 
 FAULT_CHILD = Path(__file__).resolve().parent / "fault_child.py"  # the training with a fault injected, a full disk
-
-
-@pytest.fixture(scope="module")
-def tiny_voc(tmp_path_factory) -> Path:
-    """8 train images: 4 steps of 2 per epoch."""
-    return make_small_voc(tmp_path_factory.mktemp("faults_voc"), counts={"train": 8, "val": 2, "unlabelled": 0})
 
 
 @pytest.fixture(scope="module")
@@ -88,15 +82,15 @@ def metrics(run_dir: Path) -> list[dict]:
     return [{k: json.loads(line)[k] for k in keep} for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_signals_and_sigkill_leave_a_run_that_resumes_to_the_same_result(tiny_voc, launcher, tmp_path):
-    train(config(tiny_voc, tmp_path / "full"))
+def test_signals_and_sigkill_leave_a_run_that_resumes_to_the_same_result(smaller_voc, launcher, tmp_path):
+    train(config(smaller_voc, tmp_path / "full"))
     full = load_checkpoint(tmp_path / "full" / "last.pt")
 
     run = tmp_path / "run"
     last = run / "last.pt"
 
     # 1. Preemption: SIGTERM during step 3 of epoch 1. The step finishes, last.pt is saved, exit 128+15.
-    result = run_child(launcher, config(tiny_voc, run), "signal-at-step 3 SIGTERM")
+    result = run_child(launcher, config(smaller_voc, run), "signal-at-step 3 SIGTERM")
     assert result.returncode == 128 + signal.SIGTERM, result.stderr
     assert f"stopped by signal {int(signal.SIGTERM)} at epoch 1, batch 3" in result.stderr
     assert f"continue with --resume {last}" in result.stderr
@@ -105,7 +99,7 @@ def test_signals_and_sigkill_leave_a_run_that_resumes_to_the_same_result(tiny_vo
 
     # 2. Resumed with a loader worker; Ctrl-C reaches every process of the group while the main
     #    process waits for the worker (the 5th sample it loads is epoch 2's batch 2).
-    result = run_child(launcher, config(tiny_voc, "", resume=last, workers=1), "ctrl-c-in-worker 5")
+    result = run_child(launcher, config(smaller_voc, "", resume=last, workers=1), "ctrl-c-in-worker 5")
     assert result.returncode == 128 + signal.SIGINT, result.stderr
     assert f"stopped by signal {int(signal.SIGINT)} at epoch 2, batch 2" in result.stderr
     state = load_checkpoint(last)
@@ -113,14 +107,14 @@ def test_signals_and_sigkill_leave_a_run_that_resumes_to_the_same_result(tiny_vo
     before_kill = last.read_bytes()
 
     # 3. Resumed again and killed with SIGKILL while writing last.pt at the end of epoch 2.
-    status = kill_during_checkpoint_write(launcher, config(tiny_voc, "", resume=last), run)
+    status = kill_during_checkpoint_write(launcher, config(smaller_voc, "", resume=last), run)
     assert status == -signal.SIGKILL
     assert last.read_bytes() == before_kill, "the previous checkpoint was damaged"
     state = load_checkpoint(last)
     assert (state["epoch"], state["step_in_epoch"]) == (1, 2)
 
     # 4. Resumed to the end: the same weights and the same records as the run that was never stopped.
-    train(config(tiny_voc, "", resume=last))
+    train(config(smaller_voc, "", resume=last))
     resumed = load_checkpoint(last)
     assert resumed["epoch"] == 2 and resumed["model"].keys() == full["model"].keys()
     for key, value in full["model"].items():
@@ -153,7 +147,7 @@ class DiskFullAfter:
         self.file.close()
 
 
-def test_disk_full_during_a_save_keeps_the_previous_checkpoint(capsys, tiny_voc, tmp_path, monkeypatch):
+def test_disk_full_during_a_save_keeps_the_previous_checkpoint(capsys, smaller_voc, tmp_path, monkeypatch):
     from segmentnet import checkpoint
 
     opened = []
@@ -165,7 +159,7 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(capsys, tiny_voc,
 
     monkeypatch.setattr(checkpoint, "open", open_on_a_filling_disk, raising=False)
     run = tmp_path / "run"
-    status = call_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
+    status = call_main(TrainSegmentNet.main, config_args(config(smaller_voc, run)))
     err = capsys.readouterr().err
     assert status == 2, err
     assert f"error: could not write checkpoint {run / 'last.pt'}: No space left on device (ENOSPC); " \
@@ -176,7 +170,7 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(capsys, tiny_voc,
                                                            "last.pt", "metrics.jsonl", "samples"])
 
     monkeypatch.undo()  # space freed: the run continues
-    train(config(tiny_voc, "", resume=run / "last.pt"))
+    train(config(smaller_voc, "", resume=run / "last.pt"))
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
 
 
@@ -214,10 +208,10 @@ def loss_becomes_nan_at(call: int, monkeypatch) -> None:
     monkeypatch.setattr(loops, "compute_loss", compute_loss)
 
 
-def test_nonfinite_loss_stops_naming_the_step(capsys, tiny_voc, tmp_path, monkeypatch):
+def test_nonfinite_loss_stops_naming_the_step(capsys, smaller_voc, tmp_path, monkeypatch):
     loss_becomes_nan_at(6, monkeypatch)
     run = tmp_path / "run"
-    status = call_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
+    status = call_main(TrainSegmentNet.main, config_args(config(smaller_voc, run)))
     err = capsys.readouterr().err
     assert status == 2, err
     assert "error: loss is nan at step 6 (epoch 2, batch 2): lower lr, check the data, or set skip_nonfinite true" in " ".join(err.split())
@@ -225,9 +219,9 @@ def test_nonfinite_loss_stops_naming_the_step(capsys, tiny_voc, tmp_path, monkey
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
-def test_skip_nonfinite_skips_the_step_and_counts_it(tiny_voc, tmp_path, monkeypatch):
+def test_skip_nonfinite_skips_the_step_and_counts_it(smaller_voc, tmp_path, monkeypatch):
     loss_becomes_nan_at(2, monkeypatch)
-    summary = train(config(tiny_voc, tmp_path / "run", epochs=1, skip_nonfinite=True))
+    summary = train(config(smaller_voc, tmp_path / "run", epochs=1, skip_nonfinite=True))
     assert summary["nonfinite_steps"] == 1
     state = load_checkpoint(tmp_path / "run" / "last.pt")
     assert state["nonfinite_steps"] == 1 and state["epoch"] == 1
@@ -235,13 +229,13 @@ def test_skip_nonfinite_skips_the_step_and_counts_it(tiny_voc, tmp_path, monkeyp
     assert metrics(tmp_path / "run")[0]["nonfinite_steps"] == 1
 
 
-def test_out_of_memory_says_which_settings_to_lower(capsys, tiny_voc, tmp_path, monkeypatch):
+def test_out_of_memory_says_which_settings_to_lower(capsys, smaller_voc, tmp_path, monkeypatch):
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity "
                                      "of 15.77 GiB of which 1.02 GiB is free.\nmore details")
 
     monkeypatch.setattr(loops, "compute_loss", out_of_memory)
-    status = call_main(TrainSegmentNet.main, config_args(config(tiny_voc, tmp_path / "a", amp=False)))
+    status = call_main(TrainSegmentNet.main, config_args(config(smaller_voc, tmp_path / "a", amp=False)))
     err = capsys.readouterr().err
     assert status == 2, err
     assert err.startswith("error: out of GPU memory during training in epoch 1, after 0 steps: CUDA out of memory. "
@@ -252,14 +246,14 @@ def test_out_of_memory_says_which_settings_to_lower(capsys, tiny_voc, tmp_path, 
 
     monkeypatch.undo()
     monkeypatch.setattr(engine, "evaluate", out_of_memory)
-    status = call_main(TrainSegmentNet.main, config_args(config(tiny_voc, tmp_path / "b", amp=True)))
+    status = call_main(TrainSegmentNet.main, config_args(config(smaller_voc, tmp_path / "b", amp=True)))
     err = capsys.readouterr().err
     assert status == 2 and "out of GPU memory during validation in epoch 1, after 4 steps" in err, err
     assert "there only amp or a smaller model helps" in err
     assert "set amp true" not in err  # (it is on already)
 
 
-def test_signal_during_validation_stops_at_the_epoch_end(capsys, tiny_voc, tmp_path, monkeypatch):
+def test_signal_during_validation_stops_at_the_epoch_end(capsys, smaller_voc, tmp_path, monkeypatch):
     real_evaluate = engine.evaluate
 
     def evaluate_then_signal(*args, **kwargs):
@@ -271,7 +265,7 @@ def test_signal_during_validation_stops_at_the_epoch_end(capsys, tiny_voc, tmp_p
 
     monkeypatch.setattr(engine, "evaluate", evaluate_then_signal)
     run = tmp_path / "run"
-    status = call_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
+    status = call_main(TrainSegmentNet.main, config_args(config(smaller_voc, run)))
     assert status == 128 + signal.SIGTERM
     assert f"stopped by signal {int(signal.SIGTERM)} at epoch 2, batch 0" in capsys.readouterr().err
     state = load_checkpoint(run / "last.pt")  # epoch 1 whole, validated and recorded; not a step of epoch 2
@@ -279,9 +273,9 @@ def test_signal_during_validation_stops_at_the_epoch_end(capsys, tiny_voc, tmp_p
     assert [record["epoch"] for record in metrics(run)] == [1]
 
 
-def test_failing_loader_worker_names_the_sample(capsys, tiny_voc, tmp_path):
+def test_failing_loader_worker_names_the_sample(capsys, smaller_voc, tmp_path):
     data = tmp_path / "data"
-    shutil.copytree(tiny_voc / "voc2012", data / "voc2012")
+    shutil.copytree(smaller_voc / "voc2012", data / "voc2012")
     images = sorted((data / "voc2012" / "train" / "images").iterdir())
     bad = images[5]
     bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 3])
@@ -294,15 +288,15 @@ def test_failing_loader_worker_names_the_sample(capsys, tiny_voc, tmp_path):
 
 
 def test_a_second_training_into_a_busy_folder_is_refused_and_a_dead_ones_lock_does_not_block(
-        capsys, tiny_voc, launcher, tmp_path):
+        capsys, smaller_voc, launcher, tmp_path):
     run = tmp_path / "run"
-    child = start_child(launcher, config(tiny_voc, run), "sleep-at-step 1 300", stdout=subprocess.PIPE,
+    child = start_child(launcher, config(smaller_voc, run), "sleep-at-step 1 300", stdout=subprocess.PIPE,
                         stderr=subprocess.DEVNULL)
     try:
         for line in child.stdout:  # it holds the folder and is inside its first step
             if line.startswith("sleeping"):
                 break
-        status = call_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
+        status = call_main(TrainSegmentNet.main, config_args(config(smaller_voc, run)))
         err = capsys.readouterr().err
         assert status == 2, err
         assert f"error: run folder {run} is in use: another training (pid {child.pid} on " in err
@@ -315,7 +309,7 @@ def test_a_second_training_into_a_busy_folder_is_refused_and_a_dead_ones_lock_do
     # Its lock went with it; the folder it left (config.json, no checkpoint) is taken for the new run.
     assert sorted(p.name for p in run.iterdir()) == sorted([OWNER_FILE, LOCK_FILE, "config.json"])
     killed_id = json.loads((run / "config.json").read_text())["run_id"]
-    status = call_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
+    status = call_main(TrainSegmentNet.main, config_args(config(smaller_voc, run)))
     out, err = capsys.readouterr()
     assert status == 0, err
     assert "stopped before its first checkpoint: starting over there" in out
@@ -324,26 +318,26 @@ def test_a_second_training_into_a_busy_folder_is_refused_and_a_dead_ones_lock_do
 
 
 def test_a_run_that_fails_before_its_first_checkpoint_says_so_and_its_folder_is_reused(
-        capsys, tiny_voc, tmp_path, monkeypatch):
+        capsys, smaller_voc, tmp_path, monkeypatch):
     loss_becomes_nan_at(2, monkeypatch)
     run = tmp_path / "run"
-    status = call_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
+    status = call_main(TrainSegmentNet.main, config_args(config(smaller_voc, run)))
     err = " ".join(capsys.readouterr().err.split())
     assert status == 2, err
     assert f"then run the same command again: the run folder {run} holds no checkpoint yet, so a new run starts " \
            f"over in it" in err
     assert "last.pt" not in err
     monkeypatch.undo()
-    assert call_main(TrainSegmentNet.main, config_args(config(tiny_voc, run))) == 0
+    assert call_main(TrainSegmentNet.main, config_args(config(smaller_voc, run))) == 0
     assert load_checkpoint(run / "last.pt")["epoch"] == 2
 
 
-def test_a_half_written_metrics_line_does_not_block_resume(capsys, tiny_voc, tmp_path):
+def test_a_half_written_metrics_line_does_not_block_resume(capsys, smaller_voc, tmp_path):
     run = tmp_path / "run"
-    train(config(tiny_voc, run, epochs=1))
+    train(config(smaller_voc, run, epochs=1))
     with open(run / "metrics.jsonl", "a") as f:  # killed while appending the next epoch's record
         f.write('{"epoch": 2, "train_loss": 0.5, "val_lo')
-    status = call_main(TrainSegmentNet.main, config_args(config(tiny_voc, "", resume=run / "last.pt")))
+    status = call_main(TrainSegmentNet.main, config_args(config(smaller_voc, "", resume=run / "last.pt")))
     err = capsys.readouterr().err
     assert status == 0, err
     assert "left out 1 line(s) that are not complete records" in err
@@ -388,7 +382,7 @@ def test_a_save_into_a_missing_folder_or_onto_a_folder_is_not_called_a_full_disk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary file left
 
 
-def test_run_folder_removed_during_the_run(capsys, tiny_voc, tmp_path, monkeypatch):
+def test_run_folder_removed_during_the_run(capsys, smaller_voc, tmp_path, monkeypatch):
     run = tmp_path / "run"
     real_evaluate = engine.evaluate
 
@@ -397,7 +391,7 @@ def test_run_folder_removed_during_the_run(capsys, tiny_voc, tmp_path, monkeypat
         return real_evaluate(*args, **kwargs)
 
     monkeypatch.setattr(engine, "evaluate", evaluate_then_remove_the_folder)
-    status = call_main(TrainSegmentNet.main, config_args(config(tiny_voc, run)))
+    status = call_main(TrainSegmentNet.main, config_args(config(smaller_voc, run)))
     err = capsys.readouterr().err
     assert status == 2, err
     assert f"error: could not write {run / 'metrics.jsonl'}: No such file or directory (ENOENT); The folder {run} " \

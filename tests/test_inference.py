@@ -5,14 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import bomb_png
 from results_helpers import TwoConvNet, save_model_checkpoint, tiny_segmentnet_checkpoint
 from segmentnet.inference import TTA, load_model, predict_probabilities, run_model, window_starts
-from segmentnet.models import MODELS
-
-
-@pytest.fixture
-def two_conv_registered(monkeypatch):
-    monkeypatch.setitem(MODELS, "two_conv", TwoConvNet)
 
 
 def two_conv_checkpoint(path, data_dir, symmetric: bool, kernel: int = 3):
@@ -112,20 +107,6 @@ def test_bad_tta_options_are_refused():
         TTA(stride=8)
     with pytest.raises(UsageError, match="stride"):
         TTA(window=16, stride=32)
-
-
-def bomb_png(path, width: int = 30000, height: int = 30000):
-    """A PNG of a few dozen bytes whose header declares width x height pixels: a decompression bomb."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
-    return path
 
 
 def test_hostile_image_files_are_data_errors_naming_them(tmp_path):

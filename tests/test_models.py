@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from conftest import make_small_voc, tiny_train_config
+from conftest import tiny_train_config
 from segmentnet.engine import train
+from segmentnet.errors import ConfigError
 from segmentnet.loops import compute_loss
 from segmentnet.losses import LOSSES, build_loss
-from segmentnet.errors import ConfigError
 from segmentnet.models import ENCODERS, MODELS, build_model
 from segmentnet.models.compose import DECODERS, from_torchvision
 from segmentnet.models.fcn import upsampling
@@ -274,12 +274,6 @@ def test_unknown_option_lists_the_choices():
         build_model("fcn8s", 21, encoder="resnet50")
 
 
-@pytest.fixture(scope="module")
-def smaller_voc(tmp_path_factory):
-    """small_voc's synthetic VOC with 8 train / 2 val images: eleven trainings must fit the time budget."""
-    return make_small_voc(tmp_path_factory.mktemp("smaller_voc"), counts={"train": 8, "val": 2, "unlabelled": 1})
-
-
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_model_trains_one_epoch(name, smaller_voc, tmp_path):
     cfg = tiny_train_config(smaller_voc, tmp_path / "run", model=name, model_options=SMALL_OPTIONS[name],
@@ -298,7 +292,6 @@ def test_a_checkpoint_of_the_earlier_release_loads_and_predicts_as_before(tmp_pa
     aux_classifier) and the options width and pretrained_backbone: such a file loads in inference and
     gives torchvision's outputs for those weights."""
     from results_helpers import save_model_checkpoint
-
     from segmentnet.inference import load_model
 
     torch.manual_seed(0)
@@ -377,3 +370,35 @@ def test_icnets_pyramid_pooling_equals_adaptive_average_pooling(shape):
     x = torch.randn(shape)
     for bins in (1, 2, 3, 6):
         torch.testing.assert_close(adaptive_avg_pool(x, bins), F.adaptive_avg_pool2d(x, bins), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_checks_the_type_and_range_of_its_options(name):
+    import inspect
+
+    from segmentnet.errors import ConfigError
+    from segmentnet.models import model_option_problems
+
+    options = [p for p in inspect.signature(MODELS[name]).parameters if p not in ("self", "num_classes")]
+    numeric = [o for o in ("width", "output_stride", "fc_width", "hidden") if o in options]
+    assert numeric or set(options) <= {"encoder", "encoder_weights", "weights", "aux"}, options  # (names, a switch)
+    for option in options:  # no option takes a JSON object
+        problems = model_option_problems(name, {option: {"x": 1}})
+        assert len(problems) == 1 and problems[0].startswith(f"model_options {option} of model {name!r} must be ")
+        assert problems[0].endswith("got {'x': 1}"), problems
+    for option in numeric[:1]:
+        for value in ("32", -1, 2.5, 10 ** 6):
+            problems = model_option_problems(name, {option: value})
+            assert len(problems) == 1 and problems[0].startswith(f"model_options {option} of model {name!r} must be "), value
+            with pytest.raises(ConfigError, match=f"model_options {option}"):
+                build_model(name, 21, **{option: value})
+
+
+def test_model_options_named_by_anything_but_text_are_a_problem_not_a_crash():
+    from segmentnet.models import model_option_problems
+
+    # (a checkpoint's dict may hold any keys; build_model(**options) would raise a TypeError)
+    assert model_option_problems("segmentnet", {1: 8, "width": 8}) == [
+        "model_options of model 'segmentnet' must be named by text, got the key(s) 1"]
+    assert model_option_problems("segmentnet", [("width", 8)])[0].startswith(
+        "model_options of model 'segmentnet' must be a JSON object (dict) of options")

@@ -27,7 +27,7 @@ import DataSeparate
 from segmentnet import synthetic
 from segmentnet.cli import call_main
 from segmentnet.datasets import voc2012
-from test_bad_inputs import write_tar_members, write_zip_members
+from conftest import write_tar_members, write_zip_members
 
 ROOT = voc2012.ROOT
 SETS = f"{ROOT}/ImageSets/Segmentation"

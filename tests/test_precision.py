@@ -19,7 +19,7 @@ from segmentnet.loops import compute_loss
 from segmentnet.optim import autocast_settings, make_scaler
 from segmentnet.losses import build_loss
 from segmentnet.models import MODELS, build_model
-from test_models import NUM_CLASSES, SMALL_OPTIONS, small_model
+from test_models import NUM_CLASSES, small_model
 
 HALF = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 

@@ -114,7 +114,7 @@ def test_predict_out_is_new_empty_or_its_own(small_voc, checkpoint, tmp_path):
 @pytest.mark.parametrize("case", ["bomb", "not an image", "mask of another size", "limit 0", "limit -1",
                                   "checkpoint is a folder"])
 def test_predict_bad_inputs_are_one_line_errors_before_any_output(small_voc, checkpoint, tmp_path, case):
-    from test_inference import bomb_png
+    from conftest import bomb_png
 
     val = small_voc / "voc2012" / "val"
     good = sorted((val / "images").iterdir())[:2]

@@ -2,6 +2,7 @@
 listed twice refused, only its own output replaced, and nothing left behind by an interrupted run."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -17,13 +18,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import DataExtract
 import DataSeparate
-from conftest import ROOT, make_small_voc, realdata
+from conftest import (ROOT, SETS, TINY_COUNTS, VOC, main_exit, make_small_voc, png_declaring, realdata, script_process,
+                      write_tar_members)
+from segmentnet import synthetic
 from segmentnet.cli import call_main
+from segmentnet.datasets import voc2012
+from segmentnet.datasets.separate import separate
 from segmentnet.errors import DataError
 from segmentnet.files import mark_owned, owner_of
-from segmentnet.datasets import voc2012
-from segmentnet.datasets.common import separate
 
 VOC_ROOT = "raw/VOCtrainval_11-May-2012/VOCdevkit/VOC2012"
 
@@ -176,30 +180,14 @@ def test_an_id_in_train_and_val_is_refused_naming_both_lists(tmp_path):
 
 # ----------------------------------------------------------------------------- interrupted runs
 
-SLOW_SEPARATE = """
-import sys, time
-from pathlib import Path
-sys.path.insert(0, {root!r})
-from segmentnet.datasets import common
-import DataSeparate
-from segmentnet.cli import call_main
-
-convert = common._convert_pair
-def slow(*args):  # each pair takes a while, and says when the first has begun
-    Path({started!r}).touch()
-    time.sleep(0.3)
-    return convert(*args)
-common._convert_pair = slow
-sys.exit(call_main(DataSeparate.main, ["--data-dir", {data!r}, "--workers", "1"]))
-"""
+FAULT_CHILD = Path(__file__).resolve().parent / "fault_child.py"  # --slow-separate: pairs that take a while
 
 
 def start_slow_separation(data_dir: Path) -> tuple[subprocess.Popen, Path]:
     """DataSeparate in a subprocess (a session of its own), slowed down; returns once it is converting."""
     started = data_dir / "started"
-    script = SLOW_SEPARATE.format(root=str(ROOT), started=str(started), data=str(data_dir))
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+    process = subprocess.Popen([sys.executable, str(FAULT_CHILD), "--slow-separate", str(started), str(data_dir)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 60
     while not started.exists():
         assert process.poll() is None, process.communicate()
@@ -306,3 +294,223 @@ def test_a_data_folder_it_cannot_write_is_one_error(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith(f"error: could not write {data}: Permission denied"), result.stderr
     assert sorted(p.name for p in data.iterdir()) == ["downloads", "raw"]
+
+
+# ----------------------------------------------------------------------------- images and masks
+
+
+def broken(kind: str, files: dict[str, bytes], stem: str) -> dict[str, bytes]:
+    """A copy of the synthetic VOC files with one pair spoiled in the given way."""
+    jpg, png = f"{voc2012.ROOT}/JPEGImages/{stem}.jpg", f"{voc2012.ROOT}/SegmentationClass/{stem}.png"
+    files = dict(files)
+    label = np.array(Image.open(io.BytesIO(files[png])))
+    if kind == "corrupt JPEG":
+        files[jpg] = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8
+    elif kind == "truncated JPEG":
+        files[jpg] = files[jpg][: len(files[jpg]) // 2]
+    elif kind == "truncated PNG":
+        files[png] = files[png][: len(files[png]) // 2]
+    elif kind == "corrupt PNG":
+        spoiled = bytearray(files[png])
+        spoiled[spoiled.index(b"IDAT") + 10] ^= 0xFF  # the chunk's checksum no longer matches
+        files[png] = bytes(spoiled)
+    elif kind == "sizes differ":
+        files[png] = synthetic.palette_png(label[:-7, :-5].copy(), list(voc2012.PALETTE))
+    elif kind == "colour mask":
+        rgb = np.array(voc2012.PALETTE + ((224, 224, 192),) * 235, dtype=np.uint8)[label]
+        files[png] = synthetic.encode(Image.fromarray(rgb, "RGB"), "PNG")
+    elif kind == "label out of range":
+        label[:4, :4] = 30
+        files[png] = synthetic.palette_png(label, list(voc2012.PALETTE))
+    elif kind == "empty split":
+        files[f"{SETS}/train.txt"] = b""
+    return files
+
+
+def first_stem(files: dict[str, bytes]) -> str:
+    return sorted(f for f in files if f.startswith(f"{voc2012.ROOT}/JPEGImages/"))[0].rsplit("/", 1)[1][:-4]
+
+
+def write_raw(data: Path, files: dict[str, bytes]) -> Path:
+    """The VOC files written under data/raw/ as DataExtract leaves them; returns that raw folder."""
+    raw = data / "raw" / VOC.stem
+    for name, payload in files.items():
+        (raw / name).parent.mkdir(parents=True, exist_ok=True)
+        (raw / name).write_bytes(payload)
+    return raw
+
+
+PAIR_PROBLEMS = {
+    "corrupt JPEG": ("{jpg}", "the image cannot be decoded"),
+    "truncated JPEG": ("{jpg}", "truncated"),
+    "truncated PNG": ("{png}", "the mask cannot be decoded"),
+    "corrupt PNG": ("{png}", "the mask cannot be decoded"),
+    "sizes differ": ("{png}", "they must be the same size"),
+    "colour mask": ("{png}", "colour (RGB) mask, but class indices are expected"),
+    "label out of range": ("{png}", "label values [30] are outside the 21 classes"),
+    "empty split": ("", "split(s) train have no images"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PAIR_PROBLEMS))
+def test_bad_pairs_stop_separation(capsys, tmp_path, kind):
+    files = voc2012.synthetic_files(0, TINY_COUNTS)
+    stem = first_stem(files)
+    raw = write_raw(tmp_path / "data", broken(kind, files, stem))
+    where, message = PAIR_PROBLEMS[kind]
+    where = where.format(jpg=raw / voc2012.ROOT / "JPEGImages" / f"{stem}.jpg",
+                         png=raw / voc2012.ROOT / "SegmentationClass" / f"{stem}.png")
+    status, err = main_exit(capsys, DataSeparate.main, "--data-dir", tmp_path / "data", "--workers", 1)
+    assert status == 2, err
+    assert f"error: {where}" in err and message in err, err
+    # Nothing but the raw files: no data/voc2012, no half-written temporary folder.
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]
+
+
+def test_skip_bad_skips_and_lists_the_pair(capsys, tmp_path):
+    files = voc2012.synthetic_files(0, TINY_COUNTS)
+    stem = first_stem(files)
+    write_raw(tmp_path / "data", broken("colour mask", files, stem))
+    status, _ = main_exit(capsys, DataSeparate.main, "--data-dir", tmp_path / "data", "--workers", 1, "--skip-bad")
+    assert status == 0
+    info = json.loads((tmp_path / "data" / "voc2012" / "dataset.json").read_text())
+    assert [s["stem"] for s in info["skipped"]] == [stem]
+    assert sum(info["counts"].values()) == TINY_COUNTS["train"] + TINY_COUNTS["val"] - 1
+
+
+def test_corrupt_image_through_the_script(tmp_path):
+    files = broken("truncated JPEG", voc2012.synthetic_files(0, TINY_COUNTS), "2008_000001")
+    synthetic.write_tar(tmp_path / "downloads" / VOC.filename, files)
+    extracted = script_process("DataExtract.py", "--no-verify", cwd=tmp_path)
+    assert extracted.returncode == 0, extracted.stderr
+    result = script_process("DataSeparate.py", "--workers", "1", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "\nerror: " in result.stderr and "2008_000001.jpg: the image cannot be decoded" in result.stderr
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]
+
+
+# ----------------------------------------------------------------------------- names and lists from the data
+
+
+def victims(folder: Path, size: tuple[int, int] = (20, 16)) -> dict[Path, tuple[bytes, int]]:
+    """Decoy files outside the data folder, a valid image and mask (so that a tool that reached
+    them would use them); their bytes and times, to compare after."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "victim.jpg").write_bytes(synthetic.encode(Image.new("RGB", size, (200, 10, 10)), "JPEG"))
+    (folder / "victim.png").write_bytes(synthetic.palette_png(np.ones(size[::-1], np.uint8), list(voc2012.PALETTE)))
+    return file_states(folder)
+
+
+def file_states(folder: Path) -> dict[Path, tuple[bytes, int]]:
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def escaping_ids(victim: Path) -> dict[str, str]:
+    """Split-list ids that name `victim` (no suffix), each in its own way."""
+    climb = "../" * 40 + str(victim).lstrip("/")  # '..' past the root stays at the root
+    return {"dot-dot": climb, "through a link": "../up/" + climb, "absolute": str(victim)}
+
+
+@pytest.mark.parametrize("case", ["dot-dot", "through a link", "absolute"])
+def test_split_list_ids_that_lead_out_are_refused(capsys, tmp_path, case):
+    """A link that stays inside the archive is extracted; an id that leads out through it (or
+    with '..', or an absolute one) is refused, naming the list, the line and the id; nothing
+    outside data/ is read or written."""
+    before = victims(tmp_path)
+    files = voc2012.synthetic_files(0, TINY_COUNTS)
+    bad_id = escaping_ids(tmp_path / "victim")[case]
+    genuine = files[f"{SETS}/train.txt"].decode().split()
+    files[f"{SETS}/train.txt"] = ("\n".join([genuine[0], bad_id] + genuine[1:]) + "\n").encode()
+    members = [(name, "file", payload) for name, payload in files.items()]
+    members.append((f"{voc2012.ROOT}/up", "symlink", "JPEGImages"))
+    archive = write_tar_members(tmp_path / VOC.filename, members)
+    data = tmp_path / "data"
+    status, err = main_exit(capsys, DataExtract.main, "--archive", archive, "--data-dir", data, "--no-verify")
+    assert status == 0, err
+    status, err = main_exit(capsys, DataSeparate.main, "--data-dir", data, "--workers", 1)
+    assert status == 2, err
+    listed = data / "raw" / VOC.stem / SETS / "train.txt"
+    assert err.startswith(f"error: {listed} line 2: the name {bad_id!r} ") and "Traceback" not in err, err
+    assert file_states(tmp_path) == before | {archive: file_states(tmp_path)[archive]}
+    assert sorted(p.name for p in data.iterdir()) == ["raw"]
+
+
+def test_raw_files_that_link_out_are_refused(capsys, tmp_path):
+    """A raw folder made by hand (or a link added after extraction): a listed image that is a link
+    to a file outside data/raw/<archive> is never read."""
+    before = victims(tmp_path)
+    files = voc2012.synthetic_files(0, TINY_COUNTS)
+    stem = first_stem(files)
+    raw = write_raw(tmp_path / "data", files)
+    image = raw / voc2012.ROOT / "JPEGImages" / f"{stem}.jpg"
+    image.unlink()
+    image.symlink_to(tmp_path / "victim.jpg")
+    status, err = main_exit(capsys, DataSeparate.main, "--data-dir", tmp_path / "data", "--workers", 1, "--skip-bad")
+    assert status == 2, err
+    line = files[f"{SETS}/train.txt"].decode().split().index(stem) + 1
+    assert err.startswith(f"error: {raw / SETS / 'train.txt'} line {line}: {image} leads to {tmp_path / 'victim.jpg'}, "
+                          f"outside {raw.resolve()}"), err
+    assert file_states(tmp_path) == before
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]
+    # the split list itself, a link to a list outside
+    image.unlink()
+    image.write_bytes(files[f"{voc2012.ROOT}/JPEGImages/{stem}.jpg"])
+    listed = raw / SETS / "train.txt"
+    listed.unlink()
+    listed.symlink_to(tmp_path / "victim.txt")
+    (tmp_path / "victim.txt").write_text(f"{stem}\n")
+    status, err = main_exit(capsys, DataSeparate.main, "--data-dir", tmp_path / "data", "--workers", 1)
+    assert status == 2 and err.startswith(f"error: split list {listed}: {listed} leads to {tmp_path / 'victim.txt'}, "
+                                          f"outside {raw.resolve()}"), err
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]
+
+
+SPLIT_LIST_PROBLEMS = {
+    "a folder": (lambda path: path.mkdir(), "is not a file (a folder, or a special file)"),
+    "not text": (lambda path: path.write_bytes(b"2008_000001\n\xff\xfe\x00\x81\n"), "line 2: b'\\xff\\xfe"),
+    "a NUL byte": (lambda path: path.write_bytes(b"2008\x00_000001\n"), "line 1: the name '2008\\x00_000001' contains a NUL"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPLIT_LIST_PROBLEMS))
+def test_bad_split_lists_are_named(capsys, tmp_path, case):
+    raw = write_raw(tmp_path / "data", voc2012.synthetic_files(0, TINY_COUNTS))
+    listed = raw / SETS / "train.txt"
+    listed.unlink()
+    spoil, message = SPLIT_LIST_PROBLEMS[case]
+    spoil(listed)
+    status, err = main_exit(capsys, DataSeparate.main, "--data-dir", tmp_path / "data", "--workers", 1)
+    assert status == 2 and err.startswith(f"error: {listed}") and message in err, err
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]
+
+
+@pytest.mark.parametrize("slot,size", [("image", (30000, 30000)), ("mask", (10000, 10000))])
+def test_decompression_bomb_is_named_and_skippable(capsys, tmp_path, slot, size):
+    """30000x30000 is past Pillow's error limit, 10000x10000 past its warning limit: both refused
+    from the header, before any pixel is allocated."""
+    files = voc2012.synthetic_files(0, TINY_COUNTS)
+    stem = first_stem(files)
+    bomb = f"{voc2012.ROOT}/JPEGImages/{stem}.jpg" if slot == "image" else f"{voc2012.ROOT}/SegmentationClass/{stem}.png"
+    files[bomb] = png_declaring(*size)
+    raw = write_raw(tmp_path / "data", files)
+    status, err = main_exit(capsys, DataSeparate.main, "--data-dir", tmp_path / "data", "--workers", 1)
+    assert status == 2, err
+    assert f"\nerror: {raw / bomb}: the {slot} declares more pixels than any image of a dataset" in err, err
+    assert "decompression bomb" in err and "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]
+    status, err = main_exit(capsys, DataSeparate.main, "--data-dir", tmp_path / "data", "--workers", 1, "--skip-bad")
+    assert status == 0, err
+    info = json.loads((tmp_path / "data" / "voc2012" / "dataset.json").read_text())
+    assert [s["stem"] for s in info["skipped"]] == [stem] and "decompression bomb" in info["skipped"][0]["error"]
+
+
+@pytest.mark.parametrize("content", [b"{\"counts\": {\"train\"", b"[1, 2]", b"\xff\xfe"])
+def test_corrupt_dataset_json_of_a_finished_separation(capsys, tmp_path, content):
+    make_small_voc(tmp_path, counts=TINY_COUNTS)
+    summary = tmp_path / "voc2012" / "dataset.json"
+    summary.write_bytes(content)
+    status, err = main_exit(capsys, DataSeparate.main, "--data-dir", tmp_path, "--workers", 1)
+    assert status == 2 and err.startswith(f"error: {summary} ") and "pass --force to separate again" in err, err
+    status, err = main_exit(capsys, DataSeparate.main, "--data-dir", tmp_path, "--workers", 1, "--force")
+    assert status == 0, err
+    assert json.loads(summary.read_text())["counts"] == {"train": 3, "val": 1}

@@ -3,17 +3,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from conftest import tiny_train_config
+import TrainSegmentNet
+from conftest import main_exit, tiny_train_config, train_args
 from segmentnet.checkpoint import load_checkpoint
+from segmentnet.datasets import DATASETS
 from segmentnet.engine import train
 from segmentnet.errors import ConfigError, DataError
 from segmentnet.files import OWNER_FILE, owner_of
-from segmentnet.models import build_model
+from segmentnet.models import MODELS, build_model
 from segmentnet.runs import LOCK_FILE
 
 
@@ -75,30 +81,6 @@ def test_interrupted_and_resumed_equals_uninterrupted(small_voc, tmp_path, monke
         assert torch.equal(full["model"][key], resumed["model"][key]), key
     lines = (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
-
-
-def test_resume_refuses_a_checkpoint_of_another_model(small_voc, tmp_path):
-    from segmentnet.errors import DataError
-
-    train(tiny_train_config(small_voc, tmp_path / "run"))
-    cfg = tiny_train_config(small_voc, "", resume=str(tmp_path / "run" / "last.pt"), epochs=2,
-                            model_options={"width": 4, "depth": 2, "blocks": 1})
-    with pytest.raises(DataError, match="model_options"):
-        train(cfg)
-
-
-@pytest.mark.parametrize("field,value,message", [
-    ("lr", 0.0, "lr must be"), ("batch_size", 0, "batch_size must be"), ("model", "nope", "choices"),
-    ("loss", "dice?", "choices"), ("epochs", 0, "epochs must be"),
-    ("amp_dtype", "fp8", "amp_dtype 'fp8' is unknown; choices: auto, bfloat16, float16"),
-    ("workers", -2, r"workers must be >= 0 \(or -1 for one per CPU core\), got -2"),
-    ("time_budget", -1.0, "time_budget must be >= 0 minutes"), ("colour_jitter", 1.0, "colour_jitter must be in"),
-])
-def test_impossible_hyperparameters_rejected_before_work(tmp_path, field, value, message):
-    cfg = tiny_train_config(tmp_path / "no-data-here", tmp_path / "run", **{field: value})
-    with pytest.raises(ConfigError, match=message):
-        train(cfg)
-    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("requested,cores,local_world_size,expected", [
@@ -355,8 +337,8 @@ def test_damaged_budget_entries_of_a_checkpoint_are_named(small_voc, tmp_path):
 
 
 def test_colour_jitter_reaches_the_training_transform(small_voc):
-    from segmentnet.distributed import DistEnv
     from segmentnet.data import build_loaders
+    from segmentnet.distributed import DistEnv
     from segmentnet.transforms import ColourJitter
 
     cfg = tiny_train_config(small_voc, "unused", colour_jitter=0.3)
@@ -446,3 +428,169 @@ def test_a_finished_run_without_its_checkpoints_is_no_leftover(small_voc, tmp_pa
                                           f"records them. but no checkpoint"):
         train(tiny_train_config(small_voc, run))
     assert run_files(run) == before                          # its metrics.jsonl kept
+
+
+# ----------------------------------------------------------------------------- impossible settings and damaged datasets
+
+
+
+
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"dataset": "kitty"}, f"dataset 'kitty' is unknown; choices: {', '.join(sorted(DATASETS))}"),
+    ({"model": "unet2"}, f"model 'unet2' is unknown; choices: {', '.join(sorted(MODELS))}"),
+    ({"loss": "dice"}, "loss 'dice' is unknown; choices: ce, ce+jaccard, jaccard"),
+    ({"lr": -0.1}, "lr must be a positive number, got -0.1"),
+    ({"lr": float("nan")}, "lr must be a positive number, got nan"),
+    ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
+    ({"crop_size": 4}, "crop_size must be >= 8 pixels, got 4"),
+    ({"scale_min": 2.0, "scale_max": 1.0}, "need 0 < scale_min <= scale_max"),
+    ({"grad_accum": 0}, "grad_accum must be >= 1, got 0"),
+    ({"crop_size": 400, "pad": False}, "crop_size 400 is larger than"),
+    ({"batch_size": 5}, "the train split has 4 images, fewer than one batch of 5"),
+    ({"model_options": {"widht": 8}}, "model 'segmentnet' has no option(s) widht"),
+    ({"warmup_epochs": float("inf")}, "warmup_epochs must be a finite number, got inf"),
+    ({"warmup_epochs": float("nan")}, "warmup_epochs must be a finite number, got nan"),
+    ({"scale_max": float("inf")}, "scale_max must be a finite number, got inf"),
+    ({"scale_max": float("nan")}, "scale_max must be a finite number, got nan"),
+    ({"seed": -1}, "seed must be from 0 to 2**32 - 1, got -1"),
+    ({"model_options": {"width": "32"}}, "model_options width of model 'segmentnet' must be a whole number, got '32'"),
+    ({"model_options": {"width": 0}}, "model_options width of model 'segmentnet' must be from 1 to 1024, got 0"),
+    ({"model_options": {"width": -8}}, "model_options width of model 'segmentnet' must be from 1 to 1024, got -8"),
+    ({"model_options": {"width": 7.5}}, "model_options width of model 'segmentnet' must be a whole number, got 7.5"),
+    ({"model_options": {"depth": 40}}, "model_options depth of model 'segmentnet' must be from 1 to 8, got 40"),
+    ({"lr": 0.0}, "lr must be"), ({"batch_size": 0}, "batch_size must be"), ({"model": "nope"}, "choices"),
+    ({"loss": "dice?"}, "choices"), ({"epochs": 0}, "epochs must be"),
+    ({"amp_dtype": "fp8"}, "amp_dtype 'fp8' is unknown; choices: auto, bfloat16, float16"),
+    ({"workers": -2}, "workers must be >= 0 (or -1 for one per CPU core), got -2"),
+    ({"time_budget": -1.0}, "time_budget must be >= 0 minutes"), ({"colour_jitter": 1.0}, "colour_jitter must be in"),
+])
+def test_impossible_settings_rejected_before_any_work(capsys, tmp_path, tiny_voc, overrides, message):
+    """A ConfigError from train(), and from the script exit 2 with the message; no run folder either way."""
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        train(tiny_train_config(tiny_voc, tmp_path / "run", **{"batch_size": 2, **overrides}))
+    assert not (tmp_path / "run").exists()
+    status, err = main_exit(capsys, TrainSegmentNet.main, *train_args(tiny_voc, tmp_path / "run", **overrides))
+    assert status == 2 and err.startswith("error: ") and message in err, err
+    if "crop_size 400" in message:
+        assert "lower crop_size, raise scale_min or set pad true" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_infinity_in_a_config_file(capsys, tmp_path, tiny_voc):
+    import dataclasses
+
+    values = dataclasses.asdict(tiny_train_config(tiny_voc, tmp_path / "run", batch_size=2, scale_max=float("inf"),
+                                                  warmup_epochs=float("nan")))
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(values))  # Python's json writes (and reads) Infinity and NaN
+    assert "Infinity" in path.read_text()
+    status, err = main_exit(capsys, TrainSegmentNet.main, "--config", path)
+    assert status == 2 and "scale_max must be a finite number, got inf" in err, err
+    assert "warmup_epochs must be a finite number, got nan" in err
+    assert not (tmp_path / "run").exists()
+
+
+
+
+def test_missing_prepared_dataset(capsys, tmp_path):
+    status, err = main_exit(capsys, TrainSegmentNet.main, *train_args(tmp_path / "nothing", tmp_path / "run"))
+    assert status == 2 and "dataset.json not found: run DataSeparate.py first" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def copied_dataset(source: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    shutil.copytree(source / "voc2012", tmp_path / "data" / "voc2012")
+    return tmp_path / "data"
+
+
+def damaged_dataset_json(kind: str, info: dict):
+    if kind == "not JSON":
+        return '{"num_classes": 21, "classes": ['
+    if kind == "a list":
+        return [info]
+    if kind == "num_classes as text":
+        return info | {"num_classes": "21"}
+    if kind == "too few class names":
+        return info | {"classes": info["classes"][:3]}
+    if kind == "mean missing":
+        return {k: v for k, v in info.items() if k != "mean"}
+    if kind == "std of zero":
+        return info | {"std": [0, 0.2, 0.2]}
+    if kind == "pixel counts as text":
+        return info | {"pixel_counts": {"train": "many"}}
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind,message", [
+    ("not JSON", "it is not valid JSON (Expecting value"),
+    ("a list", "it holds a list, not a JSON object"),
+    ("num_classes as text", "num_classes must be a whole number from 1 to 255, got '21'"),
+    ("too few class names", "classes must be a list of 21 class names"),
+    ("mean missing", "mean is missing"),
+    ("std of zero", "std must be 3 positive numbers, got [0, 0.2, 0.2]"),
+    ("pixel counts as text", "pixel_counts must be a JSON object of 21 pixel counts per split"),
+])
+def test_damaged_dataset_json(capsys, tmp_path, tiny_voc, kind, message):
+    data = copied_dataset(tiny_voc, tmp_path)
+    path = data / "voc2012" / "dataset.json"
+    damaged = damaged_dataset_json(kind, json.loads(path.read_text()))
+    path.write_text(damaged if isinstance(damaged, str) else json.dumps(damaged))
+    status, err = main_exit(capsys, TrainSegmentNet.main, *train_args(data, tmp_path / "run"))
+    assert status == 2 and err.startswith(f"error: {path} is damaged: ") and message in err, err
+    assert "Run DataSeparate.py again with --force" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_prepared_split_without_masks(capsys, tmp_path, tiny_voc):
+    import shutil
+
+    data = copied_dataset(tiny_voc, tmp_path)
+    shutil.rmtree(data / "voc2012" / "val" / "masks")
+    status, err = main_exit(capsys, TrainSegmentNet.main, *train_args(data, tmp_path / "run"))
+    assert status == 2, err
+    assert f"error: {data / 'voc2012' / 'val' / 'masks'} not found: the prepared split 'val' has images but no " \
+           f"masks, and training needs them" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_labels_beyond_the_classes_in_a_prepared_dataset(capsys, tmp_path, tiny_voc, workers):
+    data = copied_dataset(tiny_voc, tmp_path)
+    mask_path = sorted((data / "voc2012" / "train" / "masks").iterdir())[1]  # (not one of the sample grid's)
+    with Image.open(mask_path) as mask:
+        labels, palette = np.array(mask), mask.getpalette()
+    labels[:5, :5] = 21  # one past the last class
+    labels[-3:, -3:] = 40
+    spoiled = Image.fromarray(labels, mode="P")
+    spoiled.putpalette(palette)
+    spoiled.save(mask_path)
+    status, err = main_exit(capsys, TrainSegmentNet.main,
+                            *train_args(data, tmp_path / "run", workers=workers, crop_size=400))
+    assert status == 2, err
+    assert f"mask {mask_path.name} holds label values [21, 40], outside the 21 classes of dataset.json (0..20, or " \
+           f"255 for 'ignore')" in err
+    assert err.rstrip().endswith("(in a data loader worker)") == (workers > 0)
+    assert "Traceback" not in err
+
+
+def test_out_is_an_existing_file(capsys, tmp_path, tiny_voc):
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    status, err = main_exit(capsys, TrainSegmentNet.main, *train_args(tiny_voc, out))
+    assert status == 2 and f"error: run folder {out} is an existing file, not a folder; choose another --out" in err
+    assert out.read_text() == "mine"
+
+
+def test_out_holding_files_of_another_kind(capsys, tmp_path, tiny_voc):
+    out = tmp_path / "photos"
+    out.mkdir()
+    (out / "holiday.jpg").write_bytes(b"mine")
+    status, err = main_exit(capsys, TrainSegmentNet.main, *train_args(tiny_voc, out))
+    assert status == 2, err
+    assert f"error: run folder {out} cannot be used: it holds files that TrainSegmentNet did not write " \
+           f"(holiday.jpg)" in err
+    assert sorted(p.name for p in out.iterdir()) == ["holiday.jpg"]

@@ -16,7 +16,7 @@ import numpy as np
 from .. import synthetic
 from ..archive import Archive
 from ..errors import DataError
-from .common import IGNORE_INDEX, DatasetInfo, Pair, read_index_array
+from .common import DatasetInfo, Pair, read_index_array
 from .voc2012 import voc_palette
 
 # The first name of each of the 150 classes of objectInfo150.txt, in its order (Idx 1..150).

@@ -18,8 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError

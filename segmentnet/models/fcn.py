@@ -25,7 +25,6 @@ from ..errors import ConfigError
 from .compose import SegmentationModel, check_pair
 from .decoders import Decoder
 from .encoders import build_encoder
-from .pretrained import WeightsSpec
 
 FITS = ("vgg16", "vgg19")
 FINAL_CROP = {32: 19, 16: 27, 8: 31}
