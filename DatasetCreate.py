@@ -4,6 +4,10 @@
     ds = SegmentationDataset("data/voc2012", "train", train_transform(crop_size=384))
     image, mask = ds[0]      # uint8 3xHxW tensor, int64 HxW tensor (255 = ignore)
 
+Importable from here: SegmentationDataset, EpochSampler, collate_pairs (segmentnet.data) and the paired
+transforms Compose, RandomScaleCrop, RandomHorizontalFlip, ToTensor, train_transform, eval_transform,
+normalize (segmentnet.transforms).
+
 Run it to print the splits of a prepared dataset: python DatasetCreate.py --data-dir data --dataset voc2012
 """
 import argparse
