@@ -22,7 +22,7 @@ from segmentnet.cli import call_main
 from segmentnet.errors import UsageError
 from segmentnet.inference import add_inference_arguments, evaluate_checkpoint, resolve_device, tta_from_args
 from segmentnet.outputs import folder_not_file
-from segmentnet.report import evaluation_paths, evaluation_table, write_evaluation
+from segmentnet.evaluation import evaluation_paths, evaluation_table, write_evaluation
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
 """The three hypercolumn stages, and predicting with the result (Hypercolumns.py is the command line).
 
 extract   sample pixels of the train and val images, compute their hypercolumns with the frozen CNN
-          and stream them into one file (HYPERCOLUMNS_FILE, format below)
+          and stream them into one file (HYPERCOLUMNS_FILE, format: hypercolumn_file.py)
 pretrain  train the pixel classifier on that file alone (no image is read); val pixel accuracy from the
           val split's vectors, which are sampled uniformly so that they measure what a full image would
 train     a TrainSegmentNet training (engine.train) of hypercolumn_<cnn> with classifier_init = pretrain's file
@@ -15,17 +15,11 @@ Every stage writes into STAGE_DIR = WORK_DIR/<dataset>-<cnn>-<layers>/ and keeps
 again with the same settings, a stage reuses its output; with other settings it stops and asks for
 --force. Each output records the CNN (name, layers, width and a fingerprint of its weights) it came
 from, and a stage given the output of another CNN or layer set stops with an error saying so.
-
-Hypercolumns file: MAGIC, the header's length (8 bytes, little-endian), the header (JSON: CNN, layers,
-dataset, sampling settings, row ranges per split), spaces up to a multiple of 64 bytes, then
-vectors (count x dim float16, row-major) and labels (count uint8).
 """
 from __future__ import annotations
 
-import json
 import math
 import shutil
-import struct
 import time
 from pathlib import Path
 
@@ -38,6 +32,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import SegmentationDataset, read_dataset_json
 from .errors import ConfigError, DataError
 from .files import atomic_path
+from .hypercolumn_file import header_bytes, open_hypercolumns, read_header
 from .inference import resolve_device
 from .metrics import ConfusionMatrix
 from .models import build_model
@@ -45,7 +40,6 @@ from .models.hypercolumns import CLASSIFIER_KIND, DEFAULT_HIDDEN, DEFAULT_LAYERS
 from .optim import lr_at, make_scaler, optimizer_step
 from .transforms import eval_transform, normalize
 
-MAGIC = b"SEGMENTNET HYPERCOLUMNS 1\n"
 HYPERCOLUMNS_FILE = "hypercolumns.bin"
 CLASSIFIER_FILE = "classifier.pt"
 SPLITS = ("train", "val")
@@ -104,48 +98,6 @@ def progress_bar(items, cfg, **options):
     from tqdm import tqdm
 
     return tqdm(items, disable=not cfg.progress, leave=False, **options)
-
-
-# ----------------------------------------------------------------------------- the hypercolumns file
-
-
-def read_header(path: Path) -> tuple[dict, int]:
-    """(header, offset of the data) of a hypercolumns file."""
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(len(MAGIC))
-            length_bytes = f.read(8)
-            if magic != MAGIC or len(length_bytes) != 8:
-                raise DataError(f"{path} is not a hypercolumns file (written by 'Hypercolumns.py extract')")
-            (length,) = struct.unpack("<Q", length_bytes)
-            header = json.loads(f.read(length))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read its header ({exc}); run extract again with --force") from None
-    offset = data_offset(length)
-    expected = offset + header["count"] * (header["dim"] * 2 + 1)
-    if path.stat().st_size != expected:
-        raise DataError(f"{path} is {path.stat().st_size} bytes, its header says {expected}: the file is truncated "
-                        f"or damaged; run extract again with --force")
-    return header, offset
-
-
-def data_offset(header_length: int) -> int:
-    return math.ceil((len(MAGIC) + 8 + header_length) / 64) * 64
-
-
-def header_bytes(header: dict) -> bytes:
-    text = json.dumps(header).encode()
-    start = len(MAGIC) + 8 + len(text)
-    return MAGIC + struct.pack("<Q", len(text)) + text + b" " * (data_offset(len(text)) - start)
-
-
-def open_hypercolumns(path: Path, mode: str = "r"):
-    """(header, vectors memmap [count, dim] float16, labels memmap [count] uint8)."""
-    header, offset = read_header(path)
-    count, dim = header["count"], header["dim"]
-    vectors = np.memmap(path, np.float16, mode, offset, (count, dim))
-    labels = np.memmap(path, np.uint8, mode, offset + count * dim * 2, (count,))
-    return header, vectors, labels
 
 
 # ----------------------------------------------------------------------------- stage 1: extract

@@ -19,7 +19,8 @@ from PIL import Image
 import Hypercolumns
 from segmentnet.cli import call_main
 from segmentnet.errors import DataError
-from segmentnet.hypercolumns import open_hypercolumns, sample_pixels
+from segmentnet.hypercolumn_file import open_hypercolumns
+from segmentnet.hypercolumns import sample_pixels
 from segmentnet.models import build_model
 from segmentnet.models.hypercolumns import Hypercolumns as HypercolumnModel
 
