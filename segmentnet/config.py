@@ -136,8 +136,7 @@ def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_dict(cls, values: dict, source: str = "config", base=None):
-    """cls(**values), each value checked against its field's type; over `base` (an instance) when given."""
+def config_from_dict(cls, values: dict, source: str = "config"):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -154,11 +153,11 @@ def config_from_dict(cls, values: dict, source: str = "config", base=None):
                                                     expected is not bool and isinstance(value, bool)):
             raise ConfigError(f"{source}: {key} must be {expected.__name__}, got {value!r}")
         clean[key] = value
-    return cls(**clean) if base is None else dataclasses.replace(base, **clean)
+    return cls(**clean)
 
 
-def parse_config(cls, argv=None, description: str = "", base=None):
-    """Defaults (or `base`, an instance of cls) <- JSON file (--config) <- command-line flags."""
+def parse_config(cls, argv=None, description: str = "", settings: dict | None = None):
+    """Defaults <- JSON file (--config) <- `settings` (a caller's own values) <- command-line flags."""
     args = build_parser(cls, description).parse_args(argv)
     values = {}
     if args.config:
@@ -183,5 +182,6 @@ def parse_config(cls, argv=None, description: str = "", base=None):
         if not isinstance(values, dict):
             raise ConfigError(f"--config {path}: expected a JSON object of hyperparameters")
         values = {k.replace("-", "_"): v for k, v in values.items()}
+    values.update(settings or {})
     values.update({k: v for k, v in vars(args).items() if k != "config"})
-    return config_from_dict(cls, values, source=str(args.config or "command line"), base=base)
+    return config_from_dict(cls, values, source=str(args.config or "command line"))

@@ -283,20 +283,30 @@ def build_loaders(cfg, env, root: Path):
     train_set = SegmentationDataset(root, "train", train_transform(cfg.crop_size, (cfg.scale_min, cfg.scale_max),
                                                                    cfg.flip, cfg.pad, cfg.colour_jitter), seed=cfg.seed,
                                     require_masks=True)
-    val_set = SegmentationDataset(root, "val", eval_transform(), seed=cfg.seed, require_masks=True)
+    workers = loader_workers(cfg.workers)
+    val_loader = validation_loader(root, env, cfg.seed, workers)
     check_crop_fits(train_set, cfg)
     train_sampler = EpochSampler(len(train_set), cfg.seed, shuffle=True, rank=env.rank, world_size=env.world_size,
                                  drop_last=True)
-    val_sampler = EpochSampler(len(val_set), shuffle=False, rank=env.rank, world_size=env.world_size, pad=False)
     if len(train_sampler) < cfg.batch_size:
         raise ConfigError(f"the train split has {len(train_set)} images, fewer than one batch of {cfg.batch_size} "
                           f"per process: lower batch_size")
-    pin = env.device.type == "cuda"
-    workers = loader_workers(cfg.workers)
-    common = dict(num_workers=workers, pin_memory=pin, collate_fn=collate_pairs, persistent_workers=workers > 0)
-    if workers > 0:
-        common["prefetch_factor"] = 4
-        common["worker_init_fn"] = ignore_ctrl_c
-    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=train_sampler, drop_last=True, **common)
-    val_loader = DataLoader(val_set, batch_size=1, sampler=val_sampler, **common)
+    train_loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=train_sampler, drop_last=True,
+                              **loader_options(env, workers))
     return train_loader, val_loader, train_sampler
+
+
+def loader_options(env, workers: int) -> dict:
+    options = dict(num_workers=workers, pin_memory=env.device.type == "cuda", collate_fn=collate_pairs,
+                   persistent_workers=workers > 0)
+    if workers > 0:
+        options["prefetch_factor"] = 4
+        options["worker_init_fn"] = ignore_ctrl_c
+    return options
+
+
+def validation_loader(root: Path, env, seed: int, workers: int) -> DataLoader:
+    """Whole val images one at a time, each to exactly one process of `env`."""
+    val_set = SegmentationDataset(root, "val", eval_transform(), seed=seed, require_masks=True)
+    sampler = EpochSampler(len(val_set), shuffle=False, rank=env.rank, world_size=env.world_size, pad=False)
+    return DataLoader(val_set, batch_size=1, sampler=sampler, **loader_options(env, workers))

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .config import parse_config
-from .data import build_loaders, image_paths, read_dataset_json
+from .data import image_paths, read_dataset_json, validation_loader
 from .distributed import DistEnv
 from .errors import ConfigError, DataError
 from .files import claim_folder
@@ -25,21 +25,21 @@ TOOL = "Hypercolumns"  # the owner recorded in the folder of predicted masks (fi
 
 
 def train_config(cfg, train_config_class, user_flags: list[str] = ()):
-    """Stage 3's TrainSegmentNet config: its settings from these stages' (model, data, output folder),
-    then the user's TrainSegmentNet flags (those after --) over them."""
+    """Stage 3's TrainSegmentNet config: TrainSegmentNet's defaults, a --config file given after --, the
+    settings these stages fix (model, data, output folder, loss), then the user's flags after --."""
+    reserved = sorted({f.lstrip("-").split("=")[0].replace("-", "_") for f in user_flags if f.startswith("--")}
+                      & set(RESERVED_TRAIN_SETTINGS))
+    if reserved:
+        raise ConfigError(f"{', '.join(reserved)}: set by the train stage from --cnn, --layers, --dataset and "
+                          f"--data-dir (flags before --), not after --")
     classifier = Path(cfg.classifier) if cfg.classifier else stage_dir(cfg) / CLASSIFIER_FILE
     if not classifier.exists():
         raise DataError(f"{classifier} not found: run 'Hypercolumns.py pretrain' with the same settings first")
-    options = model_options(cfg) | {"classifier_init": str(classifier), "finetune": cfg.finetune}
-    base = train_config_class(dataset=cfg.dataset, data_dir=cfg.data_dir, model=f"hypercolumn_{cnn_name(cfg)}",
-                              model_options=options, out=str(stage_dir(cfg) / "train"), loss="ce", seed=cfg.seed,
-                              device=cfg.device, progress=cfg.progress)
-    train_cfg = parse_config(train_config_class, list(user_flags), base=base)
-    changed = [name for name in RESERVED_TRAIN_SETTINGS if getattr(train_cfg, name) != getattr(base, name)]
-    if changed:
-        raise ConfigError(f"{', '.join(changed)}: set by the train stage from --cnn, --layers, --dataset and "
-                          f"--data-dir (flags before --), not after --")
-    return train_cfg
+    settings = {"dataset": cfg.dataset, "data_dir": cfg.data_dir, "model": f"hypercolumn_{cnn_name(cfg)}",
+                "model_options": model_options(cfg) | {"classifier_init": str(classifier), "finetune": cfg.finetune},
+                "out": str(stage_dir(cfg) / "train"), "loss": "ce", "seed": cfg.seed, "device": cfg.device,
+                "progress": cfg.progress}
+    return parse_config(train_config_class, list(user_flags), settings=settings)
 
 
 def evaluate_initial_model(train_cfg) -> dict:
@@ -48,7 +48,7 @@ def evaluate_initial_model(train_cfg) -> dict:
     info = read_dataset_json(root)
     env = DistEnv(device=resolve_device(train_cfg.device))
     model = build_model(train_cfg.model, info["num_classes"], **train_cfg.model_options).to(env.device)
-    _, val_loader, _ = build_loaders(train_cfg, env, root)
+    val_loader = validation_loader(root, env, train_cfg.seed, workers=0)  # (one pass: no worker processes)
     return evaluate(model, val_loader, info["num_classes"], env, info["mean"], info["std"], amp=train_cfg.amp,
                     amp_dtype=train_cfg.amp_dtype)
 
@@ -78,16 +78,19 @@ def train(train_cfg) -> dict:
 # ----------------------------------------------------------------------------- predict
 
 
+def hypercolumn_model_only(state: dict, name) -> None:
+    if not state["model_name"].startswith("hypercolumn_"):
+        raise DataError(f"{name} holds a {state['model_name']!r} model, not a hypercolumn model; give the "
+                        f"best.pt or last.pt of 'Hypercolumns.py train'")
+
+
 @torch.no_grad()
 def predict(cfg) -> list[Path]:
     """Predict class-index masks (palette PNGs) for images; returns the written paths."""
     if not cfg.images:
         raise ConfigError("predict needs --images: an image file or a folder of images")
     checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else stage_dir(cfg) / "train" / "best.pt"
-    model, state = load_model(checkpoint, resolve_device(cfg.device))
-    if not state["model_name"].startswith("hypercolumn_"):
-        raise DataError(f"{checkpoint} holds a {state['model_name']!r} model, not a hypercolumn model; give the "
-                        f"best.pt or last.pt of 'Hypercolumns.py train'")
+    model, state = load_model(checkpoint, resolve_device(cfg.device), check=hypercolumn_model_only)
     files = image_paths([cfg.images], "--images")
     out = Path(cfg.out) if cfg.out else stage_dir(cfg) / "predictions"
     refuse_input_data(out, "--out")

@@ -101,8 +101,9 @@ def resolve_device(name: str) -> torch.device:
 # ----------------------------------------------------------------------------- the model
 
 
-def load_model(checkpoint, device="cpu") -> tuple[nn.Module | OnnxModel, dict]:
+def load_model(checkpoint, device="cpu", check=None) -> tuple[nn.Module | OnnxModel, dict]:
     """A checkpoint path (or its loaded dict) -> (model in eval mode on device, the checkpoint dict).
+    `check(state, name)`, when given, may refuse the file by its entries before a model is built.
 
     An Export.py file (.onnx) -> (OnnxModel on the CPU, its description): the same entries inference
     reads from a checkpoint, and a model called the same way, built without the model classes."""
@@ -111,7 +112,10 @@ def load_model(checkpoint, device="cpu") -> tuple[nn.Module | OnnxModel, dict]:
         if torch.device(device).type != "cpu":
             print(f"note: {checkpoint} runs on ONNX Runtime's CPU provider; the device {device} is not used",
                   file=sys.stderr)
-        return load_onnx(checkpoint)
+        model, description = load_onnx(checkpoint)
+        if check is not None:
+            check(description, checkpoint)
+        return model, description
     if isinstance(checkpoint, dict):
         state, name = checkpoint, "(given as a dict)"
     else:
@@ -120,6 +124,8 @@ def load_model(checkpoint, device="cpu") -> tuple[nn.Module | OnnxModel, dict]:
                             f"TrainSegmentNet.py wrote, such as {Path(checkpoint) / 'best.pt'}")
         state, name = load_checkpoint(checkpoint), checkpoint
     check_checkpoint_entries(state, name)
+    if check is not None:
+        check(state, name)
     return model_from_checkpoint(state, name).to(device).eval(), state
 
 

@@ -85,7 +85,7 @@ def test_scripts_import_without_side_effects(name, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-def test_run_main_tells_a_users_error_from_a_bug(capsys):
+def test_call_main_tells_a_users_error_from_a_bug(capsys):
     from segmentnet.cli import BUG_EXIT, call_main
     from segmentnet.errors import DataError, UnknownNameError
 

@@ -254,6 +254,25 @@ def test_the_train_stage_config_holds_the_stage_settings_under_the_users_flags(c
     assert train_cfg.model_options == {"layers": [1, 4], "hidden": 64, "finetune": False,
                                        "classifier_init": str(work / STAGE_DIR / "classifier.pt")}
     assert train_config(cfg, TrainConfig).loss == "ce" and train_config(cfg, TrainConfig).progress is False
-    for flags in (["--model", "unet"], ["--data-dir", "elsewhere"]):
+    for flags in (["--model", "unet"], ["--data-dir", "elsewhere"], ["--dataset=voc2012"]):
         with pytest.raises(ConfigError, match="set by the train stage"):
             train_config(cfg, TrainConfig, flags)
+    # A --config file after -- sits under the stage's settings, and under the user's flags.
+    path = work / "train.json"
+    path.write_text(json.dumps({"loss": "jaccard", "epochs": 7, "data_dir": "elsewhere", "lr": 0.5}))
+    from_file = train_config(cfg, TrainConfig, ["--config", str(path), "--lr", "0.25"])
+    assert (from_file.loss, from_file.epochs, from_file.data_dir, from_file.lr) == ("ce", 7, str(small_voc), 0.25)
+
+
+def test_predict_refuses_another_model_before_building_it(chained, small_voc, tmp_path, monkeypatch):
+    from results_helpers import tiny_segmentnet_checkpoint
+    from segmentnet import inference
+
+    work, _ = chained
+    other = tiny_segmentnet_checkpoint(tmp_path / "other.pt", small_voc)
+    monkeypatch.setattr(inference, "model_from_checkpoint", lambda *a: pytest.fail("the model was built"))
+    image = sorted((small_voc / "voc2012" / "val" / "images").iterdir())[0]
+    with pytest.raises(DataError, match="holds a 'segmentnet' model, not a hypercolumn model"):
+        stage("predict", small_voc, work, "--images", str(image), "--checkpoint", str(other), "--out",
+              str(tmp_path / "masks"))
+    assert not (tmp_path / "masks").exists()

@@ -54,6 +54,10 @@ def test_resume_refuses_another_dataset_or_a_mid_epoch_batch_size_change(capsys,
 
 
 def test_resume_refuses_other_model_options(capsys, tmp_path, tiny_voc, trained):
+    with pytest.raises(DataError, match="model_options"):
+        train(tiny_train_config(tiny_voc, tmp_path / "run", batch_size=2, resume=str(trained), epochs=2,
+                                model_options={"width": 4, "depth": 2, "blocks": 1}))
+    assert not (tmp_path / "run").exists()
     args = train_args(tiny_voc, tmp_path / "run", resume=trained, epochs=2,
                       model_options={"width": 4, "depth": 2, "blocks": 1})
     status, err = main_exit(capsys, TrainSegmentNet.main, *args)
