@@ -167,13 +167,18 @@ def signal_handlers_restored():
 # ----------------------------------------------------------------------------- running the scripts
 
 
-def main_exit(capsys, main, *args) -> tuple[int, str]:
-    """(exit status, stderr) of a script's main called as `python Script.py args` would call it."""
+def run_script(main, argv) -> tuple[int, str]:
+    """A script's main(argv) through segmentnet.cli.call_main, as `python Script.py argv` runs it:
+    (exit status, what it wrote to stderr); its stdout is dropped."""
+    import contextlib
+    import io
+
     from segmentnet.cli import call_main
 
-    capsys.readouterr()
-    status = call_main(main, [str(a) for a in args])
-    return status, capsys.readouterr().err
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        status = call_main(main, [str(a) for a in argv])
+    return status, stderr.getvalue()
 
 
 def script_process(script: str, *args, cwd: Path):

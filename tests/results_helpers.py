@@ -83,19 +83,6 @@ def tiny_segmentnet_checkpoint(path: Path, data_dir, seed: int = 0) -> Path:
     return save_model_checkpoint(path, model, "segmentnet", TINY_OPTIONS, data_dir)
 
 
-def run_script(main, argv) -> tuple[int, str]:
-    """A script's main(argv) through segmentnet.cli.call_main, as the script runs it: (exit status, stderr)."""
-    import contextlib
-    import io
-
-    from segmentnet.cli import call_main
-
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-        status = call_main(main, [str(a) for a in argv])
-    return status, stderr.getvalue()
-
-
 def read_png(path: Path) -> tuple[str, tuple[int, int], np.ndarray]:
     """(mode, (width, height), pixels) of a PNG, failing if the file is not a complete PNG."""
     with Image.open(path) as image:

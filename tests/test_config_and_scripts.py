@@ -12,7 +12,7 @@ import pytest
 
 import DataExtract
 import DataSeparate
-from conftest import ROOT, main_exit, script_process
+from conftest import ROOT, run_script, script_process
 from segmentnet.config import parse_config
 from segmentnet.datasets import DATASETS
 from segmentnet.errors import ConfigError
@@ -111,9 +111,9 @@ def test_call_main_tells_a_users_error_from_a_bug(capsys):
     assert not err.startswith("error:")
 
 
-def test_unknown_dataset_lists_the_choices(capsys, tmp_path):
+def test_unknown_dataset_lists_the_choices(tmp_path):
     for main in (DataExtract.main, DataSeparate.main):
-        status, err = main_exit(capsys, main, "--dataset", "vocc", "--data-dir", tmp_path / "data")
+        status, err = run_script(main, ["--dataset", "vocc", "--data-dir", tmp_path / "data"])
         assert status == 2 and err.strip() == f"error: unknown dataset 'vocc'; choices: {', '.join(sorted(DATASETS))}", err
     assert not (tmp_path / "data").exists()
     # and the script as a process of its own exits with 2

@@ -8,7 +8,8 @@ from PIL import Image
 
 import Evaluate
 import Predict
-from results_helpers import colour_classifier_checkpoint, run_script, tiny_segmentnet_checkpoint
+from conftest import run_script
+from results_helpers import colour_classifier_checkpoint, tiny_segmentnet_checkpoint
 
 
 def independent_ious(pred_dir, mask_dir, num_classes: int) -> dict[int, float]:

@@ -10,13 +10,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from results_helpers import (colour_classifier_checkpoint, read_png, run_script, save_model_checkpoint,
-                             tiny_segmentnet_checkpoint)
-from test_models import SMALL_OPTIONS
 
 import Evaluate
 import Export
 import Predict
+from conftest import run_script
+from results_helpers import colour_classifier_checkpoint, read_png, save_model_checkpoint, tiny_segmentnet_checkpoint
 from segmentnet import export
 from segmentnet.datasets.voc2012 import CLASSES, PALETTE
 from segmentnet.errors import DataError
@@ -25,6 +24,7 @@ from segmentnet.inference import load_model
 from segmentnet.models import MODELS, build_model
 from segmentnet.onnx_model import OnnxModel
 from segmentnet.transforms import normalize
+from test_models import SMALL_OPTIONS
 
 # Small enough to be quick, large enough for every model (ICNet's quarter-size branch pools to 6x6 bins);
 # odd sizes, and a batch of two: batch, height and width must all be dynamic.

@@ -20,15 +20,15 @@ import numpy as np
 import pytest
 
 import DataExtract
-from conftest import (ROOT, SETS, TINY_COUNTS, VOC, leftovers, main_exit, script_process, unprivileged,
+from conftest import (ROOT, SETS, TINY_COUNTS, VOC, leftovers, run_script, script_process, unprivileged,
                       write_tar_members, write_zip_members)
 from segmentnet import synthetic
 from segmentnet.archive import MARKER, Archive, md5sum, verify_md5
-from segmentnet.download import download
-from segmentnet.extraction import extract
 from segmentnet.cli import call_main
 from segmentnet.datasets import DATASETS, voc2012
+from segmentnet.download import download
 from segmentnet.errors import DataError
+from segmentnet.extraction import extract
 
 SPEC = Archive("test.tar", None, None, required_prefix="VOCdevkit/", max_member_bytes=1 << 20)
 
@@ -374,9 +374,9 @@ def test_content_length_that_is_not_a_number_is_an_unknown_length(capsys, tmp_pa
 # ----------------------------------------------------------------------------- hostile and damaged archives
 
 
-def assert_extract_refused(capsys, tmp_path, archive: Path, message: str, *extra) -> str:
+def assert_extract_refused(tmp_path, archive: Path, message: str, *extra) -> str:
     data = tmp_path / "data"
-    status, err = main_exit(capsys, DataExtract.main, "--archive", archive, "--data-dir", data, *extra)
+    status, err = run_script(DataExtract.main, ["--archive", archive, "--data-dir", data, *extra])
     assert status == 2, err
     assert err.startswith("error: ") and str(archive) in err, err
     assert message in err, err
@@ -402,14 +402,14 @@ def voc_tar(tmp_path_factory) -> Path:
 
 
 def test_wrong_checksum(capsys, tmp_path, voc_tar):
-    err = assert_extract_refused(capsys, tmp_path, voc_tar, f"the official archive's is {VOC.md5}")
+    err = assert_extract_refused(tmp_path, voc_tar, f"the official archive's is {VOC.md5}")
     assert "download it again" in err
 
 
 def test_corrupt_archive(capsys, tmp_path):
     junk = tmp_path / VOC.filename
     junk.write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
-    assert_extract_refused(capsys, tmp_path, junk, "not a readable tar or zip archive", "--no-verify")
+    assert_extract_refused(tmp_path, junk, "not a readable tar or zip archive", "--no-verify")
 
 
 def member_offsets(archive: Path) -> list[int]:
@@ -425,18 +425,18 @@ def test_truncated_tar(capsys, tmp_path, voc_tar, where):
     cut = offsets[len(offsets) // 2] + (700 if where == "inside a member" else 0)
     truncated = tmp_path / VOC.filename
     truncated.write_bytes(data[:cut])
-    assert_extract_refused(capsys, tmp_path, truncated, "truncated", "--no-verify")
+    assert_extract_refused(tmp_path, truncated, "truncated", "--no-verify")
 
 
 def test_truncated_zip(capsys, tmp_path):
     archive = synthetic.write_zip(tmp_path / "voc.zip", voc2012.synthetic_files(0, TINY_COUNTS))
     archive.write_bytes(archive.read_bytes()[:-300])
-    assert_extract_refused(capsys, tmp_path, archive, "truncated or corrupt", "--no-verify")
+    assert_extract_refused(tmp_path, archive, "truncated or corrupt", "--no-verify")
 
 
 def test_archive_of_another_dataset(capsys, tmp_path):
     other = synthetic.write_tar(tmp_path / VOC.filename, {"ADEChallengeData2016/images/training/a.jpg": b"x"})
-    assert_extract_refused(capsys, tmp_path, other, f"no member under {SETS + '/'!r}", "--no-verify")
+    assert_extract_refused(tmp_path, other, f"no member under {SETS + '/'!r}", "--no-verify")
 
 
 # Each case: (name of the member to look for in the message, what the message says, members).
@@ -475,25 +475,25 @@ def test_escaping_members_are_refused(capsys, tmp_path, fmt, case):
     downloads.mkdir()
     writer = write_tar_members if fmt == "tar" else write_zip_members
     archive = writer(downloads / (VOC.filename if fmt == "tar" else "VOCtrainval.zip"), members)
-    err = assert_extract_refused(capsys, tmp_path, archive, message, "--no-verify")
+    err = assert_extract_refused(tmp_path, archive, message, "--no-verify")
     assert f"member {member!r}" in err, err
     # Nothing was written anywhere: refused before a single member is.
     assert sorted(p.name for p in tmp_path.rglob("*")) == [archive.name, "downloads"]
     assert not Path("/tmp/segmentnet-evil").exists()
 
 
-def test_symlinks_inside_the_target_are_kept(capsys, tmp_path):
+def test_symlinks_inside_the_target_are_kept(tmp_path):
     """The checks refuse escapes only: a link between two members of the archive is extracted."""
     members = [GENUINE, ("VOCdevkit/alias.txt", "symlink", "VOC2012/ImageSets/Segmentation/train.txt")]
     for writer, name in ((write_tar_members, VOC.filename), (write_zip_members, "voc.zip")):
         data = tmp_path / f"data-{name}"
-        status, err = main_exit(capsys, DataExtract.main, "--archive", writer(tmp_path / name, members),
-                                "--data-dir", data, "--no-verify")
+        status, err = run_script(DataExtract.main, ["--archive", writer(tmp_path / name, members), "--data-dir", data,
+                                                    "--no-verify"])
         assert status == 0, err
         assert (data / "raw" / VOC.stem / "VOCdevkit" / "alias.txt").read_bytes() == GENUINE[2]
 
 
-def test_zip_written_without_file_types_extracts(capsys, tmp_path):
+def test_zip_written_without_file_types_extracts(tmp_path):
     """Python's zipfile (and Windows tools) record no file type in a member's mode: still a plain file."""
     archive = tmp_path / "voc.zip"
     with zipfile.ZipFile(archive, "w") as zf:
@@ -501,8 +501,7 @@ def test_zip_written_without_file_types_extracts(capsys, tmp_path):
             zf.writestr(zipfile.ZipInfo(name), payload)  # a bare ZipInfo: no file-type bits at all
     with zipfile.ZipFile(archive) as zf:
         assert all(stat.S_IFMT(info.external_attr >> 16) == 0 for info in zf.infolist())
-    status, err = main_exit(capsys, DataExtract.main, "--archive", archive, "--data-dir", tmp_path / "data",
-                            "--no-verify")
+    status, err = run_script(DataExtract.main, ["--archive", archive, "--data-dir", tmp_path / "data", "--no-verify"])
     assert status == 0, err
     assert (tmp_path / "data" / "raw" / VOC.stem / SETS / "train.txt").exists()
 
@@ -522,7 +521,7 @@ def test_member_larger_than_the_dataset_allows(capsys, tmp_path):
         zf.writestr("VOCdevkit/VOC2012/JPEGImages/bomb.jpg", big)
     for archive in (tar_path, zip_path):
         assert archive.stat().st_size < 200_000
-        assert_extract_refused(capsys, tmp_path, archive, f"more than any file of this dataset "
+        assert_extract_refused(tmp_path, archive, f"more than any file of this dataset "
                                                           f"({VOC.max_member_bytes} bytes)", "--no-verify")
 
 
@@ -544,7 +543,7 @@ def test_zip_whose_header_lies_about_a_member_size(capsys, tmp_path):
     path.write_bytes(bytes(data))
     with zipfile.ZipFile(path) as zf:
         assert zf.getinfo("VOCdevkit/VOC2012/JPEGImages/liar.jpg").file_size == 1000
-    assert_extract_refused(capsys, tmp_path, path, "extraction failed (Bad CRC-32", "--no-verify")
+    assert_extract_refused(tmp_path, path, "extraction failed (Bad CRC-32", "--no-verify")
 
 
 def zip_with_patched_header(path: Path, member: str, field: str, value: int) -> Path:
@@ -573,7 +572,7 @@ def zip_with_patched_header(path: Path, member: str, field: str, value: int) -> 
 def test_zip_member_that_zipfile_cannot_read(capsys, tmp_path, field, value, message):
     member = "VOCdevkit/VOC2012/JPEGImages/x.jpg"
     archive = zip_with_patched_header(tmp_path / "VOCtrainval.zip", member, field, value)
-    err = assert_extract_refused(capsys, tmp_path, archive, message, "--no-verify")
+    err = assert_extract_refused(tmp_path, archive, message, "--no-verify")
     assert f"member {member!r}" in err and "Traceback" not in err
 
 
@@ -627,7 +626,7 @@ def test_member_names_and_link_targets_that_cannot_be_paths(capsys, tmp_path, ca
     write, message = ODD_NAMES[case]
     (tmp_path / "dl").mkdir()
     archive = write(tmp_path / "dl")
-    assert_extract_refused(capsys, tmp_path, archive, message, "--no-verify")
+    assert_extract_refused(tmp_path, archive, message, "--no-verify")
     assert sorted(p.name for p in tmp_path.rglob("*")) == sorted(["dl", archive.name])  # refused before writing
 
 
@@ -668,7 +667,7 @@ def compressed_archive(path: Path, kind: str) -> Path:
 ])
 def test_corrupt_compressed_data(capsys, tmp_path, kind, message):
     archive = compressed_archive(tmp_path / f"VOCtrainval.{kind.split()[0]}", kind)
-    assert_extract_refused(capsys, tmp_path, archive, message, "--no-verify")
+    assert_extract_refused(tmp_path, archive, message, "--no-verify")
 
 
 @pytest.mark.parametrize("case", ["a folder", "a name too long"])
@@ -678,7 +677,7 @@ def test_archive_path_that_is_no_readable_file(capsys, tmp_path, case):
         path.mkdir()
     else:
         path, message = tmp_path / ("x" * 300 + ".tar"), "cannot be looked at (File name too long)"
-    assert_extract_refused(capsys, tmp_path, path, message)  # with the md5 check, which read it first
+    assert_extract_refused(tmp_path, path, message)  # with the md5 check, which read it first
 
 
 @pytest.mark.parametrize("what", ["archive", "downloads folder"])
@@ -705,10 +704,9 @@ def test_unreadable_archive_or_downloads_folder(tmp_path, voc_tar, what):
     assert not (tmp_path / "data").exists()
 
 
-def test_data_dir_that_cannot_be_written(capsys, tmp_path, voc_tar):
+def test_data_dir_that_cannot_be_written(tmp_path, voc_tar):
     (tmp_path / "data").write_text("a file, not a folder")
-    status, err = main_exit(capsys, DataExtract.main, "--archive", voc_tar, "--data-dir", tmp_path / "data",
-                            "--no-verify")
+    status, err = run_script(DataExtract.main, ["--archive", voc_tar, "--data-dir", tmp_path / "data", "--no-verify"])
     assert status == 2 and "Traceback" not in err, err
     assert err.startswith(f"error: cannot write into {tmp_path / 'data' / 'raw'} (Not a directory); choose another "
                           f"--data-dir"), err
@@ -724,7 +722,7 @@ def test_disk_full_during_extraction_is_not_blamed_on_the_archive(capsys, tmp_pa
 
     monkeypatch.setattr(extraction, "_copy_bounded", disk_full)
     archive = synthetic.write_zip(tmp_path / "voc.zip", voc2012.synthetic_files(0, TINY_COUNTS))
-    err = assert_extract_refused(capsys, tmp_path, archive, f"cannot write the extraction of {archive} into "
+    err = assert_extract_refused(tmp_path, archive, f"cannot write the extraction of {archive} into "
                                                             f"{tmp_path / 'data' / 'raw'}: No space left on device; "
                                                             f"free space, or choose another --data-dir", "--no-verify")
     assert "corrupt" not in err
@@ -742,10 +740,10 @@ CORRUPT_MARKERS = {
 
 
 @pytest.mark.parametrize("case", sorted(CORRUPT_MARKERS) + ["older DataExtract"])
-def test_corrupt_extraction_marker(capsys, tmp_path, voc_tar, case):
+def test_corrupt_extraction_marker(tmp_path, voc_tar, case):
     data = tmp_path / "data"
     target, args = data / "raw" / VOC.stem, ("--archive", voc_tar, "--data-dir", data, "--no-verify")
-    status, err = main_exit(capsys, DataExtract.main, *args)
+    status, err = run_script(DataExtract.main, [*args])
     assert status == 0, err
     if case == "older DataExtract":  # recorded neither whether it was synthetic, nor (unverified) the md5
         content = json.dumps({"archive": VOC.filename, "md5": None, "members": 3}).encode()
@@ -756,7 +754,7 @@ def test_corrupt_extraction_marker(capsys, tmp_path, voc_tar, case):
         message = f"{target / MARKER} is not a marker DataExtract wrote: {problem}"
     (target / MARKER).write_bytes(content)
     before = sorted(target.rglob("*"))
-    status, err = main_exit(capsys, DataExtract.main, *args)
+    status, err = run_script(DataExtract.main, [*args])
     assert status == 2 and "Traceback" not in err, err
     assert err.startswith(f"error: {message}") and f"remove {target} " in err, err
     assert sorted(target.rglob("*")) == before

@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 import Predict
-from results_helpers import read_png, run_script, tiny_segmentnet_checkpoint
+from conftest import run_script
+from results_helpers import read_png, tiny_segmentnet_checkpoint
 from segmentnet.inference import run_model
 from segmentnet.visualize import GAP
 

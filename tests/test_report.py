@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 import Report
-from conftest import tiny_train_config
-from results_helpers import read_png, run_script
+from conftest import run_script, tiny_train_config
+from results_helpers import read_png
 from segmentnet.engine import train
 from segmentnet.visualize import GAP, LABEL_HEIGHT
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import TrainSegmentNet
-from conftest import main_exit, script_process, tiny_train_config, train_args
+from conftest import run_script, script_process, tiny_train_config, train_args
 from segmentnet.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from segmentnet.engine import train
 from segmentnet.errors import DataError
@@ -32,35 +32,34 @@ def edited_checkpoint(source: Path, dest: Path, **changes) -> Path:
     return dest
 
 
-def test_resume_refuses_another_model_or_class_count(capsys, tmp_path, tiny_voc, trained):
+def test_resume_refuses_another_model_or_class_count(tmp_path, tiny_voc, trained):
     state = load_checkpoint(trained)
     five = {k: (v[:5] if k.startswith("head.") else v) for k, v in state["model"].items()}
     other = edited_checkpoint(trained, tmp_path / "other.pt", model_name="unet", num_classes=5, model=five)
-    status, err = main_exit(capsys, TrainSegmentNet.main,
-                            *train_args(tiny_voc, tmp_path / "run", resume=other, epochs=2))
+    status, err = run_script(TrainSegmentNet.main, train_args(tiny_voc, tmp_path / "run", resume=other, epochs=2))
     assert status == 2, err
     assert "it is a 'unet' model, this run trains 'segmentnet'" in err
     assert "it has 5 classes, the dataset 'voc2012' has 21" in err
     assert not (tmp_path / "run").exists()
 
 
-def test_resume_refuses_another_dataset_or_a_mid_epoch_batch_size_change(capsys, tmp_path, tiny_voc, trained):
+def test_resume_refuses_another_dataset_or_a_mid_epoch_batch_size_change(tmp_path, tiny_voc, trained):
     other = edited_checkpoint(trained, tmp_path / "other.pt", dataset="cityscapes", step_in_epoch=1)
-    status, err = main_exit(capsys, TrainSegmentNet.main,
-                            *train_args(tiny_voc, tmp_path / "run", resume=other, epochs=2, batch_size=4))
+    status, err = run_script(TrainSegmentNet.main,
+                             train_args(tiny_voc, tmp_path / "run", resume=other, epochs=2, batch_size=4))
     assert status == 2, err
     assert "it was trained on 'cityscapes', this run uses 'voc2012'" in err
     assert "it stopped inside an epoch with batch_size 2, this run's is 4" in err
 
 
-def test_resume_refuses_other_model_options(capsys, tmp_path, tiny_voc, trained):
+def test_resume_refuses_other_model_options(tmp_path, tiny_voc, trained):
     with pytest.raises(DataError, match="model_options"):
         train(tiny_train_config(tiny_voc, tmp_path / "run", batch_size=2, resume=str(trained), epochs=2,
                                 model_options={"width": 4, "depth": 2, "blocks": 1}))
     assert not (tmp_path / "run").exists()
     args = train_args(tiny_voc, tmp_path / "run", resume=trained, epochs=2,
                       model_options={"width": 4, "depth": 2, "blocks": 1})
-    status, err = main_exit(capsys, TrainSegmentNet.main, *args)
+    status, err = run_script(TrainSegmentNet.main, [*args])
     assert status == 2 and "its model_options are {'width': 8, 'depth': 2, 'blocks': 1}" in err, err
     assert not (tmp_path / "run").exists()
 
@@ -90,7 +89,7 @@ class MakesAFile:
         return open, (self.path, "w")
 
 
-def test_malicious_checkpoint_is_refused_and_its_code_never_runs(capsys, tmp_path, tiny_voc):
+def test_malicious_checkpoint_is_refused_and_its_code_never_runs(tmp_path, tiny_voc):
     def payload(path: Path) -> Path:
         checkpoint = tmp_path / f"{path.stem}.pt"
         torch.save({"model": MakesAFile(path), "model_name": "segmentnet"}, checkpoint)
@@ -113,12 +112,12 @@ def test_malicious_checkpoint_is_refused_and_its_code_never_runs(capsys, tmp_pat
     assert not (tmp_path / "run").exists()
 
 
-def test_truncated_checkpoint(capsys, tmp_path, tiny_voc, trained):
+def test_truncated_checkpoint(tmp_path, tiny_voc, trained):
     cut = tmp_path / "cut.pt"
     cut.write_bytes(trained.read_bytes()[: trained.stat().st_size // 2])
     with pytest.raises(DataError, match="is truncated or corrupt"):
         load_checkpoint(cut)
-    status, err = main_exit(capsys, TrainSegmentNet.main, *train_args(tiny_voc, tmp_path / "run", resume=cut))
+    status, err = run_script(TrainSegmentNet.main, train_args(tiny_voc, tmp_path / "run", resume=cut))
     assert status == 2 and f"checkpoint {cut} is truncated or corrupt" in err and "last.pt or best.pt" in err, err
 
 
@@ -134,7 +133,7 @@ def test_truncated_checkpoint(capsys, tmp_path, tiny_voc, trained):
     (dict(optimizer=None), "optimizer is missing"),
     (dict(scheduler=None, epoch_losses=None), "scheduler is missing; epoch_losses is missing"),
 ])
-def test_resume_from_a_checkpoint_of_the_wrong_structure(capsys, tmp_path, tiny_voc, trained, changes, message):
+def test_resume_from_a_checkpoint_of_the_wrong_structure(tmp_path, tiny_voc, trained, changes, message):
     state = load_checkpoint(trained)
     for key, value in changes.items():
         if value is None:
@@ -143,8 +142,7 @@ def test_resume_from_a_checkpoint_of_the_wrong_structure(capsys, tmp_path, tiny_
             state[key] = value
     bad = tmp_path / "bad.pt"
     save_checkpoint(state, bad)
-    status, err = main_exit(capsys, TrainSegmentNet.main,
-                            *train_args(tiny_voc, tmp_path / "run", resume=bad, epochs=2))
+    status, err = run_script(TrainSegmentNet.main, train_args(tiny_voc, tmp_path / "run", resume=bad, epochs=2))
     assert status == 2, err
     assert err.startswith(f"error: checkpoint {bad} is damaged or was not written by TrainSegmentNet.py: ") and \
         message in err, err
@@ -152,13 +150,13 @@ def test_resume_from_a_checkpoint_of_the_wrong_structure(capsys, tmp_path, tiny_
     assert not (tmp_path / "run").exists()
 
 
-def test_resume_from_a_checkpoint_whose_optimizer_state_does_not_fit(capsys, tmp_path, tiny_voc, trained):
+def test_resume_from_a_checkpoint_whose_optimizer_state_does_not_fit(tmp_path, tiny_voc, trained):
     state = load_checkpoint(trained)
     first = next(iter(state["optimizer"]["state"]))
     state["optimizer"]["state"][first]["exp_avg"] = torch.zeros(3)
     save_checkpoint(state, tmp_path / "bad.pt")
-    status, err = main_exit(capsys, TrainSegmentNet.main,
-                            *train_args(tiny_voc, tmp_path / "run", resume=tmp_path / "bad.pt", epochs=2))
+    status, err = run_script(TrainSegmentNet.main,
+                             train_args(tiny_voc, tmp_path / "run", resume=tmp_path / "bad.pt", epochs=2))
     assert status == 2 and "its optimizer state is damaged: exp_avg of a parameter of shape" in err, err
     assert not (tmp_path / "run").exists()
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 import DataExtract
 import DataSeparate
-from conftest import (ROOT, SETS, TINY_COUNTS, VOC, main_exit, make_small_voc, png_declaring, realdata, script_process,
+from conftest import (ROOT, SETS, TINY_COUNTS, VOC, make_small_voc, png_declaring, realdata, run_script, script_process,
                       write_tar_members)
 from segmentnet import synthetic
 from segmentnet.cli import call_main
@@ -353,25 +353,25 @@ PAIR_PROBLEMS = {
 
 
 @pytest.mark.parametrize("kind", sorted(PAIR_PROBLEMS))
-def test_bad_pairs_stop_separation(capsys, tmp_path, kind):
+def test_bad_pairs_stop_separation(tmp_path, kind):
     files = voc2012.synthetic_files(0, TINY_COUNTS)
     stem = first_stem(files)
     raw = write_raw(tmp_path / "data", broken(kind, files, stem))
     where, message = PAIR_PROBLEMS[kind]
     where = where.format(jpg=raw / voc2012.ROOT / "JPEGImages" / f"{stem}.jpg",
                          png=raw / voc2012.ROOT / "SegmentationClass" / f"{stem}.png")
-    status, err = main_exit(capsys, DataSeparate.main, "--data-dir", tmp_path / "data", "--workers", 1)
+    status, err = run_script(DataSeparate.main, ["--data-dir", tmp_path / "data", "--workers", 1])
     assert status == 2, err
     assert f"error: {where}" in err and message in err, err
     # Nothing but the raw files: no data/voc2012, no half-written temporary folder.
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]
 
 
-def test_skip_bad_skips_and_lists_the_pair(capsys, tmp_path):
+def test_skip_bad_skips_and_lists_the_pair(tmp_path):
     files = voc2012.synthetic_files(0, TINY_COUNTS)
     stem = first_stem(files)
     write_raw(tmp_path / "data", broken("colour mask", files, stem))
-    status, _ = main_exit(capsys, DataSeparate.main, "--data-dir", tmp_path / "data", "--workers", 1, "--skip-bad")
+    status, _ = run_script(DataSeparate.main, ["--data-dir", tmp_path / "data", "--workers", 1, "--skip-bad"])
     assert status == 0
     info = json.loads((tmp_path / "data" / "voc2012" / "dataset.json").read_text())
     assert [s["stem"] for s in info["skipped"]] == [stem]
@@ -412,7 +412,7 @@ def escaping_ids(victim: Path) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("case", ["dot-dot", "through a link", "absolute"])
-def test_split_list_ids_that_lead_out_are_refused(capsys, tmp_path, case):
+def test_split_list_ids_that_lead_out_are_refused(tmp_path, case):
     """A link that stays inside the archive is extracted; an id that leads out through it (or
     with '..', or an absolute one) is refused, naming the list, the line and the id; nothing
     outside data/ is read or written."""
@@ -425,9 +425,9 @@ def test_split_list_ids_that_lead_out_are_refused(capsys, tmp_path, case):
     members.append((f"{voc2012.ROOT}/up", "symlink", "JPEGImages"))
     archive = write_tar_members(tmp_path / VOC.filename, members)
     data = tmp_path / "data"
-    status, err = main_exit(capsys, DataExtract.main, "--archive", archive, "--data-dir", data, "--no-verify")
+    status, err = run_script(DataExtract.main, ["--archive", archive, "--data-dir", data, "--no-verify"])
     assert status == 0, err
-    status, err = main_exit(capsys, DataSeparate.main, "--data-dir", data, "--workers", 1)
+    status, err = run_script(DataSeparate.main, ["--data-dir", data, "--workers", 1])
     assert status == 2, err
     listed = data / "raw" / VOC.stem / SETS / "train.txt"
     assert err.startswith(f"error: {listed} line 2: the name {bad_id!r} ") and "Traceback" not in err, err
@@ -435,7 +435,7 @@ def test_split_list_ids_that_lead_out_are_refused(capsys, tmp_path, case):
     assert sorted(p.name for p in data.iterdir()) == ["raw"]
 
 
-def test_raw_files_that_link_out_are_refused(capsys, tmp_path):
+def test_raw_files_that_link_out_are_refused(tmp_path):
     """A raw folder made by hand (or a link added after extraction): a listed image that is a link
     to a file outside data/raw/<archive> is never read."""
     before = victims(tmp_path)
@@ -445,7 +445,7 @@ def test_raw_files_that_link_out_are_refused(capsys, tmp_path):
     image = raw / voc2012.ROOT / "JPEGImages" / f"{stem}.jpg"
     image.unlink()
     image.symlink_to(tmp_path / "victim.jpg")
-    status, err = main_exit(capsys, DataSeparate.main, "--data-dir", tmp_path / "data", "--workers", 1, "--skip-bad")
+    status, err = run_script(DataSeparate.main, ["--data-dir", tmp_path / "data", "--workers", 1, "--skip-bad"])
     assert status == 2, err
     line = files[f"{SETS}/train.txt"].decode().split().index(stem) + 1
     assert err.startswith(f"error: {raw / SETS / 'train.txt'} line {line}: {image} leads to {tmp_path / 'victim.jpg'}, "
@@ -459,7 +459,7 @@ def test_raw_files_that_link_out_are_refused(capsys, tmp_path):
     listed.unlink()
     listed.symlink_to(tmp_path / "victim.txt")
     (tmp_path / "victim.txt").write_text(f"{stem}\n")
-    status, err = main_exit(capsys, DataSeparate.main, "--data-dir", tmp_path / "data", "--workers", 1)
+    status, err = run_script(DataSeparate.main, ["--data-dir", tmp_path / "data", "--workers", 1])
     assert status == 2 and err.startswith(f"error: split list {listed}: {listed} leads to {tmp_path / 'victim.txt'}, "
                                           f"outside {raw.resolve()}"), err
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]
@@ -473,19 +473,19 @@ SPLIT_LIST_PROBLEMS = {
 
 
 @pytest.mark.parametrize("case", sorted(SPLIT_LIST_PROBLEMS))
-def test_bad_split_lists_are_named(capsys, tmp_path, case):
+def test_bad_split_lists_are_named(tmp_path, case):
     raw = write_raw(tmp_path / "data", voc2012.synthetic_files(0, TINY_COUNTS))
     listed = raw / SETS / "train.txt"
     listed.unlink()
     spoil, message = SPLIT_LIST_PROBLEMS[case]
     spoil(listed)
-    status, err = main_exit(capsys, DataSeparate.main, "--data-dir", tmp_path / "data", "--workers", 1)
+    status, err = run_script(DataSeparate.main, ["--data-dir", tmp_path / "data", "--workers", 1])
     assert status == 2 and err.startswith(f"error: {listed}") and message in err, err
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]
 
 
 @pytest.mark.parametrize("slot,size", [("image", (30000, 30000)), ("mask", (10000, 10000))])
-def test_decompression_bomb_is_named_and_skippable(capsys, tmp_path, slot, size):
+def test_decompression_bomb_is_named_and_skippable(tmp_path, slot, size):
     """30000x30000 is past Pillow's error limit, 10000x10000 past its warning limit: both refused
     from the header, before any pixel is allocated."""
     files = voc2012.synthetic_files(0, TINY_COUNTS)
@@ -493,24 +493,24 @@ def test_decompression_bomb_is_named_and_skippable(capsys, tmp_path, slot, size)
     bomb = f"{voc2012.ROOT}/JPEGImages/{stem}.jpg" if slot == "image" else f"{voc2012.ROOT}/SegmentationClass/{stem}.png"
     files[bomb] = png_declaring(*size)
     raw = write_raw(tmp_path / "data", files)
-    status, err = main_exit(capsys, DataSeparate.main, "--data-dir", tmp_path / "data", "--workers", 1)
+    status, err = run_script(DataSeparate.main, ["--data-dir", tmp_path / "data", "--workers", 1])
     assert status == 2, err
     assert f"\nerror: {raw / bomb}: the {slot} declares more pixels than any image of a dataset" in err, err
     assert "decompression bomb" in err and "Traceback" not in err
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]
-    status, err = main_exit(capsys, DataSeparate.main, "--data-dir", tmp_path / "data", "--workers", 1, "--skip-bad")
+    status, err = run_script(DataSeparate.main, ["--data-dir", tmp_path / "data", "--workers", 1, "--skip-bad"])
     assert status == 0, err
     info = json.loads((tmp_path / "data" / "voc2012" / "dataset.json").read_text())
     assert [s["stem"] for s in info["skipped"]] == [stem] and "decompression bomb" in info["skipped"][0]["error"]
 
 
 @pytest.mark.parametrize("content", [b"{\"counts\": {\"train\"", b"[1, 2]", b"\xff\xfe"])
-def test_corrupt_dataset_json_of_a_finished_separation(capsys, tmp_path, content):
+def test_corrupt_dataset_json_of_a_finished_separation(tmp_path, content):
     make_small_voc(tmp_path, counts=TINY_COUNTS)
     summary = tmp_path / "voc2012" / "dataset.json"
     summary.write_bytes(content)
-    status, err = main_exit(capsys, DataSeparate.main, "--data-dir", tmp_path, "--workers", 1)
+    status, err = run_script(DataSeparate.main, ["--data-dir", tmp_path, "--workers", 1])
     assert status == 2 and err.startswith(f"error: {summary} ") and "pass --force to separate again" in err, err
-    status, err = main_exit(capsys, DataSeparate.main, "--data-dir", tmp_path, "--workers", 1, "--force")
+    status, err = run_script(DataSeparate.main, ["--data-dir", tmp_path, "--workers", 1, "--force"])
     assert status == 0, err
     assert json.loads(summary.read_text())["counts"] == {"train": 3, "val": 1}

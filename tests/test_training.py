@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import TrainSegmentNet
-from conftest import main_exit, tiny_train_config, train_args
+from conftest import run_script, tiny_train_config, train_args
 from segmentnet.checkpoint import load_checkpoint
 from segmentnet.datasets import DATASETS
 from segmentnet.engine import train
@@ -466,21 +466,21 @@ def test_a_finished_run_without_its_checkpoints_is_no_leftover(small_voc, tmp_pa
     ({"workers": -2}, "workers must be >= 0 (or -1 for one per CPU core), got -2"),
     ({"time_budget": -1.0}, "time_budget must be >= 0 minutes"), ({"colour_jitter": 1.0}, "colour_jitter must be in"),
 ])
-def test_impossible_settings_rejected_before_any_work(capsys, tmp_path, tiny_voc, overrides, message):
+def test_impossible_settings_rejected_before_any_work(tmp_path, tiny_voc, overrides, message):
     """A ConfigError from train(), and from the script exit 2 with the message; no run folder either way.
     The settings themselves are checked before the dataset is read (train() is given no dataset then)."""
     data = tiny_voc if message.startswith(("crop_size 400", "the train split")) else tmp_path / "no-data-here"
     with pytest.raises(ConfigError, match=re.escape(message)):
         train(tiny_train_config(data, tmp_path / "run", **{"batch_size": 2, **overrides}))
     assert not (tmp_path / "run").exists()
-    status, err = main_exit(capsys, TrainSegmentNet.main, *train_args(tiny_voc, tmp_path / "run", **overrides))
+    status, err = run_script(TrainSegmentNet.main, train_args(tiny_voc, tmp_path / "run", **overrides))
     assert status == 2 and err.startswith("error: ") and message in err, err
     if "crop_size 400" in message:
         assert "lower crop_size, raise scale_min or set pad true" in err
     assert not (tmp_path / "run").exists()
 
 
-def test_infinity_in_a_config_file(capsys, tmp_path, tiny_voc):
+def test_infinity_in_a_config_file(tmp_path, tiny_voc):
     import dataclasses
 
     values = dataclasses.asdict(tiny_train_config(tiny_voc, tmp_path / "run", batch_size=2, scale_max=float("inf"),
@@ -488,7 +488,7 @@ def test_infinity_in_a_config_file(capsys, tmp_path, tiny_voc):
     path = tmp_path / "run.json"
     path.write_text(json.dumps(values))  # Python's json writes (and reads) Infinity and NaN
     assert "Infinity" in path.read_text()
-    status, err = main_exit(capsys, TrainSegmentNet.main, "--config", path)
+    status, err = run_script(TrainSegmentNet.main, ["--config", path])
     assert status == 2 and "scale_max must be a finite number, got inf" in err, err
     assert "warmup_epochs must be a finite number, got nan" in err
     assert not (tmp_path / "run").exists()
@@ -496,8 +496,8 @@ def test_infinity_in_a_config_file(capsys, tmp_path, tiny_voc):
 
 
 
-def test_missing_prepared_dataset(capsys, tmp_path):
-    status, err = main_exit(capsys, TrainSegmentNet.main, *train_args(tmp_path / "nothing", tmp_path / "run"))
+def test_missing_prepared_dataset(tmp_path):
+    status, err = run_script(TrainSegmentNet.main, train_args(tmp_path / "nothing", tmp_path / "run"))
     assert status == 2 and "dataset.json not found: run DataSeparate.py first" in err, err
     assert not (tmp_path / "run").exists()
 
@@ -536,23 +536,23 @@ def damaged_dataset_json(kind: str, info: dict):
     ("std of zero", "std must be 3 positive numbers, got [0, 0.2, 0.2]"),
     ("pixel counts as text", "pixel_counts must be a JSON object of 21 pixel counts per split"),
 ])
-def test_damaged_dataset_json(capsys, tmp_path, tiny_voc, kind, message):
+def test_damaged_dataset_json(tmp_path, tiny_voc, kind, message):
     data = copied_dataset(tiny_voc, tmp_path)
     path = data / "voc2012" / "dataset.json"
     damaged = damaged_dataset_json(kind, json.loads(path.read_text()))
     path.write_text(damaged if isinstance(damaged, str) else json.dumps(damaged))
-    status, err = main_exit(capsys, TrainSegmentNet.main, *train_args(data, tmp_path / "run"))
+    status, err = run_script(TrainSegmentNet.main, train_args(data, tmp_path / "run"))
     assert status == 2 and err.startswith(f"error: {path} is damaged: ") and message in err, err
     assert "Run DataSeparate.py again with --force" in err
     assert not (tmp_path / "run").exists()
 
 
-def test_prepared_split_without_masks(capsys, tmp_path, tiny_voc):
+def test_prepared_split_without_masks(tmp_path, tiny_voc):
     import shutil
 
     data = copied_dataset(tiny_voc, tmp_path)
     shutil.rmtree(data / "voc2012" / "val" / "masks")
-    status, err = main_exit(capsys, TrainSegmentNet.main, *train_args(data, tmp_path / "run"))
+    status, err = run_script(TrainSegmentNet.main, train_args(data, tmp_path / "run"))
     assert status == 2, err
     assert f"error: {data / 'voc2012' / 'val' / 'masks'} not found: the prepared split 'val' has images but no " \
            f"masks, and training needs them" in err
@@ -560,7 +560,7 @@ def test_prepared_split_without_masks(capsys, tmp_path, tiny_voc):
 
 
 @pytest.mark.parametrize("workers", [0, 1])
-def test_labels_beyond_the_classes_in_a_prepared_dataset(capsys, tmp_path, tiny_voc, workers):
+def test_labels_beyond_the_classes_in_a_prepared_dataset(tmp_path, tiny_voc, workers):
     data = copied_dataset(tiny_voc, tmp_path)
     mask_path = sorted((data / "voc2012" / "train" / "masks").iterdir())[1]  # (not one of the sample grid's)
     with Image.open(mask_path) as mask:
@@ -570,8 +570,7 @@ def test_labels_beyond_the_classes_in_a_prepared_dataset(capsys, tmp_path, tiny_
     spoiled = Image.fromarray(labels, mode="P")
     spoiled.putpalette(palette)
     spoiled.save(mask_path)
-    status, err = main_exit(capsys, TrainSegmentNet.main,
-                            *train_args(data, tmp_path / "run", workers=workers, crop_size=400))
+    status, err = run_script(TrainSegmentNet.main, train_args(data, tmp_path / "run", workers=workers, crop_size=400))
     assert status == 2, err
     assert f"mask {mask_path.name} holds label values [21, 40], outside the 21 classes of dataset.json (0..20, or " \
            f"255 for 'ignore')" in err
@@ -579,19 +578,19 @@ def test_labels_beyond_the_classes_in_a_prepared_dataset(capsys, tmp_path, tiny_
     assert "Traceback" not in err
 
 
-def test_out_is_an_existing_file(capsys, tmp_path, tiny_voc):
+def test_out_is_an_existing_file(tmp_path, tiny_voc):
     out = tmp_path / "notes.txt"
     out.write_text("mine")
-    status, err = main_exit(capsys, TrainSegmentNet.main, *train_args(tiny_voc, out))
+    status, err = run_script(TrainSegmentNet.main, train_args(tiny_voc, out))
     assert status == 2 and f"error: run folder {out} is an existing file, not a folder; choose another --out" in err
     assert out.read_text() == "mine"
 
 
-def test_out_holding_files_of_another_kind(capsys, tmp_path, tiny_voc):
+def test_out_holding_files_of_another_kind(tmp_path, tiny_voc):
     out = tmp_path / "photos"
     out.mkdir()
     (out / "holiday.jpg").write_bytes(b"mine")
-    status, err = main_exit(capsys, TrainSegmentNet.main, *train_args(tiny_voc, out))
+    status, err = run_script(TrainSegmentNet.main, train_args(tiny_voc, out))
     assert status == 2, err
     assert f"error: run folder {out} cannot be used: it holds files that TrainSegmentNet did not write " \
            f"(holiday.jpg)" in err
