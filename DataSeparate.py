@@ -12,14 +12,10 @@ a run killed outright leaves a hidden .<dataset>.partial-* folder that the next 
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 
-from segmentnet.cli import call_main
+from segmentnet.cli import call_main, stop_cleanly_on_signals
 from segmentnet.datasets import DATASETS, get_dataset
 from segmentnet.datasets.separate import separate
 
@@ -44,36 +40,10 @@ def dataset_options(args) -> dict:
     return {name: value for name, value in given.items() if value is not None}
 
 
-@contextmanager
-def stop_cleanly_on_signals(names=("SIGTERM", "SIGHUP")):
-    """Turn these signals into SystemExit(128 + signal), so that separate() removes its partial
-    folder on the way out, as it does for Ctrl-C; the previous handlers come back afterwards.
-    Worker processes (forked with the handler) die of the signal as usual."""
-    owner = os.getpid()
-    signals = [getattr(signal, name) for name in names if hasattr(signal, name)]
-    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
-        signals = []
-
-    def stop(signum, frame):
-        if os.getpid() != owner:  # a pool worker, e.g. stopped by pool.terminate()
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        print(f"stopped by signal {signum}: nothing was written; run DataSeparate.py again", file=sys.stderr)
-        raise SystemExit(128 + signum)
-
-    previous = {s: signal.signal(s, stop) for s in signals}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     info = get_dataset(args.dataset)
-    with stop_cleanly_on_signals():
+    with stop_cleanly_on_signals("nothing was written; run DataSeparate.py again"):
         summary = separate(info, Path(args.data_dir), skip_bad=args.skip_bad, workers=args.workers,
                            force=args.force, options=dataset_options(args))
     out = Path(args.data_dir) / info.name

@@ -18,7 +18,7 @@ import re
 import sys
 from pathlib import Path
 
-from segmentnet.cli import call_main
+from segmentnet.cli import call_main, stop_cleanly_on_signals
 from segmentnet.errors import UsageError
 from segmentnet.inference import add_inference_arguments, evaluate_checkpoint, resolve_device, tta_from_args
 from segmentnet.outputs import folder_not_file
@@ -48,10 +48,11 @@ def main(argv=None) -> int:
     out_dir = folder_not_file(args.out or args.checkpoint.parent, "--out")
     name = args.checkpoint.stem + ("-onnx" if args.checkpoint.suffix.lower() == ".onnx" else "")
     paths = evaluation_paths(out_dir, f"eval-{name}-{args.split}{tta.tag}")  # refused before the work
-    result = evaluate_checkpoint(args.checkpoint, args.data_dir, args.split, tta, resolve_device(args.device),
-                                 workers=args.workers, progress=not args.no_progress)
-    print(evaluation_table(result))
-    json_path, md_path = write_evaluation(result, paths)
+    with stop_cleanly_on_signals("the file being written was removed; run Evaluate.py again"):
+        result = evaluate_checkpoint(args.checkpoint, args.data_dir, args.split, tta, resolve_device(args.device),
+                                     workers=args.workers, progress=not args.no_progress)
+        print(evaluation_table(result))
+        json_path, md_path = write_evaluation(result, paths)
     print(f"\nwrote {json_path} and {md_path}")
     return 0
 

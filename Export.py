@@ -19,7 +19,7 @@ import re
 import sys
 from pathlib import Path
 
-from segmentnet.cli import call_main
+from segmentnet.cli import call_main, stop_cleanly_on_signals
 from segmentnet.errors import UsageError
 from segmentnet.export import OPSET, export_checkpoint
 from segmentnet.onnx_model import INPUT_TYPES
@@ -57,7 +57,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if not 13 <= args.opset <= 23:
         raise UsageError(f"--opset must be from 13 to 23 (the opsets torch's exporter writes), got {args.opset}")
-    out = export_checkpoint(args.checkpoint, args.out, args.input, args.opset, args.check_sizes)
+    with stop_cleanly_on_signals("the unverified file was removed; run Export.py again"):
+        out = export_checkpoint(args.checkpoint, args.out, args.input, args.opset, args.check_sizes)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, opset {args.opset}, input {args.input}); "
           f"predict with: python Predict.py {out} IMAGES... --out DIR")
     return 0

@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from segmentnet.cli import call_main
+from segmentnet.cli import call_main, stop_cleanly_on_signals
 from segmentnet.data import image_paths
 from segmentnet.datasets.common import read_index_mask
 from segmentnet.errors import DataError, UsageError
@@ -87,21 +87,23 @@ def main(argv=None) -> int:
     palette = state["palette"]
     panels = 0
     bar = tqdm(total=len(paths), desc="predict", unit="image", disable=args.no_progress)
-    for start in range(0, len(paths), args.batch_size):
-        chunk = paths[start:start + args.batch_size]
-        images = [read_rgb(p) for p in chunk]
-        truths = [read_truth(args.masks, p.stem, state["num_classes"]) for p in chunk]
-        predictions = predict_masks(model, images, state["mean"], state["std"], tta, args.batch_size)
-        for path, image, truth, prediction in zip(chunk, images, truths, predictions):
-            with writing_into(out, f"masks/{path.stem}.png", "--out") as target:
-                save_mask_png(prediction, palette, target)
-            with writing_into(out, f"overlays/{path.stem}.png", "--out") as target:
-                save_png(overlay(image, prediction, palette), target)
-            if truth is not None:
-                with writing_into(out, f"panels/{path.stem}.png", "--out") as target:
-                    save_png(panel(image, truth, prediction, palette), target)
-                panels += 1
-        bar.update(len(chunk))
+    with stop_cleanly_on_signals("the masks written so far are whole, the one being written was removed; run "
+                                 "Predict.py again"):
+        for start in range(0, len(paths), args.batch_size):
+            chunk = paths[start:start + args.batch_size]
+            images = [read_rgb(p) for p in chunk]
+            truths = [read_truth(args.masks, p.stem, state["num_classes"]) for p in chunk]
+            predictions = predict_masks(model, images, state["mean"], state["std"], tta, args.batch_size)
+            for path, image, truth, prediction in zip(chunk, images, truths, predictions):
+                with writing_into(out, f"masks/{path.stem}.png", "--out") as target:
+                    save_mask_png(prediction, palette, target)
+                with writing_into(out, f"overlays/{path.stem}.png", "--out") as target:
+                    save_png(overlay(image, prediction, palette), target)
+                if truth is not None:
+                    with writing_into(out, f"panels/{path.stem}.png", "--out") as target:
+                        save_png(panel(image, truth, prediction, palette), target)
+                    panels += 1
+            bar.update(len(chunk))
     bar.close()
     print(f"predicted {len(paths)} image(s) on {device}: masks in {out / 'masks'}, overlays in "
           f"{out / 'overlays'}" + (f", {panels} image|truth|prediction panels in {out / 'panels'}"

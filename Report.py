@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from segmentnet.cli import call_main
+from segmentnet.cli import call_main, stop_cleanly_on_signals
 from segmentnet.report import build_report
 
 
@@ -26,7 +26,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("report.html"),
                         help="the HTML page, ending in .html (Markdown twin: .md)")
     args = parser.parse_args(argv)
-    html_path, md_path = build_report(args.runs, args.out)
+    with stop_cleanly_on_signals("the file being written was removed; run Report.py again"):
+        html_path, md_path = build_report(args.runs, args.out)
     print(f"wrote {html_path} and {md_path} ({len(args.runs)} run(s))")
     return 0
 

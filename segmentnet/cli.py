@@ -2,8 +2,12 @@
 anything else is a bug, reported with its traceback and a request to report it."""
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 import traceback
+from contextlib import contextmanager
 
 from .errors import SegmentNetError
 
@@ -19,6 +23,33 @@ def error_text(exc: BaseException) -> str:
     if "Original Traceback" in text:
         text = text.rstrip().splitlines()[-1].split(": ", 1)[-1] + " (in a data loader worker)"
     return text
+
+
+@contextmanager
+def stop_cleanly_on_signals(then: str, names=("SIGTERM", "SIGHUP")):
+    """Turn these signals into SystemExit(128 + signal) inside the block, so that its clean-up runs on
+    the way out as it does for Ctrl-C (atomic_path removes its temporary file, a separation its
+    partial folder); prints 'stopped by signal N: <then>'. The previous handlers come back afterwards.
+    Worker processes (forked with the handler) die of the signal as usual."""
+    owner = os.getpid()
+    signals = [getattr(signal, name) for name in names if hasattr(signal, name)]
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        signals = []
+
+    def stop(signum, frame):
+        if os.getpid() != owner:  # a pool worker, e.g. stopped by pool.terminate()
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        print(f"stopped by signal {signum}: {then}", file=sys.stderr)
+        raise SystemExit(128 + signum)
+
+    previous = {s: signal.signal(s, stop) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def call_main(main, argv=None) -> int:

@@ -16,7 +16,11 @@ import tokenize
 import typing
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
+from .files import read_regular
+from .jsonfile import loads as json_loads
+
+MAX_CONFIG_BYTES = 1 << 20  # a config file of hyperparameters is a few hundred bytes
 
 
 # ----------------------------------------------------------------------------- values read from files
@@ -25,17 +29,28 @@ from .errors import ConfigError
 
 
 def is_number(value) -> bool:
-    """A finite number (true and false, NaN and Infinity are none)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite number that a float holds (true and false, NaN, Infinity and integers beyond 1e308 are none)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+FLOAT32_MAX = 3.4e38      # a value that reaches a float32 tensor must lie well within float32's range
+FLOAT32_TINY = 1.2e-38    # ... and not vanish to 0 there (a divisor, such as a standard deviation)
+INT64_MAX = 2 ** 63 - 1   # an int that reaches torch or numpy must fit in int64
+
+
+def is_float32(value, positive: bool = False) -> bool:
+    """A finite number that float32 holds as it is: |value| <= FLOAT32_MAX and, when positive, > 0 and
+    not below float32's smallest normal number (it would become 0 or lose its digits)."""
+    return is_number(value) and abs(value) <= FLOAT32_MAX and (not positive or value >= FLOAT32_TINY)
 
 
 def is_whole(value, low: int = 0, high: float = math.inf) -> bool:
     return type(value) is int and low <= value <= high
-
-
-def is_three_numbers(value, positive: bool = False) -> bool:
-    """A per-channel mean (or, positive, a standard deviation)."""
-    return isinstance(value, list) and len(value) == 3 and all(is_number(x) and (x > 0 or not positive) for x in value)
 
 
 def is_colours(value, count: int = 0) -> bool:
@@ -95,8 +110,8 @@ def _parse_bool(text: str) -> bool:
 
 def _parse_json_dict(text: str) -> dict:
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
+        value = json_loads(text)
+    except ValueError as exc:  # not JSON, or beyond jsonfile's limits (nesting, digits)
         raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"width\": 16}}': {exc}")
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
@@ -147,6 +162,9 @@ def config_from_dict(cls, values: dict, source: str = "config"):
     clean = {}
     for key, value in values.items():
         expected = hints.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64_MAX:
+            raise ConfigError(f"{source}: {key} is an integer of {len(str(abs(value)))} digits, beyond what any "
+                              f"setting can be (at most {INT64_MAX})")
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if expected in (int, float, bool, str) and (not isinstance(value, expected) or
@@ -162,22 +180,21 @@ def parse_config(cls, argv=None, description: str = "", settings: dict | None = 
     values = {}
     if args.config:
         path = Path(args.config)
-        if path.exists() and not (path.is_file() or path.is_dir()):  # (reading a fifo would hang)
-            raise ConfigError(f"--config {path} is a special file (a fifo or a device); give the JSON file of "
-                              f"hyperparameters")
+        if path.is_dir():
+            raise ConfigError(f"--config {path} is a folder; give the JSON file of hyperparameters")
         try:
-            values = json.loads(path.read_text(encoding="utf-8"))
+            values = json_loads(read_regular(path, "--config", MAX_CONFIG_BYTES))
         except FileNotFoundError:
             raise ConfigError(f"--config {path}: no such file") from None
-        except IsADirectoryError:
-            raise ConfigError(f"--config {path} is a folder; give the JSON file of hyperparameters") from None
         except OSError as exc:
             raise ConfigError(f"--config {path} cannot be read ({exc.strerror or exc}); check that it is a file "
                               f"you may read") from None
+        except DataError as exc:  # a fifo, a device or a file too large
+            raise ConfigError(str(exc)) from None
         except UnicodeDecodeError as exc:
             raise ConfigError(f"--config {path} is not text (UTF-8): {exc}; give the JSON file of "
                               f"hyperparameters") from None
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # not JSON, or beyond jsonfile's limits
             raise ConfigError(f"--config {path}: not valid JSON ({exc})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"--config {path}: expected a JSON object of hyperparameters")

@@ -3,7 +3,6 @@ training's loaders."""
 from __future__ import annotations
 
 import glob
-import json
 import math
 import os
 import signal
@@ -15,9 +14,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .config import entry_problems, is_colours, is_three_numbers, is_whole
+from .config import INT64_MAX, entry_problems, is_colours, is_whole
+from .description import RULES as DESCRIPTION_RULES
 from .datasets.common import IGNORE_INDEX
 from .errors import ConfigError, DataError
+from .files import is_regular, read_json
 from .transforms import decode_rgb, eval_transform, train_transform
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -34,9 +35,9 @@ def dataset_json_problems(info, complete: bool = True) -> list[str]:
     rules = {
         "name": (lambda v: isinstance(v, str) and v != "", "the dataset's name (text)"),
         "ignore_index": (lambda v: is_whole(v, IGNORE_INDEX, IGNORE_INDEX), str(IGNORE_INDEX)),
-        "mean": (is_three_numbers, "3 numbers"),
-        "std": (lambda v: is_three_numbers(v, positive=True), "3 positive numbers"),
-        "counts": (lambda v: isinstance(v, dict) and all(is_whole(c) for c in v.values()),
+        "mean": DESCRIPTION_RULES["mean"],  # (they reach float32 tensors: the ranges a checkpoint's must have)
+        "std": DESCRIPTION_RULES["std"],
+        "counts": (lambda v: isinstance(v, dict) and all(is_whole(c, 0, INT64_MAX) for c in v.values()),
                    "a JSON object of image counts per split"),
     }
     if n is not None:
@@ -45,7 +46,7 @@ def dataset_json_problems(info, complete: bool = True) -> list[str]:
                         f"a list of {n} class names"),
             "palette": (lambda v: is_colours(v, n), f"a list of at least {n} [r, g, b] colours (0 to 255)"),
             "pixel_counts": (lambda v: isinstance(v, dict) and all(
-                isinstance(c, list) and len(c) == n and all(map(is_whole, c)) for c in v.values()),
+                isinstance(c, list) and len(c) == n and all(is_whole(x, 0, INT64_MAX) for x in c) for c in v.values()),
                              f"a JSON object of {n} pixel counts per split"),
         }
     return entry_problems(info, rules, optional=() if complete else set(rules))
@@ -58,8 +59,8 @@ def read_dataset_json(root: Path, complete: bool = True) -> dict:
     if not path.is_file():
         raise DataError(f"{path} not found: run DataSeparate.py first (or point --data-dir at the right folder)")
     try:
-        info = json.loads(path.read_bytes())
-    except (ValueError, UnicodeDecodeError) as exc:
+        info = read_json(path, "the dataset description")
+    except ValueError as exc:  # not JSON, not UTF-8, or beyond jsonfile's limits
         problems = [f"it is not valid JSON ({exc})"]
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from None
@@ -159,6 +160,9 @@ class SegmentationDataset(Dataset):
         """
         path = self.images[index]
         try:
+            for file in (path, self.mask_path(index)) if self.with_masks else (path,):
+                if not is_regular(file):  # a fifo would hang the loader, a device feed it without end
+                    raise OSError(f"{file.name} is not a regular file (a fifo, a device, a folder, or missing)")
             image = Image.open(path)
             if decode or image.mode != "RGB":
                 image, _ = decode_rgb(image)

@@ -33,7 +33,7 @@ from .optim import (AMP_DTYPES, CLASS_WEIGHTS, OPTIMIZERS, build_optimizer, clas
                     make_scaler, optimizer_steps_per_epoch)
 from .resume import check_resumable, restore, training_checkpoint
 from .runs import METRICS, append_metrics, drop_metrics_after, prepare_run_dir, resume_hint
-from .train_state import EpochPace, TrainState
+from .train_state import MAX_TIME_BUDGET, EpochPace, TrainState
 from .visualize import EpochPictures
 
 
@@ -71,7 +71,8 @@ def check_config(cfg) -> None:
     need(cfg.grad_accum >= 1, f"grad_accum must be >= 1, got {cfg.grad_accum}")
     need(0 <= cfg.colour_jitter < 1, f"colour_jitter must be in [0, 1), got {cfg.colour_jitter}")
     need(is_whole(cfg.val_every, 1), f"val_every must be a whole number >= 1, got {cfg.val_every}")
-    need(not cfg.time_budget < 0, f"time_budget must be >= 0 minutes (0: no budget), got {cfg.time_budget}")
+    need(0 <= cfg.time_budget <= MAX_TIME_BUDGET or math.isnan(cfg.time_budget),
+         f"time_budget must be from 0 (no budget) to {MAX_TIME_BUDGET} minutes (ten years), got {cfg.time_budget}")
     need(0 <= cfg.seed < 2 ** 32, f"seed must be from 0 to 2**32 - 1, got {cfg.seed}")
     need(cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"),
          f"device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}")

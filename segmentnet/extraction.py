@@ -19,6 +19,7 @@ from pathlib import Path
 from .archive import (COPY_CHUNK, MARKER, READ_ERRORS, WRITE_ERRNOS, Archive, Member, check_members, list_members,
                       md5sum, normalise_name, open_archive, wanted)
 from .errors import DataError
+from .files import read_json
 
 
 def _copy_bounded(src, dst_path: Path, limit: int, where: str) -> None:
@@ -77,8 +78,8 @@ def read_marker(target: Path) -> dict | None:
     try:
         if not (marker.exists() or marker.is_symlink()):
             return None
-        record = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
+        record = read_json(marker, "the extraction's marker")
+    except (OSError, ValueError, DataError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         problem = f"it cannot be read as JSON ({reason})"
     else:

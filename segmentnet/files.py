@@ -10,19 +10,25 @@ all, and a tool writes only into folders it owns.
   so nothing a user made by hand, or another tool wrote, is ever overwritten or deleted.
 - `open_no_follow`: open a file a tool appends to or locks in place (not by renaming over it) without
   following a link planted at its name, and only when it is a regular file.
+- `open_regular` / `read_regular`: every file a tool reads (checkpoints, ONNX files, JSON, images) is
+  opened without blocking and used only when it is a regular file of bounded size: a fifo would hang
+  the reader, a link to /dev/zero would feed it without end.
 """
 from __future__ import annotations
 
 import errno
 import json
 import os
+import re
 import stat
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import DataError
+from .jsonfile import loads as json_loads
 
 OWNER_FILE = ".segmentnet-owner.json"
+MAX_JSON_BYTES = 1 << 26  # any JSON file the tools read (metrics.jsonl of a long run with many classes: a few MB)
 
 
 def plain_name(name: str, where: str) -> str:
@@ -60,11 +66,39 @@ def child(folder: Path, name: str, where: str, suffix: str = "") -> Path:
     return check_inside(folder, Path(folder) / (plain_name(name, where) + suffix), where)
 
 
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):  # another user's process (or no pid at all)
+        return pid > 0 and not isinstance(pid, bool)
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files that atomic_path made for `path` in processes that no longer run
+    (killed outright, SIGKILL or power loss, before they could clean up)."""
+    pattern = re.compile(re.escape(f".{path.stem}.tmp-") + r"(\d{1,10})" + re.escape(path.suffix) + r"\Z")
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        match = pattern.match(name)
+        if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
+            stale = path.parent / name
+            if stale.is_file() and not stale.is_symlink():
+                stale.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_path(path):
-    """Yield a temporary path next to `path` (same suffix); rename it over `path` if the block succeeds."""
+    """Yield a temporary path next to `path` (same suffix); rename it over `path` if the block succeeds.
+    Temporaries of this path left by killed processes are removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
         yield tmp
@@ -82,8 +116,8 @@ def write_text_atomic(path, text: str) -> None:
 def owner_of(folder: Path) -> dict | None:
     """The ownership record of a folder, or None when no SegmentNet tool wrote it (or it is unreadable)."""
     try:
-        record = json.loads((Path(folder) / OWNER_FILE).read_text())
-    except (OSError, ValueError):
+        record = read_json(Path(folder) / OWNER_FILE, "the ownership record")
+    except (OSError, ValueError, DataError):
         return None
     return record if isinstance(record, dict) and isinstance(record.get("tool"), str) else None
 
@@ -95,12 +129,31 @@ def mark_owned(folder: Path, tool: str, **facts) -> None:
 
 def claim_folder(folder: Path, tool: str, what: str = "output folder") -> Path:
     """Make `folder` the output folder of `tool`: create it, or accept it when it is empty or was
-    written by the same tool. Refuses a file, a link to nothing, or a folder holding anything else,
-    naming it. (A writer of the folder then makes each file with outputs.writing_into.)"""
+    written by the same tool (check_claimable's refusals first). (A writer of the folder then makes
+    each file with outputs.writing_into.)"""
+    folder = check_claimable(folder, tool, what)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if owner_of(folder) is None:
+            mark_owned(folder, tool)
+    except OSError as exc:
+        raise DataError(f"{what} {folder} cannot be made or written: {exc.strerror or exc} "
+                        f"({exc.filename or folder}); check its permissions, or choose another path") from None
+    return folder
+
+
+def check_claimable(folder: Path, tool: str, what: str = "output folder") -> Path:
+    """`folder` when claim_folder may take it for `tool`, checked before any work; DataError naming it
+    when it is a file, a link (a planted one would lead the outputs and the ownership record anywhere,
+    e.g. into a dataset), or a folder holding what another tool or a person wrote."""
     folder = Path(folder)
     if folder.is_symlink() and not folder.exists():
         raise DataError(f"{what} {folder} is a link to {os.readlink(folder)}, which does not exist; {tool} does not "
                         f"create folders at the end of a link. Remove the link, or choose another path")
+    if folder.is_symlink():
+        raise DataError(f"{what} {folder} is a link (to {os.readlink(folder)}); {tool} writes only into a real "
+                        f"folder, never through a link, which could lead its outputs onto other files. Remove the "
+                        f"link, or give the folder it leads to")
     if folder.exists() and not folder.is_dir():
         raise DataError(f"{what} {folder} is an existing file, not a folder; choose another path")
     try:
@@ -111,12 +164,9 @@ def claim_folder(folder: Path, tool: str, what: str = "output folder") -> Path:
                                 f"into such a folder. Choose a new or empty folder")
             if record is not None and record["tool"] != tool:
                 raise DataError(f"{what} {folder} was written by {record['tool']}, not {tool}; choose another folder")
-        folder.mkdir(parents=True, exist_ok=True)
-        if owner_of(folder) is None:
-            mark_owned(folder, tool)
     except OSError as exc:
-        raise DataError(f"{what} {folder} cannot be made or written: {exc.strerror or exc} "
-                        f"({exc.filename or folder}); check its permissions, or choose another path") from None
+        raise DataError(f"{what} {folder} cannot be read: {exc.strerror or exc} ({exc.filename or folder}); check "
+                        f"its permissions, or choose another path") from None
     return folder
 
 
@@ -145,3 +195,51 @@ def open_no_follow(path, flags: int, what: str) -> int:
         os.close(fd)
         raise refuse("not a regular file (a fifo, a device or another special file)")
     return fd
+
+
+def open_regular(path, what: str, max_bytes: int | None = None):
+    """A binary file object of `path` for reading, when it is a regular file (links followed) of at most
+    `max_bytes`; DataError naming `what` when it is a fifo, a device or another special file (opened
+    without blocking, so a fifo cannot hang the reader), or too large. OSErrors pass through."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            if stat.S_ISDIR(info.st_mode):
+                raise DataError(f"{what} {path} is a folder, not a file; give the file itself")
+            raise DataError(f"{what} {path} is a special file (a fifo, a device or a socket), not a regular file; "
+                            f"SegmentNet reads only regular files (a fifo would hang it, a device feed it without "
+                            f"end). Give the file itself")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise DataError(f"{what} {path} is {info.st_size} bytes, more than the {max_bytes} such a file can be; "
+                            f"it is not one SegmentNet wrote, or is damaged")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path, what: str, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most max_bytes (open_regular's checks); the size is checked
+    again while reading, for a file that grows."""
+    with open_regular(path, what, max_bytes) as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise DataError(f"{what} {path} is more than {max_bytes} bytes; it is not one SegmentNet wrote, or is damaged")
+    return data
+
+
+def read_json(path, what: str):
+    """A JSON file from outside, within one set of limits: a regular file of at most MAX_JSON_BYTES
+    (open_regular; DataError), parsed by jsonfile.loads (ValueError: not UTF-8 or JSON, or nested too
+    deeply, or an integer of too many digits). OSErrors pass through."""
+    return json_loads(read_regular(path, what, MAX_JSON_BYTES))
+
+
+def is_regular(path) -> bool:
+    """Whether `path` is a regular file, links followed (not a fifo, a device, a folder; not missing)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False

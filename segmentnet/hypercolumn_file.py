@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .files import MAX_JSON_BYTES, open_regular
+from .jsonfile import loads as json_loads
 
 MAGIC = b"SEGMENTNET HYPERCOLUMNS 1\n"
 
@@ -21,13 +23,15 @@ MAGIC = b"SEGMENTNET HYPERCOLUMNS 1\n"
 def read_header(path: Path) -> tuple[dict, int]:
     """(header, offset of the data) of a hypercolumns file."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, "the hypercolumns file") as f:
             magic = f.read(len(MAGIC))
             length_bytes = f.read(8)
             if magic != MAGIC or len(length_bytes) != 8:
                 raise DataError(f"{path} is not a hypercolumns file (written by 'Hypercolumns.py extract')")
             (length,) = struct.unpack("<Q", length_bytes)
-            header = json.loads(f.read(length))
+            if length > MAX_JSON_BYTES:
+                raise ValueError(f"a header of {length} bytes")
+            header = json_loads(f.read(length))
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read its header ({exc}); run extract again with --force") from None
     offset = data_offset(length)

@@ -25,9 +25,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .checkpoint import description_problems, load_checkpoint, model_from_checkpoint
+from .checkpoint import is_weights, load_checkpoint, model_from_checkpoint
+from .description import check_description
 from .distributed import pick_device
 from .errors import DataError, UsageError
+from .files import open_regular
 from .onnx_model import OnnxModel
 from .transforms import normalize
 
@@ -133,41 +135,10 @@ def check_checkpoint_entries(state: dict, name) -> None:
     """DataError naming the checkpoint when an entry inference reads is missing or of the wrong kind."""
     if "model" not in state:
         raise DataError(f"checkpoint {name} lacks model: it was not written by TrainSegmentNet.py")
-    if not (isinstance(state["model"], dict) and all(isinstance(v, torch.Tensor) for v in state["model"].values())):
+    if not is_weights(state["model"]):
         raise DataError(f"checkpoint {name}: the entries model are not what TrainSegmentNet.py writes (a dict of "
-                        f"tensors); the file is corrupt or was not written by SegmentNet")
+                        f"names to dense tensors of real numbers); the file is corrupt or was not written by SegmentNet")
     check_description(state, f"checkpoint {name}")
-
-
-def check_description(state: dict, name: str) -> None:
-    """The entries that describe a model to inference (all but its weights), of a checkpoint or of an
-    exported model's metadata (`name` says which file): DataError naming each one missing or wrong."""
-    missing = [k for k in ("model_name", "num_classes", "mean", "std", "palette") if k not in state]
-    if missing:
-        raise DataError(f"{name} lacks {', '.join(missing)}: it was not written by TrainSegmentNet.py")
-
-    def triple(v):
-        return isinstance(v, (list, tuple)) and len(v) == 3 and all(
-            isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
-
-    wrong = [key for key, ok in (
-        ("model_name", isinstance(state["model_name"], str)),
-        ("num_classes", isinstance(state["num_classes"], int) and not isinstance(state["num_classes"], bool)
-         and 1 <= state["num_classes"] <= 256),
-        ("model_options", isinstance(state.get("model_options", {}), dict)),
-        ("classes", state.get("classes") is None or not isinstance(state["num_classes"], int)  # (named above)
-         or isinstance(state["classes"], list) and len(state["classes"]) == state["num_classes"]),
-        ("mean", triple(state["mean"])), ("std", triple(state["std"]) and all(x > 0 for x in state["std"])),
-        ("palette", isinstance(state["palette"], (list, tuple)) and len(state["palette"]) <= 256
-         and all(triple(c) and all(isinstance(x, int) and 0 <= x <= 255 for x in c) for c in state["palette"])),
-    ) if not ok]
-    wrong += [problem.split(" ", 1)[0] for problem in description_problems(state)
-              if problem.split(" ", 1)[0] not in wrong]
-    if wrong:
-        raise DataError(f"{name}: the entries {', '.join(wrong)} are not what TrainSegmentNet.py writes "
-                        f"(a model name, 1..256 classes and as many class names, 3 channel means and stds, RGB "
-                        f"palette triples, a dataset name, an ignore index 0..255); the file is corrupt or was not "
-                        f"written by SegmentNet")
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -265,7 +236,7 @@ def open_image(path):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with open_regular(path, "image") as f, Image.open(f) as image:
                 yield image
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"{path}: refused, the image declares more pixels than {Image.MAX_IMAGE_PIXELS} ({exc}). "

@@ -20,10 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .description import check_description
 from .errors import DataError
+from .files import read_regular
 from .transforms import normalize
 
 FORMAT = "1"
+MAX_ONNX_BYTES = 2 ** 31  # protobuf's limit: a larger model keeps external data, which is refused anyway
 MAX_METADATA_CHARS = 1_000_000  # far above what Export.py writes (256 class names and colours)
 INPUT_TYPES = {"float": "tensor(float)", "uint8": "tensor(uint8)"}   # Export's --input -> ONNX's type name
 DESCRIPTION_KEYS = ("model_name", "model_options", "num_classes", "classes", "palette", "mean", "std",
@@ -38,8 +41,9 @@ class OnnxModel:
 
     device = torch.device("cpu")
 
-    def __init__(self, session, input_type: str, mean, std, path):
-        self.session, self.input_type, self.mean, self.std, self.path = session, input_type, mean, std, path
+    def __init__(self, session, input_type: str, num_classes: int, mean, std, path):
+        self.session, self.input_type, self.num_classes = session, input_type, num_classes
+        self.mean, self.std, self.path = mean, std, path
 
     def eval(self):
         return self
@@ -53,7 +57,22 @@ class OnnxModel:
         except Exception as exc:  # ONNX Runtime's error types share no base class
             raise DataError(f"ONNX file {self.path} failed on an input of {'x'.join(map(str, x.shape))} "
                             f"({first_line(exc)}); export the checkpoint again with Export.py") from None
+        self.check_output(logits, x.shape)
         return torch.from_numpy(logits)
+
+    def check_output(self, logits, input_shape) -> None:
+        """The graph computed what it declares: float32 logits (batch, num_classes, height, width) of
+        the input's batch and size. ONNX Runtime only warns when a run's output differs from the declared
+        one (a dynamic Reshape can make 300 channels of a declared 21), and such logits would give class
+        indices beyond the classes, or masks of another size, without an error."""
+        expected = (input_shape[0], self.num_classes, *input_shape[2:])
+        shape = tuple(getattr(logits, "shape", ()))
+        dtype = getattr(logits, "dtype", type(logits).__name__)
+        if not isinstance(logits, np.ndarray) or dtype != np.float32 or shape != expected:
+            raise DataError(f"ONNX file {self.path} computed {dtype} logits of shape {shape} for an input of "
+                            f"{'x'.join(map(str, input_shape))}, not float32 of {expected} as its graph and metadata "
+                            f"declare; the file was not written by Export.py or is damaged. Export the checkpoint "
+                            f"again")
 
 
 def raw_pixels(x: torch.Tensor, mean, std) -> torch.Tensor:
@@ -71,7 +90,7 @@ def load_onnx(path, name=None) -> tuple[OnnxModel, dict]:
     path = Path(path)
     name = name or path
     try:
-        data = path.read_bytes()
+        data = read_regular(path, "ONNX file", MAX_ONNX_BYTES)
     except OSError as exc:
         raise DataError(f"ONNX file {name} cannot be read: {exc.strerror or exc}; check the path") from None
     try:
@@ -98,7 +117,7 @@ def load_onnx(path, name=None) -> tuple[OnnxModel, dict]:
                         f"file is damaged, or its opset {meta.get('opset', '?')} is newer than this ONNX Runtime "
                         f"runs. Export it again with Export.py (--opset 18)") from None
     check_graph(session, meta.get("input"), state["num_classes"], name)
-    return OnnxModel(session, meta["input"], state["mean"], state["std"], name), state
+    return OnnxModel(session, meta["input"], state["num_classes"], state["mean"], state["std"], name), state
 
 
 def all_tensors(graph):
@@ -118,8 +137,6 @@ def all_tensors(graph):
 
 
 def parse_description(meta: dict, name) -> dict:
-    from .inference import check_description
-
     state = {}
     for key in DESCRIPTION_KEYS:
         if key not in meta:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .archive import MARKER
 from .errors import DataError
-from .files import check_inside, owner_of
+from .files import check_inside, open_regular, owner_of
 
 DATA_TOOLS = ("DataSeparate", "DataExtract")   # owners of folders that hold input data
 HEAD_BYTES = 4096                              # a signature lies within a file's first bytes
@@ -78,11 +78,13 @@ def check_replaceable(path, tool: str, what: str = "output") -> Path:
     if path.is_dir():
         raise DataError(f"{what} {path} is an existing folder, not a file; choose another path")
     if path.exists() or path.is_symlink():
-        try:
-            with open(path, "rb") as f:
-                head = f.read(HEAD_BYTES).decode("utf-8", "replace")
-        except OSError:
-            head = ""
+        head = ""
+        if not path.is_symlink():
+            try:  # (a fifo or a device there is refused without blocking on it)
+                with open_regular(path, what) as f:
+                    head = f.read(HEAD_BYTES).decode("utf-8", "replace")
+            except OSError:
+                pass
         if path.is_symlink() or signature(tool) not in head:
             raise DataError(f"{what} {path} already exists and was not written by {tool}.py (it lacks the line "
                             f"'{signature(tool)}'); {tool}.py never overwrites such a file. Move or delete "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import statistics
 from pathlib import Path
 
@@ -13,8 +12,8 @@ import numpy as np
 
 from .errors import DataError, UsageError
 from .evaluation import fmt, write_text
-from .files import atomic_path, claim_folder
-from .outputs import check_replaceable, folder_not_file, signature, writing_into
+from .files import atomic_path, check_claimable, claim_folder, read_json
+from .outputs import check_replaceable, refuse_input_data, signature, writing_into
 from .visualize import epoch_axis, pyplot, read_metrics
 
 def load_run(run_dir) -> dict:
@@ -49,10 +48,26 @@ def load_run(run_dir) -> dict:
         "model": str(config.get("model", "?")), "model_options": config.get("model_options", {}),
         "dataset": str(config.get("dataset", "?")), "data_dir": str(config.get("data_dir", "?")),
         "classes": classes or [str(i) for i in range(len(best["val_per_class_iou"]))],
-        "train_seconds": sum(r.get("epoch_seconds", 0.0) for r in records),
+        "train_seconds": training_seconds(records),
         "images_per_second": statistics.median(r.get("images_per_second", float("nan")) for r in records),
         "grid": grid,
     }
+
+
+def training_seconds(records: list[dict]) -> float:
+    """The wall-clock of a run up to its last record, validation and saving included. Records hold
+    only the validated epochs (val_every), so their epoch_seconds do not add up to it; each holds
+    elapsed_seconds, the clock since the run began. A clock that starts again (a resume without a time
+    budget, before this release kept the clock then) adds the time up to the stop. Records from before
+    elapsed_seconds (every epoch validated then) add their epochs' training time."""
+    if not all(isinstance(r.get("elapsed_seconds"), (int, float)) for r in records):
+        return sum(r.get("epoch_seconds", 0.0) for r in records)
+    total, previous = 0.0, 0.0
+    for r in records:
+        if r["elapsed_seconds"] < previous:  # the clock started again: keep what it had counted
+            total += previous
+        previous = r["elapsed_seconds"]
+    return total + previous
 
 
 def is_number_or_nan(value) -> bool:
@@ -79,8 +94,8 @@ def read_run_config(path: Path) -> dict:
     if not path.exists():
         return {}
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        config = read_json(path, "the run's configuration")
+    except (OSError, ValueError, DataError) as exc:
         raise DataError(f"{path} cannot be read as JSON ({exc}); the file is corrupt. Restore it from a copy of "
                         f"the run, or delete it (the report then shows '?' for the model and dataset)") from None
     if not isinstance(config, dict) or not isinstance(config.get("model_options", {}), dict):
@@ -171,8 +186,9 @@ def runs_table(runs, labels) -> tuple[list[str], list[list[str]]]:
 
 
 def report_notes(runs) -> list[str]:
-    notes = ["Training time is the sum of the epochs' training phases (validation not included); images/s is "
-             "the median over epochs. Per-class IoU is that of each run's best epoch; '—' marks a class absent "
+    notes = ["Training time is the wall-clock from the start of a run to its last recorded epoch, validation "
+             "and saving included (the time between a stop and its resume is not); images/s is the median over "
+             "the recorded epochs' training. Per-class IoU is that of each run's best epoch; '—' marks a class absent "
              "from both truth and prediction (left out of that run's mean)."]
     datasets = {(r["dataset"], str(r["data_dir"])) for r in runs}
     if len(datasets) > 1:
@@ -191,7 +207,8 @@ def report_paths(out_html) -> tuple[Path, Path, Path]:
     if out_html.suffix.lower() not in (".html", ".htm"):
         raise UsageError(f"--out {out_html} must name the HTML page, ending in .html (the Markdown twin is written "
                          f"next to it with .md); e.g. --out {out_html.with_suffix('.html')}")
-    files_dir = folder_not_file(out_html.with_name(f"{out_html.stem}_files"), "the folder for the Markdown's pictures")
+    files_dir = refuse_input_data(out_html.with_name(f"{out_html.stem}_files"), "the folder for the Markdown's pictures")
+    check_claimable(files_dir, "Report", "the folder for the Markdown's pictures")
     return check_replaceable(out_html, "Report", "--out"), check_replaceable(out_html.with_suffix(".md"), "Report",
                                                                            "the Markdown twin of --out"), files_dir
 

@@ -73,7 +73,7 @@ def check_resumable(state: dict, cfg, num_classes: int, path) -> None:
 def restore(state: dict, path, optimizer, scaler, train_state: TrainState, cfg) -> None:
     """Put a checkpoint's position, optimiser, scaler and random states back; DataError naming the
     entry when one does not fit this run (check_checkpoint has checked their types)."""
-    train_state.load_state_dict(state, path, with_clock=cfg.time_budget > 0)
+    train_state.load_state_dict(state, path)
     if cfg.time_budget > 0 and train_state.epoch_seconds:  # the epochs that this run's budget still holds
         train_state.fit_to_budget(cfg, train_state.epoch_seconds)
     fresh = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]

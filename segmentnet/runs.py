@@ -29,7 +29,8 @@ from pathlib import Path
 from .checkpoint import read_progress, writing
 from .distributed import DistEnv, broadcast_from_main
 from .errors import ConfigError, DataError, SegmentNetError
-from .files import OWNER_FILE, mark_owned, open_no_follow, owner_of, write_text_atomic
+from .files import MAX_JSON_BYTES, OWNER_FILE, mark_owned, open_no_follow, owner_of, read_regular, write_text_atomic
+from .jsonfile import loads as json_loads
 from .outputs import refuse_input_data
 from . import visualize
 
@@ -243,12 +244,12 @@ def finished_epochs(path: Path) -> bool:
     if path.is_symlink() or not path.is_file():  # (reading a fifo would hang)
         return True
     try:
-        lines = Path(path).read_text(errors="replace").splitlines()
-    except OSError:
+        lines = read_regular(path, "the metrics file", MAX_JSON_BYTES).decode(errors="replace").splitlines()
+    except (OSError, DataError):
         return True
     for line in lines:
         try:
-            record = json.loads(line)
+            record = json_loads(line)
         except ValueError:
             continue
         if isinstance(record, dict) and type(record.get("epoch")) is int:

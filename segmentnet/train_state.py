@@ -11,6 +11,9 @@ from .distributed import DistEnv, broadcast_from_main
 from .errors import DataError
 from .optim import optimizer_steps_per_epoch
 
+MAX_TIME_BUDGET = 10 * 525960  # minutes (ten years): a larger budget is a typo, and 60 x 1e308 is no number
+MAX_SECONDS = 1e12         # a checkpoint's elapsed time or pace beyond this is damaged (30,000 years)
+MIN_EPOCH_SECONDS = 1e-3   # a pace below a millisecond an epoch is no measurement: it would divide to infinity
 BUDGET_MARGIN = 1.03  # an epoch may run a little slower than the recent ones; the budget is a promise
 PACE_EPOCHS = 4  # the pace is the mean of this many epochs: single epochs vary by ~10 %, which made the plan jitter
 COUNTERS = ("epoch", "step_in_epoch", "best_miou", "best_epoch", "nonfinite_steps")  # top-level checkpoint entries
@@ -57,7 +60,8 @@ class TrainState:
         (training, validation and saving), at most `epochs` in all, and the schedule fitted to them.
         `reserve` seconds are kept for the validation that ends the last epoch."""
         left = cfg.time_budget * 60 - self.elapsed_seconds() - reserve
-        more = max(0, int(left // (epoch_seconds * BUDGET_MARGIN)))
+        room = left / (max(epoch_seconds, MIN_EPOCH_SECONDS) * BUDGET_MARGIN)  # finite: every term is bounded
+        more = int(min(max(room, 0.0), cfg.epochs))
         self.plan_epochs(min(cfg.epochs, self.epoch + more))
         self.warmup_steps = min(self.warmup_steps, self.total_steps // 2)  # a short plan still decays
 
@@ -75,9 +79,10 @@ class TrainState:
                 **{key: getattr(self, key) for key in COUNTERS},
                 "epoch_losses": list(self.epoch_losses)}
 
-    def load_state_dict(self, state: dict, path, with_clock: bool) -> None:
-        """Take up a checkpoint's position (checkpoint.check_checkpoint has checked the types);
-        with_clock: its elapsed time and pace too (an older checkpoint, without them: from now)."""
+    def load_state_dict(self, state: dict, path) -> None:
+        """Take up a checkpoint's position (checkpoint.check_checkpoint has checked the types), its
+        elapsed time and pace included (an older checkpoint, without them: from now), so that a time
+        budget and the records' elapsed_seconds go on across a resume."""
         if state["step_in_epoch"] >= self.steps_per_epoch:
             raise DataError(f"checkpoint {path} stopped after batch {state['step_in_epoch']} of an epoch, but an epoch "
                             f"of this run has {self.steps_per_epoch} batches (another train split, batch_size or "
@@ -86,13 +91,12 @@ class TrainState:
             setattr(self, key, state[key])
         self.epoch_losses = list(state["epoch_losses"])
         self.global_step = state["scheduler"]["global_step"]
-        if with_clock:
-            elapsed, pace = (state["scheduler"].get(k, 0.0) for k in ("elapsed_seconds", "epoch_seconds"))
-            if not (is_number(elapsed) and elapsed >= 0 and is_number(pace) and pace >= 0):
-                raise DataError(f"checkpoint {path}: its scheduler's elapsed_seconds {elapsed!r} or epoch_seconds "
-                                f"{pace!r} is not a number of seconds; use another copy (last.pt or best.pt) or start "
-                                f"a new run")
-            self.elapsed_before, self.epoch_seconds = float(elapsed), float(pace)
+        elapsed, pace = (state["scheduler"].get(k, 0.0) for k in ("elapsed_seconds", "epoch_seconds"))
+        if not all(is_number(x) and 0 <= x <= MAX_SECONDS for x in (elapsed, pace)):
+            raise DataError(f"checkpoint {path}: its scheduler's elapsed_seconds {elapsed!r} or epoch_seconds "
+                            f"{pace!r} is not a number of seconds (0 to {MAX_SECONDS:g}); use another copy "
+                            f"(last.pt or best.pt) or start a new run")
+        self.elapsed_before, self.epoch_seconds = float(elapsed), float(pace)
 
     def summary(self, scores: dict) -> dict:
         return {"epoch": self.epoch, "best_miou": self.best_miou, "best_epoch": self.best_epoch,

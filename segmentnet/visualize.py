@@ -5,7 +5,6 @@ Every file is written under a temporary name and renamed, so a picture is either
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -14,7 +13,8 @@ from PIL import Image, ImageDraw
 
 from .datasets.common import IGNORE_INDEX, save_index_png
 from .errors import DataError
-from .files import atomic_path
+from .files import MAX_JSON_BYTES, atomic_path, read_regular
+from .jsonfile import loads as json_loads
 
 VOID_COLOUR = (224, 224, 192)   # pixels labelled 255 (ignore), as VOC draws them
 GAP = 4                         # pixels between the pictures of a panel
@@ -129,7 +129,8 @@ def read_metrics(path, repair: bool = False) -> list[dict]:
     if not path.exists():
         return []
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace" if repair else "strict").split("\n")
+        data = read_regular(path, "the metrics file", MAX_JSON_BYTES)
+        lines = data.decode("utf-8", errors="replace" if repair else "strict").split("\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path} cannot be read as text ({exc}); it is not a metrics file TrainSegmentNet.py "
                         f"wrote") from None
@@ -138,8 +139,8 @@ def read_metrics(path, repair: bool = False) -> list[dict]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-        except ValueError:
+            record = json_loads(line)
+        except ValueError:  # not JSON, or beyond jsonfile's limits
             record = None
         if isinstance(record, dict) and (not repair or type(record.get("epoch")) is int):
             records.append(record)

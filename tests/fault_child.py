@@ -1,9 +1,10 @@
 """Child processes of the fault tests: the training with one fault injected, a save on a full disk
-(tests/test_faults.py), and a slow separation (tests/test_separate.py).
+(tests/test_faults.py), a slow separation (tests/test_separate.py) and a slow export (tests/test_export.py).
 
     FAULT="signal-at-step 3 SIGTERM" python tests/fault_child.py TRAIN-ARGS...
     python tests/fault_child.py --small-disk FOLDER          # FOLDER: a 1 MB file system
     python tests/fault_child.py --slow-separate STARTED DATA-DIR   # touches STARTED when the first pair begins
+    python tests/fault_child.py --slow-export STARTED CHECKPOINT SIZES  # touches STARTED when verifying begins
 
 FAULT: signal-at-step N SIGNAL | sleep-at-step N SECONDS | ctrl-c-in-worker SAMPLE | slow-save
 """
@@ -128,7 +129,26 @@ def slow_separation(started: str, data_dir: str) -> int:
     return call_main(DataSeparate.main, ["--data-dir", data_dir, "--workers", "1"])
 
 
+def slow_export(started: str, checkpoint: str, check_sizes: str) -> int:
+    """Export.py whose verification waits: `started` is touched once the unverified file is written."""
+    import Export
+    from segmentnet import export
+    from segmentnet.cli import call_main
+
+    real_verify = export.verify
+
+    def verify(*args, **kwargs):
+        Path(started).touch()
+        time.sleep(60)
+        return real_verify(*args, **kwargs)
+
+    export.verify = verify
+    return call_main(Export.main, [checkpoint, "--check-sizes", check_sizes])
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--slow-export"]:
+        sys.exit(slow_export(*sys.argv[2:5]))
     if sys.argv[1:2] == ["--small-disk"]:
         sys.exit(save_on_a_small_disk(sys.argv[2]))
     if sys.argv[1:2] == ["--slow-separate"]:

@@ -199,3 +199,75 @@ def test_a_split_list_that_cannot_be_read_is_named(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.startswith(f"error: {root / 'train.txt'}: the split list cannot be read (Permission "
                                     f"denied)"), result.stderr
+
+
+# ----------------------------------------------------------------------------- bench/pack_camvid.py
+
+
+def pack_camvid_main():
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("pack_camvid", ROOT / "bench" / "pack_camvid.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def one_pair_folder(tmp_path: Path) -> Path:
+    root = camvid_folder(tmp_path)
+    (root / "train.txt").write_text("/SegNet/CamVid/train/a.png /SegNet/CamVid/trainannot/a.png\n")
+    Image.new("RGB", (8, 6)).save(root / "train" / "a.png")
+    Image.new("L", (8, 6)).save(root / "trainannot" / "a.png")
+    return root
+
+
+@pytest.mark.parametrize("case", ["missing image", "image is a fifo", "image is a folder", "out's parent is a file",
+                                  "out under /proc/self", "out is a dangling link"])
+def test_pack_camvid_refuses_what_it_cannot_pack_naming_it(tmp_path, case, no_hang):
+    import os
+
+    from conftest import run_script
+
+    root = one_pair_folder(tmp_path)
+    out = tmp_path / "zips" / "camvid.zip"
+    image = root / "train" / "a.png"
+    message = "missing or no regular files (a folder, a fifo, a device), e.g. " + str(image)
+    if case == "missing image":
+        image.unlink()
+    elif case == "image is a fifo":
+        image.unlink()
+        os.mkfifo(image)
+    elif case == "image is a folder":
+        image.unlink()
+        image.mkdir()
+    elif case == "out's parent is a file":
+        (tmp_path / "zips").write_text("a file")
+        message = f"could not write {out}: "
+    elif case == "out under /proc/self":
+        out = Path("/proc/self/camvid.zip")
+        message = f"could not write {out}"
+    else:
+        (tmp_path / "zips").mkdir()
+        out.symlink_to(tmp_path / "nowhere.zip")
+        message = f"{out} exists; this script never overwrites a file (nor replaces a link)"
+    with no_hang(30):
+        status, err = run_script(pack_camvid_main(), [root, out])
+    assert status == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "nowhere.zip").exists()
+    if (tmp_path / "zips").is_dir():
+        assert [p.name for p in (tmp_path / "zips").iterdir()] == (["camvid.zip"] if case.startswith("out is") else [])
+
+
+def test_pack_camvid_packs_the_listed_files(tmp_path):
+    import zipfile
+
+    from conftest import run_script
+
+    root = one_pair_folder(tmp_path)
+    assert run_script(pack_camvid_main(), [root, tmp_path / "camvid.zip"])[0] == 0
+    with zipfile.ZipFile(tmp_path / "camvid.zip") as zf:
+        assert sorted(zf.namelist()) == [f"{camvid.ROOT}/{name}" for name in
+                                         ("train.txt", "train/a.png", "trainannot/a.png", "val.txt")]
+        assert zf.read(f"{camvid.ROOT}/train/a.png") == (root / "train" / "a.png").read_bytes()

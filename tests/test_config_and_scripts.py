@@ -52,7 +52,7 @@ def test_json_config_values_of_the_wrong_type(tmp_path, values, message):
 @pytest.mark.parametrize("case,message", [
     ("a folder", "is a folder; give the JSON file of hyperparameters"),
     ("not UTF-8", "is not text (UTF-8): 'utf-8' codec can't decode byte 0xff"),
-    ("a fifo", "is a special file (a fifo or a device)"),
+    ("a fifo", "is a special file (a fifo, a device"),
 ])
 def test_a_config_file_that_is_no_text_file(tmp_path, no_hang, case, message):
     path = tmp_path / "run.json"
@@ -120,3 +120,25 @@ def test_unknown_dataset_lists_the_choices(tmp_path):
     result = script_process("DataSeparate.py", "--dataset", "mnist", "--data-dir", tmp_path, cwd=tmp_path)
     assert result.returncode == 2
     assert "unknown dataset 'mnist'; choices:" in result.stderr and "voc2012" in result.stderr
+
+
+@pytest.mark.parametrize("text,message", [
+    ('{"val_every": ' + "[" * 200_000 + "]" * 200_000 + "}", "nested deeper than 64 levels"),
+    ('{"time_budget": ' + "9" * 401 + "}", "an integer of 401 digits"),
+    ('{"epochs": ' + "9" * 39 + "}", "epochs is an integer of 39 digits, beyond what any setting can be"),
+])
+def test_a_config_file_too_deep_or_with_a_huge_number_is_named(tmp_path, text, message):
+    path = tmp_path / "run.json"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(Config, ["--config", str(path)])
+    result = script_process("TrainSegmentNet.py", "--config", path, "--out", tmp_path / "run", cwd=ROOT)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_model_options_nested_too_deeply_are_a_usage_error(tmp_path):
+    result = script_process("TrainSegmentNet.py", "--model-options", "[" * 50_000 + "]" * 50_000,
+                            "--out", tmp_path / "run", cwd=ROOT)
+    assert result.returncode == 2 and "nested deeper than 64 levels" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()

@@ -130,6 +130,12 @@ def test_a_partial_dataset_json_is_named_not_a_crash(small_voc, tmp_path):
         status, err = run_evaluate(checkpoint)
         assert status == 2 and "Traceback" not in err, err
         assert err.startswith(f"error: {data / 'voc2012' / 'dataset.json'} is damaged: ") and message in err, err
+    for text, message in (('{"name": ' + "[" * 200_000 + "]" * 200_000 + "}", "nested deeper than 64 levels"),
+                          (json.dumps(info | {"mean": [1e39, 0.4, 0.4]}), "mean must be 3 numbers from -1.0 to 2.0"),
+                          (json.dumps(info | {"std": [1e-300, 0.2, 0.2]}), "std must be 3 numbers from 0.0001")):
+        (data / "voc2012" / "dataset.json").write_text(text)
+        status, err = run_evaluate(checkpoint)
+        assert status == 2 and "Traceback" not in err and message in err, err
 
 
 BAD_ENTRIES = {

@@ -161,6 +161,30 @@ def graph_with_our_metadata(source, path, image_shape, node, logits_shape, exter
     return path
 
 
+def reshaping_onnx(source, path, dims):
+    """A graph that declares Export.py's output (n, 21, h, w) and metadata, but computes the image
+    reshaped to `dims` (names of the input's n, c, h, w, or -1), through a shape only known at run time:
+    ONNX Runtime keeps the declared shape and, running it, only warns."""
+    helper = onnx.helper
+    image = helper.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["n", 3, "h", "w"])
+    logits = helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["n", 21, "h", "w"])
+    index = {name: k for k, name in enumerate("nchw")}
+    initializer = [helper.make_tensor(f"at{k}", onnx.TensorProto.INT64, [1], [k]) for k in range(5)]
+    initializer.append(helper.make_tensor("minus1", onnx.TensorProto.INT64, [1], [-1]))
+    nodes = [helper.make_node("Shape", ["image"], ["s"])]
+    for name, k in index.items():
+        nodes.append(helper.make_node("Slice", ["s", f"at{k}", f"at{k + 1}"], [name]))
+    nodes += [helper.make_node("Concat", [d if d != "-1" else "minus1" for d in dims], ["full"], axis=0),
+              helper.make_node("Shape", ["full"], ["length"]),
+              helper.make_node("Slice", ["full", "at0", "length"], ["target"]),  # (its length unknown before a run)
+              helper.make_node("Reshape", ["image", "target"], ["logits"])]
+    graph = helper.make_graph(nodes, "g", [image], [logits], initializer=initializer)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.metadata_props.extend(onnx.load(source).metadata_props)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
 def test_a_foreign_or_damaged_onnx_file_gets_a_clear_error(tmp_path, small_voc):
     checkpoint = tiny_segmentnet_checkpoint(tmp_path / "best.pt", small_voc)
     assert run_script(Export.main, [checkpoint, "--check-sizes", CHECK])[0] == 0
@@ -179,6 +203,20 @@ def test_a_foreign_or_damaged_onnx_file_gets_a_clear_error(tmp_path, small_voc):
                                                                                           False),
         with_metadata(ours, tmp_path / "deep.onnx", palette="[" * 100000).name: ("metadata palette is not JSON", True),
         with_metadata(ours, tmp_path / "epoch.onnx", epoch='"soon"').name: ("metadata epoch must be", True),
+        # metadata that passed the checks but broke inference (drawn black, exit 70, every pixel class 0)
+        with_metadata(ours, tmp_path / "no-colours.onnx", palette="[]").name: ("palette must hold a colour for each "
+                                                                               "of the 21 classes, got 0", True),
+        with_metadata(ours, tmp_path / "two-colours.onnx", palette="[[0, 0, 0], [9, 9, 9]]").name: (
+            "palette must hold a colour for each of the 21 classes, got 2", True),
+        with_metadata(ours, tmp_path / "ignore.onnx", ignore_index="5").name: ("ignore_index must not be a class's "
+                                                                               "index .0 to 20., got 5", True),
+        with_metadata(ours, tmp_path / "mean.onnx", mean="[1e39, 0.4, 0.4]").name: ("the entries mean are not", True),
+        with_metadata(ours, tmp_path / "std.onnx", std="[1e-300, 0.2, 0.2]").name: ("the entries std are not", True),
+        # a graph that computes other logits than it declares (ONNX Runtime only warns)
+        reshaping_onnx(ours, tmp_path / "channels.onnx", ["n", "h", "c", "w"]).name: (
+            r"computed float32 logits of shape \((\d+), \d+, 3, \d+\) for an input of \1x3x\d+x\d+, not float32 of "
+            r"\(\1, 21, \d+, \d+\) as its graph and metadata declare", True),
+        reshaping_onnx(ours, tmp_path / "rank3.onnx", ["n", "-1", "w"]).name: ("not one 4-D 'logits'", True),
         graph_with_our_metadata(ours, tmp_path / "fixed.onnx", [1, 3, 8, 14], onnx.helper.make_node(
             "Reshape", ["image", "shape"], ["logits"]), [1, 21, 4, 4]).name: ("height and width free", True),
         graph_with_our_metadata(ours, tmp_path / "external.onnx", ["n", 3, "h", "w"], onnx.helper.make_node(
@@ -191,7 +229,7 @@ def test_a_foreign_or_damaged_onnx_file_gets_a_clear_error(tmp_path, small_voc):
     for name, (message, predict_reads_it) in cases.items():
         with pytest.raises(DataError, match=message):
             Evaluate.evaluate_checkpoint(tmp_path / name, workers=0, progress=False)
-        if name == "fails.onnx":
+        if name in ("fails.onnx", "channels.onnx"):
             assert isinstance(load_model(tmp_path / name)[0], OnnxModel)  # (it loads: the failure is in the run)
         tools = [(Evaluate.main, [])] + ([(Predict.main, [image, "--out", tmp_path / f"out-{name}"])]
                                          if predict_reads_it else [])
@@ -266,3 +304,71 @@ def test_the_metadata_states_the_opset_the_file_has(tmp_path, small_voc):
     proto = onnx.load(tmp_path / "best.onnx")
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["opset"] == "20" == str(next(o.version for o in proto.opset_import if o.domain == ""))
+
+
+def test_special_files_in_place_of_models_or_outputs_are_refused_without_blocking(tmp_path, small_voc, no_hang):
+    import os
+
+    checkpoint = tiny_segmentnet_checkpoint(tmp_path / "best.pt", small_voc)
+    images = small_voc / "voc2012" / "val" / "images"
+    os.mkfifo(tmp_path / "fifo.onnx")
+    os.mkfifo(tmp_path / "fifo.pt")
+    (tmp_path / "zero.onnx").symlink_to("/dev/zero")   # would be read without end
+    with no_hang(60):
+        for model in ("fifo.onnx", "fifo.pt", "zero.onnx"):
+            for main, args in ((Predict.main, [images, "--out", tmp_path / "pred"]), (Evaluate.main, [])):
+                status, err = run_script(main, [tmp_path / model, *args, "--no-progress"])
+                assert status == 2 and "is a special file (a fifo, a device or a socket)" in err, (model, err)
+                assert "Traceback" not in err
+        os.mkfifo(tmp_path / "x.onnx")                                     # Export's --out
+        status, err = run_script(Export.main, [checkpoint, "--out", tmp_path / "x.onnx", "--check-sizes", CHECK])
+        assert status == 2 and f"{tmp_path / 'x.onnx'} is a special file" in err, err
+        os.mkfifo(tmp_path / "eval-best-val.json")                          # Evaluate's output next to it
+        status, err = run_script(Evaluate.main, [checkpoint, "--no-progress", "--workers", "0"])
+        assert status == 2 and f"{tmp_path / 'eval-best-val.json'} is a special file" in err, err
+    assert not (tmp_path / "pred").exists()
+
+
+@pytest.mark.parametrize("dtype,shape", [(np.float64, (2, 21, 5, 7)), (np.float32, (2, 5, 7)),
+                                         (np.float32, (2, 300, 5, 7)), (np.float32, (1, 21, 5, 7))])
+def test_onnx_logits_of_another_type_or_shape_than_declared_are_refused(dtype, shape):
+    class Session:  # what a graph might compute at run time, whatever it declares
+        def run(self, names, feeds):
+            return [np.zeros(shape, dtype)]
+
+    model = OnnxModel(Session(), "float", 21, [0.5] * 3, [0.25] * 3, "odd.onnx")
+    with pytest.raises(DataError, match=re.escape(f"odd.onnx computed {np.dtype(dtype)} logits of shape {shape} for "
+                                                  f"an input of 2x3x5x7, not float32 of (2, 21, 5, 7)")):
+        model(torch.zeros(2, 3, 5, 7))
+
+
+def test_sigterm_while_verifying_leaves_no_file_and_a_killed_exports_file_is_removed_later(tmp_path, small_voc):
+    import os
+    import signal
+    import time
+
+    from conftest import ROOT
+
+    checkpoint = tiny_segmentnet_checkpoint(tmp_path / "best.pt", small_voc)
+    for kill in (signal.SIGTERM, signal.SIGKILL):
+        started = tmp_path / "started"
+        child = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fault_child.py"), "--slow-export", str(started),
+                                  str(checkpoint), CHECK], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not started.exists():
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline, "the verification never started"
+            time.sleep(0.05)
+        temporary = tmp_path / f".best.tmp-{child.pid}.onnx"
+        assert temporary.exists()   # complete, signed, not yet verified
+        child.send_signal(kill)
+        _, err = child.communicate(timeout=60)
+        started.unlink()
+        if kill == signal.SIGTERM:
+            assert child.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
+            assert "stopped by signal 15: the unverified file was removed" in err
+            assert sorted(os.listdir(tmp_path)) == ["best.pt"]
+        else:                       # killed outright: nothing could clean up ...
+            assert temporary.exists()
+    assert run_script(Export.main, [checkpoint, "--check-sizes", CHECK])[0] == 0
+    assert sorted(os.listdir(tmp_path)) == ["best.onnx", "best.pt"]   # ... until the next export of that file

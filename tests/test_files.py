@@ -1,7 +1,10 @@
 """The shared file-safety mechanism: plain names, staying inside a folder, atomic writes, ownership."""
 from __future__ import annotations
 
+import json
 import os
+import re
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +109,86 @@ def test_extracted_data_counts_as_input_data(tmp_path):
     with pytest.raises(DataError, match=f"--out {raw / 'pred'} is inside the extracted data {raw.resolve()}"):
         refuse_input_data(raw / "pred", "--out")
     assert input_data_folder(tmp_path / "data" / "runs") is None
+
+
+# ----------------------------------------------------------------------------- what the tools read
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "link to a device", "folder"])
+def test_open_regular_refuses_anything_but_a_regular_file_without_blocking(tmp_path, no_hang, kind):
+    from segmentnet.files import open_regular, read_json, read_regular
+
+    path = tmp_path / "x.onnx"
+    if kind == "fifo":
+        os.mkfifo(path)            # reading it would wait for a writer for ever
+    elif kind == "device":
+        path = Path("/dev/zero")   # reading it would never end
+    elif kind == "link to a device":
+        path.symlink_to("/dev/zero")
+    else:
+        path.mkdir()
+    message = "is a folder, not a file" if kind == "folder" else "is a special file .a fifo, a device or a socket."
+    with no_hang(10):
+        for read in (lambda: open_regular(path, "ONNX file"), lambda: read_regular(path, "ONNX file", 100),
+                     lambda: read_json(path, "ONNX file")):
+            with pytest.raises(DataError, match=f"ONNX file {re.escape(str(path))} {message}"):
+                read()
+
+
+def test_read_regular_refuses_a_file_over_its_limit(tmp_path):
+    from segmentnet.files import read_regular
+
+    (tmp_path / "big.json").write_bytes(b" " * 101)
+    with pytest.raises(DataError, match="is 101 bytes, more than the 100"):
+        read_regular(tmp_path / "big.json", "the file", 100)
+    assert read_regular(tmp_path / "big.json", "the file", 101) == b" " * 101
+
+
+@pytest.mark.parametrize("text,problem", [
+    ('{"val_every": ' + "[" * 200_000 + "]" * 200_000 + "}", "nested deeper than 64 levels"),
+    ("[" * 65 + "]" * 65, "nested deeper than 64 levels"),
+    ('{"time_budget": ' + "9" * 401 + "}", "an integer of 401 digits"),
+    ("-" + "1" * 41, "an integer of 41 digits"),
+])
+def test_json_beyond_the_limits_is_a_value_error_not_a_recursion_or_overflow(text, problem):
+    from segmentnet.jsonfile import loads
+
+    with pytest.raises(ValueError, match=problem):
+        loads(text)
+
+
+def test_json_within_the_limits_reads_as_json_does():
+    from segmentnet.jsonfile import loads
+
+    deep = "[" * 64 + "]" * 64
+    assert loads(deep) == json.loads(deep)
+    assert loads('{"a": "[[[[' + "[" * 100 + '", "n": ' + "9" * 40 + ', "x": NaN}')["n"] == int("9" * 40)
+    assert loads(b'{"k": [1, 2.5e300, "\\\\"]}') == {"k": [1, 2.5e300, "\\"]}
+
+
+def test_atomic_path_removes_the_temporary_files_of_killed_processes_only(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    live_pid = os.getppid()  # (the test runner's parent: alive)
+    stale = tmp_path / f".best.tmp-{dead_pid}.onnx"       # left by a run killed while verifying
+    running = tmp_path / f".best.tmp-{live_pid}.onnx"     # another process writing it right now
+    other = tmp_path / f".other.tmp-{dead_pid}.onnx"      # another target's: not this write's business
+    users = tmp_path / ".best.tmp-notes.onnx"             # not of our pattern
+    for path in (stale, running, other, users):
+        path.write_bytes(b"x")
+    with atomic_path(tmp_path / "best.onnx") as tmp:
+        tmp.write_bytes(b"new")
+    assert (tmp_path / "best.onnx").read_bytes() == b"new"
+    assert not stale.exists() and running.exists() and other.exists() and users.exists()
+
+
+def test_claim_folder_refuses_a_link_to_a_folder_and_writes_nothing_there(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "out").symlink_to(elsewhere)
+    with pytest.raises(DataError, match=r"is a link \(to .*elsewhere\); Report writes only into a real folder"):
+        claim_folder(tmp_path / "out", "Report", "the folder for the Markdown's pictures")
+    assert os.listdir(elsewhere) == []

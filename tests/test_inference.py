@@ -133,9 +133,24 @@ def test_load_model_refuses_a_folder_and_hostile_entries(tmp_path, small_voc):
     with pytest.raises(DataError, match="is a folder, not a checkpoint file"):
         load_model(tmp_path)
     state = load_checkpoint(tiny_segmentnet_checkpoint(tmp_path / "net.pt", small_voc))
+    weight = next(iter(state["model"]))
     for key, value in (("num_classes", "21"), ("palette", "red"), ("mean", [0.5]), ("model_options", [1]),
-                       ("model", {"w": 1}), ("classes", ["background", "aeroplane"])):
+                       ("model", {"w": 1}), ("classes", ["background", "aeroplane"]),
+                       # values that passed and broke inference later: an empty or short palette, an ignore index
+                       # that is a class, a mean or std that float32 turns into infinity or 0
+                       ("palette", []), ("palette", [[0, 0, 0], [9, 9, 9]]), ("ignore_index", 5),
+                       ("mean", [1e39, 0.4, 0.4]), ("std", [1e-300, 0.2, 0.2]),
+                       # tensors a model cannot take; options that are no JSON (the earlier release's layout too)
+                       ("model", state["model"] | {weight: torch.empty(3, device="meta")}),
+                       ("model", state["model"] | {weight: state["model"][weight].to_sparse()}),
+                       ("model", state["model"] | {weight: state["model"][weight].to(torch.complex64)}),
+                       ("model_options", {"width": torch.tensor(16)})):
         with pytest.raises(DataError, match=f"the entries {key} are not what TrainSegmentNet.py writes"):
             load_model(state | {key: value})
+    legacy_icnet = {"model": {"backbone.conv1.weight": torch.zeros(1)}, "model_name": "icnet",
+                    "model_options": {"width": torch.tensor(32)}, "num_classes": 21, "mean": [0.5] * 3,
+                    "std": [0.25] * 3, "palette": [[0, 0, 0]] * 21}
+    with pytest.raises(DataError, match="the entries model_options are not what TrainSegmentNet.py writes"):
+        load_model(legacy_icnet)
     with pytest.raises(DataError, match="lacks model"):
         load_model({k: v for k, v in state.items() if k != "model"})

@@ -179,3 +179,28 @@ def test_torchvisions_segmentation_weights_fine_tune_with_a_new_head(tmp_path, c
     image = torch.randn(1, 3, 40, 56)
     with torch.no_grad():
         assert torch.allclose(same.eval()(image), theirs.eval()(image)["out"], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("change", ["integer key", "sparse", "meta", "complex"])
+def test_a_file_with_tensors_a_model_cannot_take_is_refused(tmp_path, change):
+    state = write_torchvision_file(tmp_path / "resnet18.pth", "resnet18")
+    key = "layer2.0.conv1.weight"
+    if change == "integer key":
+        state[7] = state.pop(key)
+    elif change == "sparse":
+        state[key] = state[key].to_sparse()
+    elif change == "meta":
+        state[key] = torch.empty(state[key].shape, device="meta")
+    else:
+        state[key] = state[key].to(torch.complex64)  # (would have been cast to real silently)
+    torch.save(state, tmp_path / "resnet18.pth")
+    with pytest.raises(DataError, match="is not a state_dict .a mapping of names to dense tensors of real numbers."):
+        build_model("unet", 3, encoder="resnet18", encoder_weights=str(tmp_path / "resnet18.pth"))
+
+
+def test_a_weights_file_that_is_a_fifo_is_refused_without_blocking(tmp_path, no_hang):
+    import os
+
+    os.mkfifo(tmp_path / "resnet18.pth")
+    with no_hang(20), pytest.raises(DataError, match="resnet18.pth is a special file"):
+        build_model("unet", 3, encoder="resnet18", encoder_weights=str(tmp_path / "resnet18.pth"))

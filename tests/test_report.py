@@ -5,6 +5,7 @@ import base64
 import contextlib
 import io
 import json
+import os
 import re
 import shutil
 
@@ -158,3 +159,68 @@ def test_report_names_a_corrupt_config_json(trained_run, tmp_path):
         status, err = run_report(run, "--out", tmp_path / "r.html")
         assert status == 2 and err.startswith(f"error: {run / 'config.json'}") and "Traceback" not in err
     assert not (tmp_path / "r.html").exists()
+
+
+def test_report_names_config_and_metrics_nested_too_deeply(trained_run, tmp_path):
+    run = tmp_path / "run_a"
+    shutil.copytree(trained_run, run)
+    good_config = (run / "config.json").read_text()
+    (run / "config.json").write_text('{"model_options": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    status, err = run_report(run, "--out", tmp_path / "r.html")
+    assert status == 2 and err.startswith(f"error: {run / 'config.json'} cannot be read as JSON (arrays or objects "
+                                          f"nested deeper than 64 levels)") and "Traceback" not in err, err
+    (run / "config.json").write_text(good_config)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join([lines[0], "[" * 200_000 + "]" * 200_000, lines[1]]) + "\n")
+    status, err = run_report(run, "--out", tmp_path / "r.html")
+    assert status == 2 and err.startswith(f"error: {run / 'metrics.jsonl'}, line 2: not a JSON record"), err
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_training_time_counts_the_epochs_between_validations_and_the_validation():
+    from segmentnet.report import training_seconds
+
+    # val_every 4: records of epochs 4 and 8 only; 12 s of training each epoch, 9 s each validation
+    every_fourth = [{"epoch": 4, "epoch_seconds": 12.0, "elapsed_seconds": 57.0},
+                    {"epoch": 8, "epoch_seconds": 12.0, "elapsed_seconds": 114.0}]
+    assert training_seconds(every_fourth) == 114.0                  # (the sum of epoch_seconds was 24)
+    # a resume without a time budget restarted the clock before this release: the time up to the stop counts
+    restarted = every_fourth + [{"epoch": 12, "epoch_seconds": 12.0, "elapsed_seconds": 60.0}]
+    assert training_seconds(restarted) == 174.0
+    # a run folder from before elapsed_seconds (every epoch validated): its epochs' training time
+    assert training_seconds([{"epoch": 1, "epoch_seconds": 3.0}, {"epoch": 2, "epoch_seconds": 4.0}]) == 7.0
+
+
+def test_report_shows_the_training_time_of_a_run_validated_every_other_epoch(small_voc, tmp_path):
+    run = tmp_path / "sparse"
+    train(tiny_train_config(small_voc, run, epochs=4, val_every=2))
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [2, 4]
+    status, _ = run_report(run, "--out", tmp_path / "r.html")
+    assert status == 0
+    shown = re.search(r"\| sparse \|.*?\| ([0-9.]+) min \|", (tmp_path / "r.md").read_text()).group(1)
+    assert shown == f"{records[-1]['elapsed_seconds'] / 60:.1f}"
+    assert records[-1]["elapsed_seconds"] > sum(r["epoch_seconds"] for r in records)
+
+
+def test_report_never_writes_through_a_planted_pictures_link(trained_run, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    data = tmp_path / "data"
+    (data / "val").mkdir(parents=True)
+    (data / "dataset.json").write_text("{}")
+    out = tmp_path / "rp"
+    out.mkdir()
+    for target, message in ((elsewhere, "is a link (to "), (data / "val", "is inside the prepared dataset")):
+        (out / "k_files").symlink_to(target)
+        status, err = run_report(trained_run, "--out", out / "k.html")
+        assert status == 2 and f"{out / 'k_files'} {message}" in err and "Traceback" not in err, err
+        assert os.listdir(target) == [] and sorted(os.listdir(out)) == ["k_files"]
+        (out / "k_files").unlink()
+
+
+def test_report_out_that_is_a_fifo_is_refused_without_blocking(trained_run, tmp_path, no_hang):
+    os.mkfifo(tmp_path / "ff.html")
+    with no_hang(20):
+        status, err = run_report(trained_run, "--out", tmp_path / "ff.html")
+    assert status == 2 and f"--out {tmp_path / 'ff.html'} is a special file" in err, err

@@ -244,6 +244,11 @@ def test_fit_to_budget_plans_the_epochs_the_minutes_left_hold():
     state.warmup_steps = 50  # a warmup longer than the plan is cut to half of it, so the rate still decays
     state.fit_to_budget(cfg, epoch_seconds=100.0)
     assert state.total_steps == 70 and state.warmup_steps == 35
+    for pace in (1e-320, 0.0):  # a damaged checkpoint's pace (denormal or none): the epochs are the ceiling, no overflow
+        state.fit_to_budget(cfg, epoch_seconds=pace)
+        assert state.planned_epochs == 100
+    state.fit_to_budget(dataclasses.replace(cfg, time_budget=5259600.0), epoch_seconds=1e-3)  # the largest budget
+    assert state.planned_epochs == 100
 
 
 def test_time_budget_ends_the_run_and_resumes_with_its_clock(small_voc, tmp_path):
@@ -329,11 +334,17 @@ def test_a_budgeted_plan_keeps_its_length_when_single_epochs_vary(small_voc, tmp
 def test_damaged_budget_entries_of_a_checkpoint_are_named(small_voc, tmp_path):
     train(tiny_train_config(small_voc, tmp_path / "run", time_budget=1e-4))
     state = load_checkpoint(tmp_path / "run" / "last.pt")
-    state["scheduler"]["elapsed_seconds"] = "lots"
     state["epoch"] = 0  # so that the resume gets as far as the schedule
-    torch.save(state, tmp_path / "bad.pt")
-    with pytest.raises(DataError, match="elapsed_seconds 'lots' or epoch_seconds"):
-        train(tiny_train_config(small_voc, tmp_path / "run2", time_budget=5.0, resume=str(tmp_path / "bad.pt")))
+    for elapsed, pace in (("lots", 1.0), (1e300, 1.0), (10.0, -1.0), (10.0, float("inf"))):
+        state["scheduler"]["elapsed_seconds"], state["scheduler"]["epoch_seconds"] = elapsed, pace
+        torch.save(state, tmp_path / "bad.pt")
+        with pytest.raises(DataError, match=re.escape(f"elapsed_seconds {elapsed!r} or epoch_seconds {pace!r} is not a")):
+            train(tiny_train_config(small_voc, tmp_path / "run2", time_budget=5.0, resume=str(tmp_path / "bad.pt")))
+    state["scheduler"]["elapsed_seconds"], state["scheduler"]["epoch_seconds"] = 10.0, 1e-320  # tiny but a number
+    torch.save(state, tmp_path / "tiny-pace.pt")
+    summary = train(tiny_train_config(small_voc, tmp_path / "run3", epochs=1, time_budget=1.0,
+                                      resume=str(tmp_path / "tiny-pace.pt")))
+    assert summary["epoch"] == 1
 
 
 def test_colour_jitter_reaches_the_training_transform(small_voc):
@@ -464,7 +475,9 @@ def test_a_finished_run_without_its_checkpoints_is_no_leftover(small_voc, tmp_pa
     ({"loss": "dice?"}, "choices"), ({"epochs": 0}, "epochs must be"),
     ({"amp_dtype": "fp8"}, "amp_dtype 'fp8' is unknown; choices: auto, bfloat16, float16"),
     ({"workers": -2}, "workers must be >= 0 (or -1 for one per CPU core), got -2"),
-    ({"time_budget": -1.0}, "time_budget must be >= 0 minutes"), ({"colour_jitter": 1.0}, "colour_jitter must be in"),
+    ({"time_budget": -1.0}, "time_budget must be from 0 (no budget) to 5259600 minutes"),
+    ({"time_budget": 1e308}, "time_budget must be from 0 (no budget) to 5259600 minutes (ten years), got 1e+308"),
+    ({"colour_jitter": 1.0}, "colour_jitter must be in"),
 ])
 def test_impossible_settings_rejected_before_any_work(tmp_path, tiny_voc, overrides, message):
     """A ConfigError from train(), and from the script exit 2 with the message; no run folder either way.
@@ -533,7 +546,7 @@ def damaged_dataset_json(kind: str, info: dict):
     ("num_classes as text", "num_classes must be a whole number from 1 to 255, got '21'"),
     ("too few class names", "classes must be a list of 21 class names"),
     ("mean missing", "mean is missing"),
-    ("std of zero", "std must be 3 positive numbers, got [0, 0.2, 0.2]"),
+    ("std of zero", "std must be 3 numbers from 0.0001 to 10.0 (pixels scaled to 0..1), got [0, 0.2, 0.2]"),
     ("pixel counts as text", "pixel_counts must be a JSON object of 21 pixel counts per split"),
 ])
 def test_damaged_dataset_json(tmp_path, tiny_voc, kind, message):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..files import OWNER_FILE, child, mark_owned, owner_of
+from ..files import OWNER_FILE, child, mark_owned, owner_of, read_json
 from ..outputs import writing
 from .common import IGNORE_INDEX, TOOL, DatasetInfo, Pair, check_pairs, decode_image, save_index_png
 
@@ -110,7 +110,7 @@ def separate(info: DatasetInfo, data_dir: Path, skip_bad: bool = False, workers:
 def read_summary(path: Path) -> dict:
     """dataset.json of a finished separation; DataError when it is unreadable or not one."""
     try:
-        done = json.loads(path.read_text())
+        done = read_json(path, "the dataset description")
     except (OSError, ValueError) as exc:
         raise DataError(f"{path} is unreadable or corrupt ({exc}); pass --force to separate again") from None
     if not (isinstance(done, dict) and isinstance(done.get("counts"), dict)

@@ -20,6 +20,8 @@ import torch
 from torch import nn
 
 from ..errors import DataError
+from ..checkpoint import is_weights
+from ..files import open_regular
 
 WeightsSpec = str | None  # the type of the options encoder_weights and weights (see above)
 
@@ -45,19 +47,21 @@ def torchvision_weights(model_name: str, spec: str):
 
 def read_state_dict_file(path: Path, what: str, expected: str) -> dict:
     """torch.load(weights_only=True) with an error that names the file and what to do."""
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"{what} file {path} not found: give the path of {expected} (or a state_dict in its key "
                         f"layout), or a name of torchvision's weights such as IMAGENET1K_V1")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path, f"{what} file") as f:
+            state = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise DataError(f"{what} file {path} was refused: it holds objects other than tensors, so "
                         f"loading it could run code ({str(exc).splitlines()[0]})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
         raise DataError(f"{what} file {path} is truncated or corrupt ({str(exc).splitlines()[0]}); "
                         f"download {expected} again") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise DataError(f"{what} file {path} is not a state_dict (a mapping of names to tensors) like {expected}")
+    if not is_weights(state):
+        raise DataError(f"{what} file {path} is not a state_dict (a mapping of names to dense tensors of real "
+                        f"numbers) like {expected}")
     return state
 
 
