@@ -45,7 +45,12 @@ def main(argv=None) -> int:
     with stop_cleanly_on_signals("the unfinished zip was removed; run pack_camvid.py again"), writing(args.out), \
             atomic_path(args.out) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
         for path, name in members.items():
-            with open_regular(path, "CamVid file") as src, zf.open(zipfile.ZipInfo.from_file(path, name), "w") as dst:
+            try:
+                src = open_regular(path, "CamVid file")
+            except OSError as exc:  # (a write's failure is named by writing(): this one is the input's)
+                raise DataError(f"{path} cannot be read ({exc.strerror or exc}); check its permissions") from None
+            info = zipfile.ZipInfo.from_file(path, name, strict_timestamps=False)  # (a file dated before 1980)
+            with src, zf.open(info, "w") as dst:
                 shutil.copyfileobj(src, dst)
     print(f"wrote {args.out}: " + ", ".join(f"{split} {len(pairs)}" for split, pairs in splits.items()))
     return 0

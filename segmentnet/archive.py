@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from .errors import DataError
+from .files import open_regular
 
 MARKER = ".extracted.json"
 COPY_CHUNK = 1 << 20
@@ -66,7 +67,7 @@ def check_readable(path: Path) -> Path:
         if path.is_dir():
             raise DataError(f"{path} is a folder, not an archive file; pass the archive file itself "
                             f"(the .tar, .tar.gz or .zip) to --archive")
-        with open(path, "rb") as f:
+        with open_regular(path, "the archive") as f:  # (a fifo would hang the reader, a device feed it for ever)
             f.read(1)
     except OSError as exc:
         raise DataError(f"{path}: the archive cannot be read ({exc.strerror or exc}); check that it exists and "

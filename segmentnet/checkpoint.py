@@ -125,6 +125,8 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     try:
         with open_regular(path, "checkpoint") as f:
             state = torch.load(f, map_location=map_location, weights_only=True)
+    except DataError:  # (a RuntimeError too: open_regular's refusal is not a corrupt file)
+        raise
     except pickle.UnpicklingError as exc:
         raise DataError(
             f"checkpoint {path} was refused: it holds objects other than tensors and plain values, so loading "
@@ -165,11 +167,13 @@ def is_weights(value) -> bool:
 
 def is_plain_tensor(value) -> bool:
     return (isinstance(value, torch.Tensor) and value.layout == torch.strided and not value.is_meta
-            and not value.is_quantized and not value.is_complex() and value.dtype not in _UNUSABLE_DTYPES)
+            and value.dtype in WEIGHT_DTYPES)
 
 
-_UNUSABLE_DTYPES = {getattr(torch, name) for name in ("float8_e4m3fn", "float8_e5m2", "bits8", "qint8")
-                    if hasattr(torch, name)}
+# what a model's parameters and buffers are (and torch.save writes of them): anything else (complex, float8,
+# bits, quantized) fails inside load_state_dict or is cast silently
+WEIGHT_DTYPES = {torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8, torch.int8, torch.int16,
+                 torch.int32, torch.int64, torch.bool}
 WEIGHTS_RULE = (is_weights, "a mapping of names to dense tensors of real numbers")
 _ANY_CHECKPOINT = {"model": WEIGHTS_RULE, **DESCRIPTION_RULES}  # (the description: read by inference and resume)
 _RESUME = {
@@ -248,7 +252,11 @@ def load_weights(model: torch.nn.Module, state_dict: dict, path) -> None:
     if problems:
         raise DataError(f"checkpoint {path} does not fit the model {type(model).__name__}: " + ". ".join(problems) +
                         ". It was trained with another model, model_options or number of classes.")
-    model.load_state_dict(state_dict)
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as exc:  # a value torch cannot copy into the parameter (is_weights lets none through)
+        raise DataError(f"checkpoint {path}: its weights cannot be loaded into {type(model).__name__} "
+                        f"({str(exc).splitlines()[0][:200]}); the file is corrupt or was not written by SegmentNet") from None
 
 
 def clean_state_dict(state_dict: dict) -> dict:

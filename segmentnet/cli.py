@@ -41,9 +41,18 @@ def stop_cleanly_on_signals(then: str, names=("SIGTERM", "SIGHUP")):
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        print(f"stopped by signal {signum}: {then}", file=sys.stderr)
+        # loader workers die of the same signal (a process group's kill): torch's SIGCHLD handler would
+        # report that as an error while this exit unwinds
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        message = f"stopped by signal {signum}: {then}\n"
+        try:  # straight to the file: a print here could meet a progress bar's print mid-way (reentrant call)
+            os.write(sys.stderr.fileno(), message.encode())
+        except (AttributeError, OSError, ValueError):  # stderr redirected to no file (a test's buffer)
+            sys.stderr.write(message)
         raise SystemExit(128 + signum)
 
+    # a signal ignored when the tool started (nohup's SIGHUP) stays ignored
+    signals = [s for s in signals if signal.getsignal(s) is not signal.SIG_IGN]
     previous = {s: signal.signal(s, stop) for s in signals}
     try:
         yield

@@ -12,6 +12,7 @@ import inspect
 import io
 import json
 import math
+import reprlib
 import tokenize
 import typing
 from pathlib import Path
@@ -59,11 +60,15 @@ def is_colours(value, count: int = 0) -> bool:
         isinstance(c, list) and len(c) == 3 and all(is_whole(x, 0, 255) for x in c) for c in value)
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother = 4, 60, 60
+
+
 def shown(value) -> str:
     """A value as an error message quotes it: short (a tensor by its type and shape)."""
     if hasattr(value, "dtype") and hasattr(value, "shape"):
         return f"a tensor of {value.dtype}, shape {tuple(value.shape)}"
-    text = repr(value)
+    text = _SHORT.repr(value)  # (bounded: a hostile value may be nested thousands deep, or huge)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

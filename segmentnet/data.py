@@ -18,7 +18,7 @@ from .config import INT64_MAX, entry_problems, is_colours, is_whole
 from .description import RULES as DESCRIPTION_RULES
 from .datasets.common import IGNORE_INDEX
 from .errors import ConfigError, DataError
-from .files import is_regular, read_json
+from .files import is_regular, open_regular, read_json
 from .transforms import decode_rgb, eval_transform, train_transform
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -259,7 +259,7 @@ def check_crop_fits(dataset: SegmentationDataset, cfg) -> None:
     if cfg.pad:
         return
     for path in dataset.images:
-        with Image.open(path) as im:
+        with open_regular(path, "image") as f, Image.open(f) as im:
             w, h = im.size
         if min(w, h) * cfg.scale_min < cfg.crop_size:
             raise ConfigError(f"crop_size {cfg.crop_size} is larger than {path} ({w}x{h}) scaled by scale_min "

@@ -12,7 +12,7 @@ from __future__ import annotations
 from .config import entry_problems, is_colours, is_float32, is_whole, shown
 from .errors import DataError
 
-MAX_CLASSES = 256             # class indices are stored as uint8 masks (255: ignored)
+MAX_CLASSES = 255             # class indices are stored as uint8 masks, 255 meaning 'ignored'
 MAX_OPTIONS_DEPTH = 8         # model options are a flat object of numbers, names and short lists
 MEAN_RANGE = (-1.0, 2.0)      # per-channel mean of pixels scaled to 0..1 (a mean outside is no image's)
 STD_RANGE = (1e-4, 10.0)      # per-channel standard deviation of such pixels: a tiny one divides to infinity
@@ -47,7 +47,7 @@ RULES = {
     "num_classes": (lambda v: is_whole(v, 1, MAX_CLASSES), f"a whole number from 1 to {MAX_CLASSES}"),
     "run_id": (lambda v: isinstance(v, str), "a run id (text)"),
     "classes": (lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v), "a list of class names"),
-    "palette": (lambda v: is_colours(v) and len(v) <= MAX_CLASSES, "a list of [r, g, b] colours (0 to 255)"),
+    "palette": (lambda v: is_colours(v) and len(v) <= 256, "a list of at most 256 [r, g, b] colours (0 to 255)"),
     "mean": (lambda v: _channels(v, *MEAN_RANGE), f"3 numbers from {MEAN_RANGE[0]} to {MEAN_RANGE[1]} (pixels "
                                                   f"scaled to 0..1)"),
     "std": (lambda v: _channels(v, *STD_RANGE), f"3 numbers from {STD_RANGE[0]} to {STD_RANGE[1]} (pixels scaled "

@@ -17,6 +17,7 @@ all, and a tool writes only into folders it owns.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import re
@@ -77,35 +78,54 @@ def pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(path: Path) -> None:
-    """Remove the temporary files that atomic_path made for `path` in processes that no longer run
-    (killed outright, SIGKILL or power loss, before they could clean up)."""
-    pattern = re.compile(re.escape(f".{path.stem}.tmp-") + r"(\d{1,10})" + re.escape(path.suffix) + r"\Z")
+    """Remove the temporary files that atomic_path made for `path` in processes that were killed
+    outright (SIGKILL, power loss) before they could clean up: of our name pattern, a regular file,
+    its process gone, and no process holding its lock (a writer in another container or on another
+    host sharing the folder has a process id this machine does not know, but holds the lock)."""
+    pattern = re.compile(re.escape(f".{path.stem}.tmp-") + r"([0-9]{1,10})" + re.escape(path.suffix) + r"\Z")
     try:
         names = os.listdir(path.parent)
     except OSError:
         return
     for name in names:
         match = pattern.match(name)
-        if match and int(match.group(1)) != os.getpid() and not pid_alive(int(match.group(1))):
-            stale = path.parent / name
-            if stale.is_file() and not stale.is_symlink():
-                stale.unlink(missing_ok=True)
+        if not match or int(match.group(1)) == os.getpid() or pid_alive(int(match.group(1))):
+            continue
+        try:
+            fd = os.open(path.parent / name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:  # a link, gone, or not ours to read
+            continue
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError: a live writer holds it
+                os.unlink(path.parent / name)
+        except OSError:  # held, or not ours to remove (another user's, in a sticky folder): leave it
+            pass
+        finally:
+            os.close(fd)
 
 
 @contextmanager
 def atomic_path(path):
     """Yield a temporary path next to `path` (same suffix); rename it over `path` if the block succeeds.
-    Temporaries of this path left by killed processes are removed first."""
+    The temporary file is locked while it is written; those of this path left by killed processes are
+    removed first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    lock = None
     try:
+        lock = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | os.O_CLOEXEC, 0o644)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # (held on the file, whoever opens it to write: see remove_stale_temporaries)
         yield tmp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
 
 
 def write_text_atomic(path, text: str) -> None:
@@ -199,17 +219,15 @@ def open_no_follow(path, flags: int, what: str) -> int:
 
 def open_regular(path, what: str, max_bytes: int | None = None):
     """A binary file object of `path` for reading, when it is a regular file (links followed) of at most
-    `max_bytes`; DataError naming `what` when it is a fifo, a device or another special file (opened
-    without blocking, so a fifo cannot hang the reader), or too large. OSErrors pass through."""
+    `max_bytes`; DataError naming `what` when it is a fifo, a device or another special file, or too
+    large. What it is is checked before it is opened (opening a device can act: a watchdog starts) and
+    again on the descriptor, opened without blocking (a fifo swapped in between cannot hang the reader).
+    OSErrors pass through."""
+    _refuse_unless_regular(os.stat(path).st_mode, path, what)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            if stat.S_ISDIR(info.st_mode):
-                raise DataError(f"{what} {path} is a folder, not a file; give the file itself")
-            raise DataError(f"{what} {path} is a special file (a fifo, a device or a socket), not a regular file; "
-                            f"SegmentNet reads only regular files (a fifo would hang it, a device feed it without "
-                            f"end). Give the file itself")
+        _refuse_unless_regular(info.st_mode, path, what)
         if max_bytes is not None and info.st_size > max_bytes:
             raise DataError(f"{what} {path} is {info.st_size} bytes, more than the {max_bytes} such a file can be; "
                             f"it is not one SegmentNet wrote, or is damaged")
@@ -218,6 +236,15 @@ def open_regular(path, what: str, max_bytes: int | None = None):
     except BaseException:
         os.close(fd)
         raise
+
+
+def _refuse_unless_regular(mode: int, path, what: str) -> None:
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{what} {path} is a folder, not a file; give the file itself")
+    if not stat.S_ISREG(mode):
+        raise DataError(f"{what} {path} is a special file (a fifo, a device or a socket), not a regular file; "
+                        f"SegmentNet reads and replaces only regular files (a fifo would hang it, a device feed it "
+                        f"without end). Remove it or give another path")
 
 
 def read_regular(path, what: str, max_bytes: int) -> bytes:

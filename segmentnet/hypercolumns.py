@@ -31,7 +31,7 @@ from PIL import Image
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import SegmentationDataset, read_dataset_json
 from .errors import ConfigError, DataError
-from .files import atomic_path
+from .files import atomic_path, open_regular
 from .hypercolumn_file import header_bytes, open_hypercolumns, read_header
 from .inference import resolve_device
 from .metrics import ConfusionMatrix
@@ -125,7 +125,7 @@ def sampling_plan(dataset: SegmentationDataset, cfg, split_number: int, balanced
     """[(image index, flat pixel indices, their labels)] for a split; reads the masks only."""
     plan = []
     for index in progress_bar(range(len(dataset)), cfg, desc=f"sampling {dataset.split}"):
-        with Image.open(dataset.mask_path(index)) as im:
+        with open_regular(dataset.mask_path(index), "mask") as f, Image.open(f) as im:
             mask = np.array(im)
         rng = np.random.default_rng([cfg.seed, split_number, index])
         pixels = sample_pixels(mask, cfg.samples_per_image, balanced, ignore_index, rng)

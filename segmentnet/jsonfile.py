@@ -14,7 +14,7 @@ import re
 
 MAX_DEPTH = 64            # levels of nesting: the deepest our own files reach is 4
 MAX_INTEGER_DIGITS = 40   # far beyond any count, size or seed; a float holds 1e308 but an int of 400 digits overflows it
-_STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+_STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]++|\\.)*+"|[\[\]{}]')  # (possessive: no backtracking state per character)
 
 
 class JSONLimitError(ValueError):

@@ -14,7 +14,6 @@ malformed, or whose graph has another input or output, or fixed sizes, is refuse
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 from .description import check_description
 from .errors import DataError
 from .files import read_regular
+from .jsonfile import loads as json_loads
 from .transforms import normalize
 
 FORMAT = "1"
@@ -148,8 +148,8 @@ def parse_description(meta: dict, name) -> dict:
         try:
             if len(meta[key]) > MAX_METADATA_CHARS:
                 raise ValueError("too long")
-            state[key] = json.loads(meta[key])
-        except (ValueError, RecursionError):
+            state[key] = json_loads(meta[key])
+        except ValueError:  # not JSON, or beyond jsonfile's limits
             raise DataError(f"ONNX file {name}: its metadata {key} is not JSON ({meta[key]!r:.60}); the file is "
                             f"damaged or was not written by Export.py") from None
     if not (state["epoch"] is None or type(state["epoch"]) is int and state["epoch"] >= 0):

@@ -12,9 +12,13 @@ import numpy as np
 
 from .errors import DataError, UsageError
 from .evaluation import fmt, write_text
-from .files import atomic_path, check_claimable, claim_folder, read_json
+from .files import atomic_path, check_claimable, check_inside, claim_folder, is_regular, read_json, read_regular
 from .outputs import check_replaceable, refuse_input_data, signature, writing_into
 from .visualize import epoch_axis, pyplot, read_metrics
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_GRID_BYTES = 1 << 26  # a sample grid of a few images: far below this
+
 
 def load_run(run_dir) -> dict:
     """What the report shows of one run folder: config, metrics, parameter count, classes, latest grid."""
@@ -36,13 +40,7 @@ def load_run(run_dir) -> dict:
         if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
             classes = None
     best = max(records, key=lambda r: r["val_miou"])
-    grids = sorted(p for p in (run_dir / "samples").glob("epoch_*.png") if p.is_file())
-    grid = None
-    if grids:
-        try:
-            grid = (grids[-1].name, grids[-1].read_bytes())
-        except OSError as exc:
-            raise DataError(f"{grids[-1]} cannot be read ({exc.strerror or exc})") from None
+    grid = latest_grid(run_dir)
     return {
         "dir": run_dir, "config": config, "records": records, "best": best, "parameters": parameters,
         "model": str(config.get("model", "?")), "model_options": config.get("model_options", {}),
@@ -52,6 +50,23 @@ def load_run(run_dir) -> dict:
         "images_per_second": statistics.median(r.get("images_per_second", float("nan")) for r in records),
         "grid": grid,
     }
+
+
+def latest_grid(run_dir: Path) -> tuple[str, bytes] | None:
+    """(name, bytes) of the run's latest sample grid, samples/epoch_NNN.png, or None. The page embeds
+    it, so only a PNG that lies in the run folder as a regular file is taken: a link planted there
+    (e.g. to ~/.ssh/id_rsa) would put the file it leads to into the page."""
+    grids = sorted(p for p in (run_dir / "samples").glob("epoch_*.png") if not p.is_symlink() and is_regular(p))
+    if not grids:
+        return None
+    try:
+        data = read_regular(check_inside(run_dir, grids[-1], "a sample grid"), "the sample grid", MAX_GRID_BYTES)
+    except OSError as exc:
+        raise DataError(f"{grids[-1]} cannot be read ({exc.strerror or exc})") from None
+    if not data.startswith(PNG_SIGNATURE):
+        raise DataError(f"{grids[-1]} is not a PNG picture; TrainSegmentNet.py writes its sample grids as PNG. Delete "
+                        f"it, or give the run folder as training left it")
+    return grids[-1].name, data
 
 
 def training_seconds(records: list[dict]) -> float:

@@ -265,7 +265,10 @@ def test_pack_camvid_packs_the_listed_files(tmp_path):
 
     from conftest import run_script
 
+    import os
+
     root = one_pair_folder(tmp_path)
+    os.utime(root / "train" / "a.png", (0, 0))  # dated 1970: before what a zip can date
     assert run_script(pack_camvid_main(), [root, tmp_path / "camvid.zip"])[0] == 0
     with zipfile.ZipFile(tmp_path / "camvid.zip") as zf:
         assert sorted(zf.namelist()) == [f"{camvid.ROOT}/{name}" for name in

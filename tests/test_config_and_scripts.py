@@ -142,3 +142,19 @@ def test_model_options_nested_too_deeply_are_a_usage_error(tmp_path):
                             "--out", tmp_path / "run", cwd=ROOT)
     assert result.returncode == 2 and "nested deeper than 64 levels" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_stopping_cleanly_on_signals_leaves_an_ignored_signal_ignored():
+    import signal
+
+    from segmentnet.cli import stop_cleanly_on_signals
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM)}
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup starts a tool
+    try:
+        with stop_cleanly_on_signals("then"):
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, before[signal.SIGTERM])
+        assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGHUP, before[signal.SIGHUP])

@@ -202,6 +202,8 @@ def test_a_foreign_or_damaged_onnx_file_gets_a_clear_error(tmp_path, small_voc):
         with_metadata(ours, tmp_path / "dataset.onnx", dataset='"../../elsewhere"').name: ("only plain file names",
                                                                                           False),
         with_metadata(ours, tmp_path / "deep.onnx", palette="[" * 100000).name: ("metadata palette is not JSON", True),
+        with_metadata(ours, tmp_path / "deep-mean.onnx", mean="[" * 994 + "]" * 994).name: (
+            "metadata mean is not JSON", True),
         with_metadata(ours, tmp_path / "epoch.onnx", epoch='"soon"').name: ("metadata epoch must be", True),
         # metadata that passed the checks but broke inference (drawn black, exit 70, every pixel class 0)
         with_metadata(ours, tmp_path / "no-colours.onnx", palette="[]").name: ("palette must hold a colour for each "
@@ -319,7 +321,7 @@ def test_special_files_in_place_of_models_or_outputs_are_refused_without_blockin
             for main, args in ((Predict.main, [images, "--out", tmp_path / "pred"]), (Evaluate.main, [])):
                 status, err = run_script(main, [tmp_path / model, *args, "--no-progress"])
                 assert status == 2 and "is a special file (a fifo, a device or a socket)" in err, (model, err)
-                assert "Traceback" not in err
+                assert "Traceback" not in err and "truncated or corrupt" not in err, err
         os.mkfifo(tmp_path / "x.onnx")                                     # Export's --out
         status, err = run_script(Export.main, [checkpoint, "--out", tmp_path / "x.onnx", "--check-sizes", CHECK])
         assert status == 2 and f"{tmp_path / 'x.onnx'} is a special file" in err, err

@@ -6,6 +6,7 @@ import hashlib
 import http.server
 import io
 import json
+import os
 import stat
 import struct
 import subprocess
@@ -670,14 +671,18 @@ def test_corrupt_compressed_data(capsys, tmp_path, kind, message):
     assert_extract_refused(tmp_path, archive, message, "--no-verify")
 
 
-@pytest.mark.parametrize("case", ["a folder", "a name too long"])
-def test_archive_path_that_is_no_readable_file(capsys, tmp_path, case):
+@pytest.mark.parametrize("case", ["a folder", "a name too long", "a fifo", "a link to a device"])
+def test_archive_path_that_is_no_readable_file(capsys, tmp_path, case, no_hang):
     if case == "a folder":
         path, message = tmp_path / VOC.filename, "is a folder, not an archive file; pass the archive file itself"
         path.mkdir()
-    else:
+    elif case == "a name too long":
         path, message = tmp_path / ("x" * 300 + ".tar"), "cannot be looked at (File name too long)"
-    assert_extract_refused(tmp_path, path, message)  # with the md5 check, which read it first
+    else:  # a fifo would hang the reader, a device feed it for ever
+        path, message = tmp_path / VOC.filename, "is a special file (a fifo, a device or a socket)"
+        os.mkfifo(path) if case == "a fifo" else path.symlink_to("/dev/zero")
+    with no_hang(60):
+        assert_extract_refused(tmp_path, path, message)  # with the md5 check, which read it first
 
 
 @pytest.mark.parametrize("what", ["archive", "downloads folder"])

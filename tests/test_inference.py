@@ -126,6 +126,13 @@ def test_hostile_image_files_are_data_errors_naming_them(tmp_path):
         read_rgb(tmp_path / "text.jpg")
 
 
+def nested(depth: int) -> list:
+    value = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 def test_load_model_refuses_a_folder_and_hostile_entries(tmp_path, small_voc):
     from segmentnet.checkpoint import load_checkpoint
     from segmentnet.errors import DataError
@@ -144,7 +151,10 @@ def test_load_model_refuses_a_folder_and_hostile_entries(tmp_path, small_voc):
                        ("model", state["model"] | {weight: torch.empty(3, device="meta")}),
                        ("model", state["model"] | {weight: state["model"][weight].to_sparse()}),
                        ("model", state["model"] | {weight: state["model"][weight].to(torch.complex64)}),
-                       ("model_options", {"width": torch.tensor(16)})):
+                       ("model", state["model"] | {weight: torch.empty(2, dtype=torch.bits16)}),
+                       ("model", state["model"] | {weight: state["model"][weight].to(torch.float8_e4m3fnuz)}),
+                       ("model_options", {"width": torch.tensor(16)}),
+                       ("mean", nested(3000))):  # (quoting it in the message must not recurse without end)
         with pytest.raises(DataError, match=f"the entries {key} are not what TrainSegmentNet.py writes"):
             load_model(state | {key: value})
     legacy_icnet = {"model": {"backbone.conv1.weight": torch.zeros(1)}, "model_name": "icnet",

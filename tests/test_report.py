@@ -196,11 +196,14 @@ def test_report_shows_the_training_time_of_a_run_validated_every_other_epoch(sma
     train(tiny_train_config(small_voc, run, epochs=4, val_every=2))
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [2, 4]
+    assert records[-1]["elapsed_seconds"] > sum(r["epoch_seconds"] for r in records)
+    # the run took seconds, too little to tell minutes apart: as if it had taken 10 and 20 minutes
+    for record, elapsed in zip(records, (600.0, 1200.0)):
+        record["elapsed_seconds"] = elapsed
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     status, _ = run_report(run, "--out", tmp_path / "r.html")
     assert status == 0
-    shown = re.search(r"\| sparse \|.*?\| ([0-9.]+) min \|", (tmp_path / "r.md").read_text()).group(1)
-    assert shown == f"{records[-1]['elapsed_seconds'] / 60:.1f}"
-    assert records[-1]["elapsed_seconds"] > sum(r["epoch_seconds"] for r in records)
+    assert re.search(r"\| sparse \|.*?\| 20.0 min \|", (tmp_path / "r.md").read_text())
 
 
 def test_report_never_writes_through_a_planted_pictures_link(trained_run, tmp_path):
@@ -224,3 +227,21 @@ def test_report_out_that_is_a_fifo_is_refused_without_blocking(trained_run, tmp_
     with no_hang(20):
         status, err = run_report(trained_run, "--out", tmp_path / "ff.html")
     assert status == 2 and f"--out {tmp_path / 'ff.html'} is a special file" in err, err
+
+
+def test_report_never_embeds_what_a_planted_sample_grid_leads_to(trained_run, tmp_path):
+    run = tmp_path / "run_a"
+    shutil.copytree(trained_run, run)
+    secret = tmp_path / "id_rsa"
+    secret.write_bytes(b"-----BEGIN OPENSSH PRIVATE KEY----- secret")
+    (run / "samples" / "epoch_999.png").symlink_to(secret)   # the latest grid by name
+    status, err = run_report(run, "--out", tmp_path / "r.html")
+    assert status == 0, err
+    page = (tmp_path / "r.html").read_bytes()
+    assert base64.b64encode(secret.read_bytes()[:30]) not in page and b"secret" not in page
+    assert b"epoch_002.png" in page                           # the run's own latest grid instead
+    assert all(p.read_bytes() != secret.read_bytes() for p in (tmp_path / "r_files").iterdir())
+    (run / "samples" / "epoch_999.png").unlink()
+    (run / "samples" / "epoch_999.png").write_bytes(b"not a picture")
+    status, err = run_report(run, "--out", tmp_path / "r.html")
+    assert status == 2 and "epoch_999.png is not a PNG picture" in err, err

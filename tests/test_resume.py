@@ -125,7 +125,7 @@ def test_truncated_checkpoint(tmp_path, tiny_voc, trained):
 @pytest.mark.parametrize("changes,message", [
     (dict(model="weights"), "model must be a mapping of names to dense tensors of real numbers, got 'weights'"),
     (dict(model_options="width=8"), "model_options must be a JSON object (dict) of model options, got 'width=8'"),
-    (dict(num_classes=21.0), "num_classes must be a whole number from 1 to 256, got 21.0"),
+    (dict(num_classes=21.0), "num_classes must be a whole number from 1 to 255, got 21.0"),
     (dict(rng={"torch": torch.zeros(10, dtype=torch.uint8), "cuda": []}), "rng must be random-generator states"),
     (dict(rng={"torch": torch.get_rng_state(), "cuda": "none"}), "rng must be random-generator states"),
     (dict(epoch=-1, step_in_epoch="2"), "epoch must be a whole number >= 0, got -1; step_in_epoch must be a whole "

@@ -53,6 +53,8 @@ def read_state_dict_file(path: Path, what: str, expected: str) -> dict:
     try:
         with open_regular(path, f"{what} file") as f:
             state = torch.load(f, map_location="cpu", weights_only=True)
+    except DataError:  # (a RuntimeError too: open_regular's refusal is not a corrupt file)
+        raise
     except pickle.UnpicklingError as exc:
         raise DataError(f"{what} file {path} was refused: it holds objects other than tensors, so "
                         f"loading it could run code ({str(exc).splitlines()[0]})") from None
