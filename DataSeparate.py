@@ -8,16 +8,28 @@ a run killed outright leaves a hidden .<dataset>.partial-* folder that the next 
 
     python DataSeparate.py --dataset cityscapes
     python DataSeparate.py --dataset kitti_road --val-fraction 0.15 --split-seed 0
+    python DataSeparate.py --dataset pets --images photos/ --masks masks/ [--classes classes.json]
+
+Your own data (--images, --masks): pairs by file name, masks of values, 0/255 or 0/1 binary, or
+colours (with --classes), in-between values snapped, images of any mode made RGB; every decision is
+printed and kept in dataset.json (segmentnet/datasets/own.py). Your folders are only read.
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from segmentnet.cli import call_main, stop_cleanly_on_signals
 from segmentnet.datasets import DATASETS, get_dataset
-from segmentnet.datasets.separate import separate
+from segmentnet.datasets.own import SNAP_LIMIT, Options, folder_splits, own_dataset, read_classes
+from segmentnet.datasets.exports import render_coco, render_labelme
+from segmentnet.datasets.separate import partial_folder, separate
+from segmentnet.errors import UsageError
+from segmentnet.files import plain_name
+from segmentnet.outputs import writing
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="datasets without an official validation split (kitti_road): the fraction of each "
                         "category held out for validation (default 0.15)")
     p.add_argument("--split-seed", type=int, default=None, help="seed of that validation split (default 0)")
+    own = p.add_argument_group("your own data (instead of an official archive; --dataset names it)")
+    own.add_argument("--images", type=Path, help="folder of your images")
+    own.add_argument("--masks", type=Path, help="folder of their masks (paired by file name)")
+    own.add_argument("--labelme", type=Path, help="folder of LabelMe's JSON files (and their images)")
+    own.add_argument("--coco", type=Path, help="COCO instances JSON over the images of --images")
+    own.add_argument("--classes", type=Path, help='JSON: {"classes": [{"name": "pet", "value": 1}, ...], "ignore": [..]}')
+    own.add_argument("--val-images", type=Path, help="a validation split of your own (with --val-masks)")
+    own.add_argument("--val-masks", type=Path)
+    own.add_argument("--test-images", type=Path, help="unlabelled images, prepared as the split test")
+    own.add_argument("--skip-unpaired", action="store_true", help="leave out images without a mask and the reverse")
+    own.add_argument("--resize-masks", action="store_true",
+                     help="resize masks of another size but the image's aspect ratio (nearest neighbour)")
+    own.add_argument("--snap-limit", type=float, default=SNAP_LIMIT,
+                     help=f"share of mask pixels that may be snapped to the nearest class (default {SNAP_LIMIT})")
     return p
 
 
@@ -40,22 +66,85 @@ def dataset_options(args) -> dict:
     return {name: value for name, value in given.items() if value is not None}
 
 
+def own_data(args, said: list[str], work: Path):
+    """(DatasetInfo, options) of your own data (--images/--masks, --labelme or --coco), under the new
+    name --dataset; an export's masks are drawn into `work`."""
+    if args.dataset in DATASETS:
+        raise UsageError(f"--dataset {args.dataset} is a built-in dataset; name your own data otherwise, e.g. "
+                         f"--dataset pets (it becomes data/pets/)")
+    plain_name(args.dataset, "--dataset")
+    given = [flag for flag, value in (("--masks", args.masks), ("--labelme", args.labelme), ("--coco", args.coco))
+             if value is not None]
+    if len(given) != 1 or (args.images is None) != (args.labelme is not None):
+        raise UsageError("give --images with --masks (folders), --images with --coco (a COCO JSON), or --labelme "
+                         "alone (a folder of LabelMe files)")
+    source = {"--masks": "folders", "--labelme": "labelme", "--coco": "coco"}[given[0]]
+    opt = Options(source, args.images, args.masks or args.labelme or args.coco, args.classes, args.val_images,
+                  args.val_masks, args.test_images, 0.15 if args.val_fraction is None else args.val_fraction,
+                  args.split_seed or 0, args.skip_unpaired, args.resize_masks, args.snap_limit)
+    classes = read_classes(opt.classes) if opt.classes else None
+    if source == "folders":
+        splits = folder_splits(opt, said)
+        folders = tuple(Path(f) for f in (opt.images, opt.masks, opt.val_images, opt.val_masks) if f is not None)
+    else:
+        if args.classes or args.val_images:
+            raise UsageError(f"{given[0]} takes its classes and images from the export: leave out --classes and "
+                             f"--val-images (a random share becomes the validation split)")
+        pairs, classes = (render_labelme(args.labelme, work, said) if source == "labelme"
+                          else render_coco(args.coco, args.images, work, said))
+        splits = {"train": pairs}
+        folders = (work, args.labelme if source == "labelme" else args.images)
+    return own_dataset(args.dataset, splits, opt, folders, classes, said)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    info = get_dataset(args.dataset)
-    with stop_cleanly_on_signals("nothing was written; run DataSeparate.py again"):
+    said = []
+    with stop_cleanly_on_signals("nothing was written; run DataSeparate.py again"), ExitStack() as stack:
+        if args.images is not None or args.labelme is not None:
+            drawn = args.labelme is not None or args.coco is not None
+            work = stack.enter_context(drawing_folder(Path(args.data_dir), args.dataset)) if drawn else None
+            info, options = own_data(args, said, work)
+        else:
+            info, options = get_dataset(args.dataset), dataset_options(args)
         summary = separate(info, Path(args.data_dir), skip_bad=args.skip_bad, workers=args.workers,
-                           force=args.force, options=dataset_options(args))
+                           force=args.force, options=options)
     out = Path(args.data_dir) / info.name
     if summary.get("already_done"):
         print(f"{out} is already complete ({summary['counts']}); nothing to do (--force redoes it)")
         return 0
     print(f"wrote {out}: " + ", ".join(f"{split} {n}" for split, n in summary["counts"].items()))
+    for line in said + class_shares(summary):
+        print(f"  {line}")
     for item in summary["skipped"]:
         print(f"skipped {item['split']}/{item['stem']}: {item['error']}")
     if summary["skipped"]:
         print(f"{len(summary['skipped'])} bad pair(s) skipped")
     return 0
+
+
+@contextmanager
+def drawing_folder(data_dir: Path, name: str):
+    """A hidden .<name>.partial-* folder beside data/<name> for the masks drawn from an export, removed
+    at the end (a run killed outright leaves it to the next run, as a separation's own partial folder)."""
+    with writing(data_dir):
+        data_dir.mkdir(parents=True, exist_ok=True)
+        folder = partial_folder(data_dir, name)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def class_shares(summary: dict) -> list[str]:
+    """'train pixels: background 71.2%, person 28.8%' for each labelled split."""
+    lines = []
+    for split, counts in summary.get("pixel_counts", {}).items():
+        total = sum(counts)
+        if total:
+            lines.append(f"{split} pixels: " + ", ".join(f"{name} {100 * n / total:.1f}%"
+                                                         for name, n in zip(summary["classes"], counts)))
+    return lines
 
 
 if __name__ == "__main__":

@@ -45,7 +45,10 @@ def check_config(cfg) -> None:
         if not ok:
             problems.append(text)
 
-    need(cfg.dataset in DATASETS, f"dataset {cfg.dataset!r} is unknown; choices: {', '.join(sorted(DATASETS))}")
+    need(cfg.dataset in DATASETS or (Path(cfg.data_dir) / cfg.dataset / "dataset.json").is_file(),
+         f"dataset {cfg.dataset!r} is unknown: not a built-in one ({', '.join(sorted(DATASETS))}) nor prepared in "
+         f"{Path(cfg.data_dir) / cfg.dataset} (for your own images and masks: DataSeparate.py --dataset "
+         f"{cfg.dataset} --images DIR --masks DIR)")
     need(cfg.model in MODELS, f"model {cfg.model!r} is unknown; choices: {', '.join(sorted(MODELS))}")
     need(cfg.loss in LOSSES, f"loss {cfg.loss!r} is unknown; choices: {', '.join(sorted(LOSSES))}")
     need(cfg.optimizer in OPTIMIZERS, f"optimizer {cfg.optimizer!r} is unknown; choices: {', '.join(OPTIMIZERS)}")

@@ -449,7 +449,8 @@ def test_a_finished_run_without_its_checkpoints_is_no_leftover(small_voc, tmp_pa
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"dataset": "kitty"}, f"dataset 'kitty' is unknown; choices: {', '.join(sorted(DATASETS))}"),
+    ({"dataset": "kitty"}, f"dataset 'kitty' is unknown: not a built-in one ({', '.join(sorted(DATASETS))}) nor "
+                           f"prepared in "),
     ({"model": "unet2"}, f"model 'unet2' is unknown; choices: {', '.join(sorted(MODELS))}"),
     ({"loss": "dice"}, "loss 'dice' is unknown; choices: ce, ce+jaccard, jaccard"),
     ({"lr": -0.1}, "lr must be a positive number, got -0.1"),

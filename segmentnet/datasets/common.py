@@ -65,7 +65,13 @@ class DatasetInfo:
     options: tuple[str, ...] = ()
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    notes: dict = field(default_factory=dict)
+    notes: dict = field(default_factory=dict)  # recorded in dataset.json as "source" (a user's own data)
+    # a user's own data (datasets/own.py): the folders its files must lie in (instead of the archives'
+    # raw folders), an image file -> the RGB image to write (None: copy the file), masks resized to
+    # their image when of its aspect ratio
+    folders: tuple[Path, ...] = ()
+    prepare_image: Callable[[Path], "Image.Image | None"] | None = None
+    resize_masks: bool = False
 
     @property
     def num_classes(self) -> int:
@@ -125,7 +131,7 @@ def check_pairs(info: "DatasetInfo", data_dir: Path, splits: dict[str, list[Pair
     """Before any work: every stem a plain name, named once per split and in one labelled split only
     (an image in train and val leaks into validation); every image and mask inside the raw folder of
     its archive (data/raw/<archive stem>) once links are resolved."""
-    folders = [raw_dir(data_dir, spec) for spec in info.archives]
+    folders = list(info.folders) or [raw_dir(data_dir, spec) for spec in info.archives]
     labelled: dict[str, tuple[str, Pair]] = {}
     for split, pairs in splits.items():
         seen: dict[str, Pair] = {}

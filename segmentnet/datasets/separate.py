@@ -15,6 +15,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from ..errors import DataError
 from ..files import OWNER_FILE, child, mark_owned, owner_of, read_json
@@ -28,18 +29,22 @@ def _convert_pair(info: DatasetInfo, out: Path, split: str, pair: Pair):
     Outputs are named by the tool: <split>/images/<stem><suffix> and <split>/masks/<stem>.png,
     the stem checked to be a plain name (check_pairs checked it before; checked again here)."""
     try:
-        size = decode_image(pair.image).size
+        prepared = info.prepare_image(pair.image) if info.prepare_image else None
+        size = (prepared or decode_image(pair.image)).size
         label = counts = mask_out = None
         if pair.mask is not None:
             if not pair.mask.exists():
                 return pair.stem, f"{pair.mask}: mask missing for image {pair.image}", None
             label = info.read_label(pair.mask)
+            if label.shape != (size[1], size[0]) and info.resize_masks:  # (checked to be of the image's aspect)
+                label = np.asarray(Image.fromarray(label).resize(size, Image.NEAREST))
             if label.shape != (size[1], size[0]):
                 return pair.stem, (f"{pair.mask}: mask is {label.shape[1]}x{label.shape[0]} but its image "
                                    f"{pair.image.name} is {size[0]}x{size[1]}; they must be the same size"), None
             mask_out = child(out / split / "masks", pair.stem, pair.origin, ".png")
             counts = np.bincount(label[label != IGNORE_INDEX].ravel(), minlength=info.num_classes)
-        image_out = child(out / split / "images", pair.stem, pair.origin, pair.image.suffix.lower())
+        suffix = ".png" if prepared is not None else pair.image.suffix.lower()
+        image_out = child(out / split / "images", pair.stem, pair.origin, suffix)
     except DataError as exc:
         return pair.stem, str(exc), None
     # A failed write (disk full, no permission) is no bad pair: it stops the run, with --skip-bad too.
@@ -47,7 +52,10 @@ def _convert_pair(info: DatasetInfo, out: Path, split: str, pair: Pair):
         with writing(mask_out):
             save_index_png(mask_out, label, info.palette)
     with writing(image_out):
-        shutil.copyfile(pair.image, image_out)
+        if prepared is not None:
+            prepared.save(image_out, format="PNG")
+        else:
+            shutil.copyfile(pair.image, image_out)
     return pair.stem, None, counts
 
 
@@ -264,4 +272,5 @@ def _separate_into(info, splits, tmp, skip_bad, workers, progress) -> dict:
         "counts": counts,
         "pixel_counts": pixel_counts,
         "skipped": skipped,
+        **({"source": info.notes} if info.notes else {}),
     }
