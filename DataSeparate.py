@@ -17,6 +17,7 @@ printed and kept in dataset.json (segmentnet/datasets/own.py). Your folders are 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 from contextlib import ExitStack, contextmanager
@@ -24,8 +25,11 @@ from pathlib import Path
 
 from segmentnet.cli import call_main, stop_cleanly_on_signals
 from segmentnet.datasets import DATASETS, get_dataset
-from segmentnet.datasets.own import SNAP_LIMIT, Options, folder_splits, own_dataset, read_classes
+from segmentnet.datasets.labels import read_classes
+from segmentnet.datasets.own import SNAP_LIMIT, Options, folder_splits, own_dataset
+from segmentnet.archive import Archive
 from segmentnet.datasets.exports import render_coco, render_labelme
+from segmentnet.extraction import extract
 from segmentnet.datasets.separate import partial_folder, separate
 from segmentnet.errors import UsageError
 from segmentnet.files import plain_name
@@ -48,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     own.add_argument("--masks", type=Path, help="folder of their masks (paired by file name)")
     own.add_argument("--labelme", type=Path, help="folder of LabelMe's JSON files (and their images)")
     own.add_argument("--coco", type=Path, help="COCO instances JSON over the images of --images")
+    own.add_argument("--cvat", type=Path, help="CVAT's 'Segmentation mask 1.1' export: its zip or its folder")
     own.add_argument("--classes", type=Path, help='JSON: {"classes": [{"name": "pet", "value": 1}, ...], "ignore": [..]}')
     own.add_argument("--val-images", type=Path, help="a validation split of your own (with --val-masks)")
     own.add_argument("--val-masks", type=Path)
@@ -66,29 +71,43 @@ def dataset_options(args) -> dict:
     return {name: value for name, value in given.items() if value is not None}
 
 
-def own_data(args, said: list[str], work: Path):
-    """(DatasetInfo, options) of your own data (--images/--masks, --labelme or --coco), under the new
-    name --dataset; an export's masks are drawn into `work`."""
+def own_source(args) -> str | None:
+    """'folders', 'labelme', 'coco' or 'cvat' for your own data (None: an official dataset), its flags
+    and the new name --dataset checked before anything is made."""
+    given = [flag for flag, value in (("--masks", args.masks), ("--labelme", args.labelme), ("--coco", args.coco),
+                                      ("--cvat", args.cvat)) if value is not None]
+    if not given and args.images is None:
+        return None
+    if len(given) != 1 or (args.images is None and given[0] in ("--masks", "--coco")) or (
+            args.images is not None and given[0] == "--labelme"):
+        raise UsageError("give --images with --masks (folders), --images with --coco (a COCO JSON), --cvat (its "
+                         "export, with --images when it holds no JPEGImages/), or --labelme alone (LabelMe's files)")
     if args.dataset in DATASETS:
         raise UsageError(f"--dataset {args.dataset} is a built-in dataset; name your own data otherwise, e.g. "
                          f"--dataset pets (it becomes data/pets/)")
     plain_name(args.dataset, "--dataset")
-    given = [flag for flag, value in (("--masks", args.masks), ("--labelme", args.labelme), ("--coco", args.coco))
-             if value is not None]
-    if len(given) != 1 or (args.images is None) != (args.labelme is not None):
-        raise UsageError("give --images with --masks (folders), --images with --coco (a COCO JSON), or --labelme "
-                         "alone (a folder of LabelMe files)")
-    source = {"--masks": "folders", "--labelme": "labelme", "--coco": "coco"}[given[0]]
-    opt = Options(source, args.images, args.masks or args.labelme or args.coco, args.classes, args.val_images,
-                  args.val_masks, args.test_images, 0.15 if args.val_fraction is None else args.val_fraction,
-                  args.split_seed or 0, args.skip_unpaired, args.resize_masks, args.snap_limit)
-    classes = read_classes(opt.classes) if opt.classes else None
-    if source == "folders":
-        splits = folder_splits(opt, said)
-        folders = tuple(Path(f) for f in (opt.images, opt.masks, opt.val_images, opt.val_masks) if f is not None)
+    return {"--masks": "folders", "--labelme": "labelme", "--coco": "coco", "--cvat": "cvat"}[given[0]]
+
+
+def own_data(args, source: str, said: list[str], work: Path):
+    """(DatasetInfo, options) of your own data under the new name --dataset; an export's masks are
+    drawn into `work`."""
+    opt = Options(source, args.images, args.masks or args.labelme or args.coco or args.cvat, args.classes,
+                  args.val_images, args.val_masks, args.test_images,
+                  0.15 if args.val_fraction is None else args.val_fraction, args.split_seed or 0, args.skip_unpaired,
+                  args.resize_masks, args.snap_limit)  # (as dataset.json records them)
+    read = opt
+    if source == "cvat":  # its masks and labelmap.txt, its images unless --images
+        root = cvat_folder(args.cvat, work)
+        read = dataclasses.replace(opt, images=args.images or root / "JPEGImages", masks=root / "SegmentationClass",
+                                   classes=args.classes or root / "labelmap.txt")
+    classes = read_classes(read.classes) if read.classes else None
+    if source in ("folders", "cvat"):
+        splits = folder_splits(read, said)
+        folders = tuple(Path(f) for f in (read.images, read.masks, read.val_images, read.val_masks) if f is not None)
     else:
         if args.classes or args.val_images:
-            raise UsageError(f"{given[0]} takes its classes and images from the export: leave out --classes and "
+            raise UsageError(f"--{source} takes its classes and images from the export: leave out --classes and "
                              f"--val-images (a random share becomes the validation split)")
         pairs, classes = (render_labelme(args.labelme, work, said) if source == "labelme"
                           else render_coco(args.coco, args.images, work, said))
@@ -100,11 +119,12 @@ def own_data(args, said: list[str], work: Path):
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     said = []
+    source = own_source(args)
     with stop_cleanly_on_signals("nothing was written; run DataSeparate.py again"), ExitStack() as stack:
-        if args.images is not None or args.labelme is not None:
-            drawn = args.labelme is not None or args.coco is not None
+        if source is not None:
+            drawn = source != "folders"
             work = stack.enter_context(drawing_folder(Path(args.data_dir), args.dataset)) if drawn else None
-            info, options = own_data(args, said, work)
+            info, options = own_data(args, source, said, work)
         else:
             info, options = get_dataset(args.dataset), dataset_options(args)
         summary = separate(info, Path(args.data_dir), skip_bad=args.skip_bad, workers=args.workers,
@@ -121,6 +141,14 @@ def main(argv=None) -> int:
     if summary["skipped"]:
         print(f"{len(summary['skipped'])} bad pair(s) skipped")
     return 0
+
+
+def cvat_folder(path: Path, work: Path) -> Path:
+    """The folder of a CVAT export: itself, or its zip extracted into `work` with every archive check."""
+    if path.is_dir():
+        return path
+    extract(path, work / "cvat", Archive(path.name, None, None, "SegmentationClass/"))
+    return work / "cvat"
 
 
 @contextmanager

@@ -25,7 +25,7 @@ from .data import DatasetFacts, build_loaders, read_dataset_json
 from .datasets import DATASETS
 from .distributed import DistEnv, all_reduce_mean, broadcast_buffers, cleanup_distributed, setup_distributed, unwrap
 from .errors import ConfigError, DataError
-from .files import write_text_atomic
+from .files import is_plain, write_text_atomic
 from .losses import LOSSES, build_loss
 from .loops import StopRequest, evaluate, out_of_memory_advice, train_one_epoch
 from .models import MODELS, build_model, model_option_problems
@@ -45,7 +45,7 @@ def check_config(cfg) -> None:
         if not ok:
             problems.append(text)
 
-    need(cfg.dataset in DATASETS or (Path(cfg.data_dir) / cfg.dataset / "dataset.json").is_file(),
+    need(cfg.dataset in DATASETS or is_plain(cfg.dataset) and (Path(cfg.data_dir) / cfg.dataset / "dataset.json").is_file(),
          f"dataset {cfg.dataset!r} is unknown: not a built-in one ({', '.join(sorted(DATASETS))}) nor prepared in "
          f"{Path(cfg.data_dir) / cfg.dataset} (for your own images and masks: DataSeparate.py --dataset "
          f"{cfg.dataset} --images DIR --masks DIR)")

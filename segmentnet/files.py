@@ -52,6 +52,15 @@ def plain_name(name: str, where: str) -> str:
     return name
 
 
+def is_plain(name) -> bool:
+    """Whether plain_name would take `name`."""
+    try:
+        plain_name(name, "")
+    except DataError:
+        return False
+    return True
+
+
 def check_inside(folder: Path, path: Path, where: str) -> Path:
     """`path` if, with every link resolved, it lies inside `folder`; DataError otherwise."""
     base = Path(folder).resolve()

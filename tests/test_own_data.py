@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 import DataSeparate
 from conftest import realdata, run_script, tiny_train_config
@@ -38,13 +38,13 @@ def blob(values=(0, 255), size=SIZE, seed: int = 0) -> np.ndarray:
 
 
 def user_folders(tmp_path: Path, count: int = 6, values=(0, 255), mask_name="{}.png", image_name="{}.jpg",
-                 mask_array=None) -> tuple[Path, Path]:
+                 mask_array=None, size=SIZE) -> tuple[Path, Path]:
     images, masks = tmp_path / "photos", tmp_path / "masks"
     images.mkdir(parents=True, exist_ok=True)
     masks.mkdir(parents=True, exist_ok=True)
     for i in range(count):
-        photo(i).save(images / image_name.format(f"p{i}"))
-        array = blob(values, seed=i) if mask_array is None else mask_array(i)
+        photo(i, size).save(images / image_name.format(f"p{i}"))
+        array = blob(values, size, seed=i) if mask_array is None else mask_array(i)
         Image.fromarray(array.astype(np.uint16 if array.max() > 255 else np.uint8)).save(  # (RGB, L or I;16)
             masks / mask_name.format(f"p{i}"))
     return images, masks
@@ -83,7 +83,7 @@ def test_binary_masks_of_any_two_values_become_background_and_foreground(tmp_pat
 
 
 def test_jpeg_masks_are_snapped_to_the_nearest_value_within_the_limit(tmp_path, capsys):
-    images, masks = user_folders(tmp_path, mask_name="{}.jpg")  # JPEG: in-between values at the edges
+    images, masks = user_folders(tmp_path, mask_name="{}.jpg", size=(160, 120))  # JPEG: in-between values at edges
     values = np.unique(np.concatenate([np.array(Image.open(p)).ravel() for p in masks.iterdir()]))
     assert len(values) > 2
     status, err = separate(tmp_path, images, masks, "--snap-limit", "0")
@@ -94,7 +94,10 @@ def test_jpeg_masks_are_snapped_to_the_nearest_value_within_the_limit(tmp_path, 
     out = capsys.readouterr().out
     assert "binary masks: value 0 is background, 255 foreground" in out and "snapped" in out
     info, prepared_masks = prepared(tmp_path)
-    assert all(set(np.unique(m).tolist()) <= {0, 1} for m in prepared_masks["train"])
+    assert all(set(np.unique(m).tolist()) == {0, 1} for m in prepared_masks["train"])
+    first = sorted((tmp_path / "data" / "mine" / "train" / "masks").iterdir())[0]
+    truth = blob((0, 255), (160, 120), seed=int(first.stem[1:])) == 255
+    assert (np.array(Image.open(first)) == truth).mean() > 0.99   # snapped back to the drawn shapes
 
 
 def test_index_masks_name_their_values_and_255_is_ignored(tmp_path):
@@ -189,8 +192,10 @@ def test_images_of_every_mode_become_rgb(tmp_path, mode):
     assert any(f"of mode {mode} " in line for line in info["source"]["decided"]), info["source"]["decided"]
     for split in ("train", "val"):
         for path in (tmp_path / "data" / "mine" / split / "images").iterdir():
-            with Image.open(path) as image:
+            with Image.open(path) as image, Image.open(next(images.glob(f"{path.stem}.*"))) as source:
                 assert image.mode == "RGB" and image.size == SIZE
+                if mode in ("L", "RGBA", "P"):  # (the same pixels, as Pillow makes them RGB)
+                    assert np.array_equal(np.asarray(image), np.asarray(source.convert("RGB")))
 
 
 def test_an_image_turned_by_exif_fits_its_mask(tmp_path):
@@ -203,7 +208,9 @@ def test_an_image_turned_by_exif_fits_its_mask(tmp_path):
     info, _ = prepared(tmp_path)
     assert "1 image(s) turned by their EXIF orientation, as their masks were drawn" in info["source"]["decided"]
     written = next((tmp_path / "data" / "mine").glob("*/images/p0.*"))
-    assert Image.open(written).size == (SIZE[1], SIZE[0])
+    with Image.open(images / "p0.jpg") as original:
+        turned = np.asarray(ImageOps.exif_transpose(original).convert("RGB"))
+    assert turned.shape == (SIZE[0], SIZE[1], 3) and np.array_equal(np.asarray(Image.open(written)), turned)
 
 
 def test_masks_of_another_size_are_refused_or_resized_when_asked(tmp_path):
@@ -345,7 +352,8 @@ def test_labelme_shapes_are_drawn_later_over_earlier(tmp_path, capsys):
     assert DataSeparate.main(["--dataset", "mine", "--labelme", str(folder), "--data-dir", str(tmp_path / "data"),
                               "--workers", "1"]) == 0
     out = capsys.readouterr().out
-    assert "classes background, ball, cat, dog" in out and "5 line, linestrip or point shape(s) cover no area" in out
+    assert "classes background, ball, cat, dog" in out
+    assert "left out shapes that cover no area or are not drawn: 5 line" in out
     info, _ = prepared(tmp_path)
     assert info["classes"] == ["background", "ball", "cat", "dog"] and sum(info["counts"].values()) == 6
     mask = np.array(Image.open(next((tmp_path / "data" / "mine").glob("*/masks/p0.png"))))
@@ -460,3 +468,121 @@ def test_hostile_coco_files_are_refused_naming_them(tmp_path, case, message):
                                                  "--data-dir", tmp_path / "data", "--workers", "1"])
     assert status == 2 and message in err and "Traceback" not in err, err
     assert snapshot(tmp_path) == before
+
+
+def cvat_export(folder: Path) -> Path:
+    """CVAT's 'Segmentation mask 1.1' layout: labelmap.txt, SegmentationClass/ colour masks, JPEGImages/."""
+    (folder / "SegmentationClass").mkdir(parents=True)
+    (folder / "JPEGImages").mkdir()
+    (folder / "labelmap.txt").write_text("# label:color_rgb:parts:actions\nbackground:0,0,0::\n"
+                                         "road:128,64,128::\nsky:70,130,180::\nvoid:255,255,255::\n")
+    for i in range(4):
+        photo(i).save(folder / "JPEGImages" / f"f{i}.jpg")
+        Image.fromarray(colour_mask(i)).save(folder / "SegmentationClass" / f"f{i}.png")
+    return folder
+
+
+def test_a_cvat_export_as_a_folder_or_its_zip(tmp_path):
+    import zipfile
+
+    folder = cvat_export(tmp_path / "export")
+    assert run_script(DataSeparate.main, ["--dataset", "mine", "--cvat", folder, "--data-dir", tmp_path / "data",
+                                          "--workers", "1"])[0] == 0
+    assert prepared(tmp_path)[0]["classes"] == ["background", "road", "sky", "void"]
+    with zipfile.ZipFile(tmp_path / "task.zip", "w") as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(folder).as_posix())
+    status, err = run_script(DataSeparate.main, ["--dataset", "zipped", "--cvat", tmp_path / "task.zip",
+                                                 "--data-dir", tmp_path / "data", "--workers", "1"])
+    assert status == 0, err
+    info, masks = prepared(tmp_path, "zipped")
+    assert info["counts"] == {"train": 3, "val": 1} and masks["train"][0][0, 0] == 3
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["mine", "zipped"]  # no drawing folder left
+    with zipfile.ZipFile(tmp_path / "evil.zip", "w") as zf:
+        zf.writestr("SegmentationClass/a.png", b"x")
+        zf.writestr("../../escaped.txt", b"x")
+    status, err = run_script(DataSeparate.main, ["--dataset", "evil", "--cvat", tmp_path / "evil.zip",
+                                                 "--data-dir", tmp_path / "data", "--workers", "1"])
+    assert status == 2 and "climbs out with '..'" in err and not (tmp_path.parent / "escaped.txt").exists(), err
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["mine", "zipped"]
+
+
+@pytest.mark.parametrize("values,classes,ignored", [
+    ((0, 85, 170, 255), ["class_0", "class_85", "class_170", "class_255"], False),  # grey-coded: 255 is a class
+    ((0, 128, 255), ["class_0", "class_128", "class_255"], False),                  # a trimap
+    ((0, 1, 2, 255), ["class_0", "class_1", "class_2"], True),                      # VOC-like: 255 the border
+])
+def test_which_value_is_ignore_and_which_are_classes(tmp_path, values, classes, ignored):
+    images, masks = user_folders(tmp_path, values=values)
+    assert separate(tmp_path, images, masks)[0] == 0
+    info, prepared_masks = prepared(tmp_path)
+    assert info["classes"] == classes
+    assert (255 in np.unique(np.concatenate([m.ravel() for m in prepared_masks["train"]]))) == ignored
+
+
+def test_grey_rgb_masks_hold_values_and_a_blank_frame_among_colour_masks_is_background(tmp_path):
+    images, masks = user_folders(tmp_path, mask_array=lambda i: np.repeat(blob(seed=i)[..., None], 3, 2))  # R=G=B
+    assert separate(tmp_path, images, masks)[0] == 0
+    assert prepared(tmp_path)[0]["classes"] == ["background", "foreground"]
+    images, masks = user_folders(tmp_path / "c", mask_array=lambda i: colour_mask(i) if i else
+                                 np.zeros((SIZE[1], SIZE[0], 3), np.uint8))   # frame p0 not annotated: all black
+    (tmp_path / "labelmap.txt").write_text("background:0,0,0::\nroad:128,64,128::\nsky:70,130,180::\nvoid:255,255,255::\n")
+    assert separate(tmp_path / "c", images, masks, "--classes", tmp_path / "labelmap.txt")[0] == 0
+    black = np.array(Image.open(next((tmp_path / "c" / "data" / "mine").glob("*/masks/p0.png"))))
+    assert not black.any()
+
+
+def test_repeated_entries_of_a_classes_file_are_refused(tmp_path):
+    images, masks = user_folders(tmp_path, values=(0, 1))
+    for text, message in (('{"classes": [{"name": "a", "value": 0}, {"name": "b", "value": 0}]}', "the value or colour 0"),
+                          ('{"classes": [{"name": "a", "value": 0}, {"name": "a", "value": 1}]}', "the name a is given"),
+                          ('{"classes": [{"name": "a", "value": 0}, {"name": "b", "value": 1}], "ignore": [1]}',
+                           "the value or colour 1 is given twice")):
+        (tmp_path / "c.json").write_text(text)
+        status, err = separate(tmp_path, images, masks, "--classes", tmp_path / "c.json")
+        assert status == 2 and message in err, err
+
+
+def test_a_tiny_mask_is_no_scaled_mask(tmp_path):
+    images, masks = user_folders(tmp_path, count=3)
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(masks / "p0.png")
+    status, err = separate(tmp_path, images, masks, "--resize-masks")
+    assert status == 2 and "p0.png 1x1 for p0.jpg 40x30" in err, err
+
+
+def test_compressed_rle_and_short_counts(tmp_path):
+    from pycocotools import mask as coco_mask
+
+    region = np.zeros((SIZE[1], SIZE[0]), np.uint8, order="F")
+    region[5:15, 8:30] = 1
+    compressed = coco_mask.encode(np.asfortranarray(region))["counts"].decode()
+    for counts, ok in ((compressed, True), ("", False), ("0", False), ("3", False)):
+        annotations = [{"id": 1, "image_id": 0, "category_id": 3, "iscrowd": 0,
+                        "segmentation": {"size": [SIZE[1], SIZE[0]], "counts": counts}}]
+        instances, images = coco_export(tmp_path, annotations=annotations)
+        status, err = run_script(DataSeparate.main, ["--dataset", "mine", "--coco", instances, "--images", images,
+                                                     "--data-dir", tmp_path / "data", "--workers", "1", "--force"])
+        if ok:
+            assert status == 0, err
+            mask = np.array(Image.open(next((tmp_path / "data" / "mine").glob("*/masks/0-000000000000.png"))))
+            assert np.array_equal(mask, region.astype(np.uint8))   # car (class 1) exactly where encoded
+        else:
+            assert status == 2 and ("its RLE counts add up to" in err or "counts are damaged" in err), err
+
+
+def test_hostile_shapes_ids_and_names(tmp_path):
+    folder = labelme_folder(tmp_path, count=2)
+    labelme_file(folder, "x", [("cat", "circle", [[10, 10], [10, 900000]])], image_path="p0.jpg")
+    status, err = run_script(DataSeparate.main, ["--dataset", "mine", "--labelme", folder, "--data-dir", tmp_path / "d"])
+    assert status == 2 and "a circle of radius 899990 around an image of 40x30" in err, err
+    instances, images = coco_export(tmp_path, annotations=[{"id": 1, "image_id": [0], "category_id": 3,
+                                                            "segmentation": [[1, 1, 5, 1, 5, 5]]}])
+    status, err = run_script(DataSeparate.main, ["--dataset", "mine", "--coco", instances, "--images", images,
+                                                 "--data-dir", tmp_path / "d"])
+    assert status == 2 and "annotation 1 names no listed image_id and category_id" in err, err
+    status, err = run_script(DataSeparate.main, ["--dataset", "/../../outside", "--labelme", folder,
+                                                 "--data-dir", tmp_path / "d" / "data"])
+    assert status == 2 and "--dataset" in err and not list(tmp_path.rglob("outside*")), err
+    status, err = run_script(DataSeparate.main, ["--dataset", "mine", "--coco", instances, "--data-dir", tmp_path / "d"])
+    assert status == 2 and "give --images with --masks (folders), --images with --coco" in err, err

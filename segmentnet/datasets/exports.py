@@ -25,11 +25,12 @@ import warnings
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from ..errors import DataError
 from ..files import MAX_JSON_BYTES, check_inside, open_regular, plain_name, read_regular
 from ..jsonfile import loads as json_loads
+from ..outputs import writing
 from .common import IGNORE_INDEX, Pair
 
 MAX_COORDINATE = 1e6          # pixels: far beyond any image Pillow opens
@@ -111,8 +112,30 @@ def image_size(path: Path, where: str) -> tuple[int, int]:
         raise DataError(f"{where}: {path} cannot be read as an image ({exc})") from None
 
 
+def declared(record: dict, width_key: str, height_key: str) -> tuple[int, int] | None:
+    """The image size an annotation says it was drawn on, when it says one."""
+    w, h = record.get(width_key), record.get(height_key)
+    return (w, h) if type(w) is int and type(h) is int else None
+
+
+def canvas_size(path: Path, size: tuple[int, int] | None, where: str) -> tuple[int, int]:
+    """The size the annotation was drawn on: the image as stored, or turned by its EXIF orientation
+    when the annotation says that size (own.survey then turns the image the same way)."""
+    from .own import oriented_size
+
+    image_size(path, where)  # (the header's checks: readable, no decompression bomb)
+    stored, turned, _ = oriented_size(path)
+    if size is None or size == stored:
+        return stored
+    if size == turned:
+        return turned
+    raise DataError(f"{where}: it was drawn on an image of {size[0]}x{size[1]}, but {path} is {stored[0]}x{stored[1]}; "
+                    f"the annotation is of another image")
+
+
 def save_mask(mask: np.ndarray, path: Path) -> None:
-    Image.fromarray(mask.astype(np.uint8), mode="L").save(path, format="PNG")
+    with writing(path):
+        Image.fromarray(mask.astype(np.uint8), mode="L").save(path, format="PNG")
 
 
 # ----------------------------------------------------------------------------- LabelMe
@@ -126,32 +149,29 @@ def render_labelme(folder: Path, work: Path, said: list[str]) -> tuple[list[Pair
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".json" and not p.is_symlink())
     if not files:
         raise DataError(f"--labelme {folder} holds no .json file (LabelMe saves one beside each image)")
-    records, labels, skipped = [], set(), 0
-    for path in files:
-        record = read_export_json(path, "LabelMe file")
-        shapes = record.get("shapes") if isinstance(record, dict) else None
-        if not isinstance(shapes, list):
-            raise DataError(f"LabelMe file {path} has no list of \"shapes\"; it is not a LabelMe annotation")
-        for number, shape in enumerate(shapes, 1):
-            if not (isinstance(shape, dict) and isinstance(shape.get("label"), str) and shape["label"].strip()):
-                raise DataError(f"LabelMe file {path}, shape {number}: it has no \"label\" (text)")
-            if shape.get("shape_type", "polygon") in AREA_SHAPES and shape["label"] not in BACKGROUND_LABELS:
-                labels.add(shape["label"].strip())
-        records.append((path, record))
+    labels, skipped = set(), {}
+    for path in files:  # first pass: the labels (the files are read again below: imageData can be large)
+        for shape in labelme_shapes(path):
+            if shape.get("shape_type") in AREA_SHAPES and shape["label"] not in BACKGROUND_LABELS:
+                labels.add(shape["label"])
+    if len(labels) >= IGNORE_INDEX:
+        raise DataError(f"--labelme {folder}: {len(labels)} different labels; at most {IGNORE_INDEX - 1} can be classes")
     names = ["background"] + sorted(labels)
     index = {name: k for k, name in enumerate(names)} | {label: 0 for label in BACKGROUND_LABELS}
-    (work / "images").mkdir()
-    (work / "masks").mkdir()
+    with writing(work):
+        (work / "images").mkdir()
+        (work / "masks").mkdir()
     pairs = []
-    for path, record in records:
+    for path in files:
+        record = read_export_json(path, "LabelMe file")
         image_path, size = labelme_image(folder, path, record, work)
         mask = Image.new("L", size, 0)
         draw = ImageDraw.Draw(mask)
         total = 0
-        for number, shape in enumerate(record["shapes"], 1):
-            kind, where = shape.get("shape_type", "polygon"), f"LabelMe file {path}, shape {number}"
+        for number, shape in enumerate(labelme_shapes(path, record), 1):
+            kind, where = shape["shape_type"], f"LabelMe file {path}, shape {number}"
             if kind not in AREA_SHAPES:
-                skipped += 1
+                skipped[kind] = skipped.get(kind, 0) + 1
                 continue
             points = points_of(shape.get("points"), where, 2 if kind in ("rectangle", "circle") else None)
             total += len(points)
@@ -164,17 +184,37 @@ def render_labelme(folder: Path, work: Path, said: list[str]) -> tuple[list[Pair
             elif kind == "circle":
                 (cx, cy), (px, py) = points
                 r = math.hypot(px - cx, py - cy)
+                if r > 2 * math.hypot(*size):  # (Pillow takes seconds a circle of a million pixels, in C)
+                    raise DataError(f"{where}: a circle of radius {r:.0f} around an image of {size[0]}x{size[1]}")
                 draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
             elif len(points) >= 3:
                 draw.polygon(points, fill=fill)
+            else:
+                skipped["polygon of fewer than 3 points"] = skipped.get("polygon of fewer than 3 points", 0) + 1
         stem = plain_name(path.stem, f"LabelMe file {path}")
         save_mask(np.asarray(mask), work / "masks" / f"{stem}.png")
         pairs.append(Pair(stem, image_path, work / "masks" / f"{stem}.png", str(path)))
     said.append(f"LabelMe: {len(pairs)} annotated images, classes {', '.join(names)} (background and the labels in "
                 f"alphabetical order; later shapes drawn over earlier)")
     if skipped:
-        said.append(f"LabelMe: {skipped} line, linestrip or point shape(s) cover no area and were left out")
+        said.append("LabelMe: left out shapes that cover no area or are not drawn: "
+                    + ", ".join(f"{n} {kind}" for kind, n in sorted(skipped.items())))
     return pairs, {"kind": "values", "names": names, "known": list(range(len(names))), "ignore": []}
+
+
+def labelme_shapes(path: Path, record=None) -> list[dict]:
+    """A LabelMe file's shapes, each with a label (text, stripped) and a shape_type (polygon when none)."""
+    record = read_export_json(path, "LabelMe file") if record is None else record
+    shapes = record.get("shapes") if isinstance(record, dict) else None
+    if not isinstance(shapes, list):
+        raise DataError(f"LabelMe file {path} has no list of \"shapes\"; it is not a LabelMe annotation")
+    out = []
+    for number, shape in enumerate(shapes, 1):
+        if not (isinstance(shape, dict) and isinstance(shape.get("label"), str) and shape["label"].strip()):
+            raise DataError(f"LabelMe file {path}, shape {number}: it has no \"label\" (text)")
+        kind = shape.get("shape_type") or "polygon"
+        out.append({**shape, "label": shape["label"].strip(), "shape_type": kind if isinstance(kind, str) else "?"})
+    return out
 
 
 def labelme_image(folder: Path, path: Path, record: dict, work: Path) -> tuple[Path, tuple[int, int]]:
@@ -187,11 +227,12 @@ def labelme_image(folder: Path, path: Path, record: dict, work: Path) -> tuple[P
         except DataError:
             candidate = None
         if candidate is not None and candidate.is_file():
-            return candidate, image_size(candidate, where)
+            return candidate, canvas_size(candidate, declared(record, "imageWidth", "imageHeight"), where)
     if record.get("imageData"):
-        image = image_from_data(record["imageData"], where)
+        image = ImageOps.exif_transpose(image_from_data(record["imageData"], where))  # (as labelme shows it)
         target = work / "images" / f"{plain_name(path.stem, where)}.png"
-        image.convert("RGB").save(target, format="PNG")
+        with writing(target):
+            image.convert("RGB").save(target, format="PNG")
         return target, image.size
     raise DataError(f"{where}: its image {str(name)[:80]!r} is not in {folder} and it holds no imageData; put the "
                     f"image beside the JSON file (a path leaving the folder is not followed)")
@@ -223,30 +264,33 @@ def render_coco(json_path: Path, images: Path, work: Path, said: list[str]) -> t
         if not (isinstance(image, dict) and type(image.get("id")) is int and isinstance(image.get("file_name"), str)):
             raise DataError(f"{where}: an image entry {str(image)[:60]} has no whole-number id and file_name")
         path = inside(images, image["file_name"], f"{where}, image {image['id']}")
-        entries[image["id"]] = (path, image_size(path, f"{where}, image {image['id']}") if path.is_file() else None)
+        entries[image["id"]] = (path, canvas_size(path, declared(image, "width", "height"), f"{where}, image "
+                                                  f"{image['id']}") if path.is_file() else None)
     by_image: dict[int, list] = {}
     for number, annotation in enumerate(coco["annotations"], 1):
-        if not (isinstance(annotation, dict) and annotation.get("image_id") in entries
-                and annotation.get("category_id") in categories):
+        if not (isinstance(annotation, dict) and type(annotation.get("image_id")) is int
+                and annotation["image_id"] in entries and type(annotation.get("category_id")) is int
+                and annotation["category_id"] in categories):
             raise DataError(f"{where}: annotation {number} names no listed image_id and category_id")
         by_image.setdefault(annotation["image_id"], []).append(annotation)
     missing = [str(path) for path, size in entries.values() if size is None]
     if missing:
         raise DataError(f"{where}: {len(missing)} image(s) it lists are not in --images {images}, e.g. "
                         f"{', '.join(missing[:3])}")
-    (work / "masks").mkdir()
+    with writing(work):
+        (work / "masks").mkdir()
     pairs, crowds = [], 0
     for image_id, (path, (width, height)) in entries.items():
-        regions = []
+        regions = []  # (crowd, -area, value, RLE): decoded one at a time below
         for annotation in by_image.get(image_id, []):
-            region = coco_region(annotation, height, width, coco_mask, f"{where}, annotation {annotation.get('id')}")
+            rle = coco_region(annotation, height, width, coco_mask, f"{where}, annotation {annotation.get('id')}")
             crowd = annotation.get("iscrowd") == 1
             crowds += crowd
-            regions.append((crowd, -int(region.sum()), IGNORE_INDEX if crowd else index[annotation["category_id"]],
-                            region))
+            regions.append((crowd, -int(coco_mask.area(rle)),
+                            IGNORE_INDEX if crowd else index[annotation["category_id"]], rle))
         mask = np.zeros((height, width), dtype=np.uint8)
-        for _, _, value, region in sorted(regions, key=lambda r: (r[0], r[1])):  # larger first, crowds last
-            mask[region] = value
+        for _, _, value, rle in sorted(regions, key=lambda r: (r[0], r[1])):  # larger first, crowds last
+            mask[coco_mask.decode(rle).astype(bool)] = value
         stem = f"{image_id}-{plain_name(path.stem, where)}"
         save_mask(mask, work / "masks" / f"{stem}.png")
         pairs.append(Pair(stem, path, work / "masks" / f"{stem}.png", f"{where}, image {image_id}"))
@@ -256,8 +300,8 @@ def render_coco(json_path: Path, images: Path, work: Path, said: list[str]) -> t
     return pairs, {"kind": "values", "names": names, "known": list(range(len(names))), "ignore": [IGNORE_INDEX]}
 
 
-def coco_region(annotation: dict, height: int, width: int, coco_mask, where: str) -> np.ndarray:
-    """The boolean region of a COCO annotation: polygons or RLE, checked before pycocotools sees them."""
+def coco_region(annotation: dict, height: int, width: int, coco_mask, where: str) -> dict:
+    """The region of a COCO annotation as one RLE: polygons or RLE, checked before pycocotools sees them."""
     segmentation = annotation.get("segmentation")
     if isinstance(segmentation, list):
         if not segmentation or len(segmentation) > MAX_POINTS:
@@ -273,15 +317,40 @@ def coco_region(annotation: dict, height: int, width: int, coco_mask, where: str
         size, counts = segmentation.get("size"), segmentation.get("counts")
         if size != [height, width] or not isinstance(counts, (str, list)) or len(counts) > height * width + 1:
             raise DataError(f"{where}: its RLE must have size [{height}, {width}] (the image's) and counts")
-        if isinstance(counts, list) and not all(type(c) is int and 0 <= c <= height * width for c in counts):
+        if isinstance(counts, str):  # (compressed: its counts decoded here, so that they can be checked)
+            counts = rle_string_counts(counts, where)
+        if not all(type(c) is int and 0 <= c <= height * width for c in counts):
             raise DataError(f"{where}: its RLE counts must be whole numbers within the image")
-        if isinstance(counts, list) and sum(counts) != height * width:
+        if sum(counts) != height * width:  # (pycocotools would leave the rest of the mask uninitialised)
             raise DataError(f"{where}: its RLE counts add up to {sum(counts)}, not the image's {height * width} pixels")
-        rles = [coco_mask.frPyObjects(segmentation, height, width)] if isinstance(counts, list) else [
-            {"size": size, "counts": counts.encode("ascii", "replace")}]
+        rles = [coco_mask.frPyObjects({"size": size, "counts": counts}, height, width)]
     else:
         raise DataError(f"{where}: its segmentation is neither polygons nor RLE")
     try:
-        return coco_mask.decode(coco_mask.merge(rles)).astype(bool)
+        return coco_mask.merge(rles)
     except Exception as exc:  # pycocotools' own errors share no base class
         raise DataError(f"{where}: its segmentation cannot be decoded ({str(exc)[:100]})") from None
+
+
+def rle_string_counts(text: str, where: str) -> list[int]:
+    """The run lengths of COCO's compressed RLE string (each a variable-length number in 6-bit
+    characters from '0', 5 bits of value and a continuation bit; from the third on, a difference to
+    the run two before), decoded as pycocotools' rleFrString does."""
+    counts, position = [], 0
+    while position < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if position >= len(text) or not 48 <= ord(text[position]) < 112 or shift > 60:
+                raise DataError(f"{where}: its compressed RLE counts are damaged")
+            c = ord(text[position]) - 48
+            value |= (c & 0x1F) << shift
+            more = bool(c & 0x20)
+            position += 1
+            shift += 5
+            if not more and c & 0x10:
+                value |= -1 << shift
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+    return counts
+

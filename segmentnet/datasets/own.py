@@ -22,8 +22,7 @@ What the folders may hold, and what is done with it (every choice is said in the
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -31,68 +30,15 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import DataError
-from ..files import MAX_JSON_BYTES, open_regular, plain_name, read_regular
-from ..jsonfile import loads as json_loads
-from .common import IGNORE_INDEX, DatasetInfo, Pair, decode_image
+from ..files import open_regular, plain_name
+from .common import DatasetInfo, Pair, decode_image
+from .labels import EXAMPLES, LabelPlan, plan_labels, tally
 
 MASK_SUFFIXES = ("_mask", "_masks", "-mask", "_gt", "_label", "_labels", "_labelids", "_seg", "_segmentation",
                  "_annotation", "_annot", "_m")
 IMAGE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "MPO")  # what Pillow reads as photos
 COPIED_FORMATS = {"JPEG": ".jpg", "PNG": ".png"}  # an RGB image of these (so named) is copied; others become PNG
 SNAP_LIMIT = 0.02                 # the share of pixels that may be snapped to a declared value or colour
-EXAMPLES = 3                      # files named in a message
-DIGITS = re.compile(r"[0-9]{1,5}")
-# Binary masks saved as JPEG or antialiased: two main values, the lowest and the highest, hold this share
-# of the pixels, and many values lie between them (a genuine index mask has a few classes in between)
-BINARY_SHARE, NOISE_VALUES = 0.8, 8
-COLOUR_NOISE = 40.0  # how far (RGB distance) a JPEG or blended colour may lie from a class colour or a blend
-
-
-@dataclass
-class Folders:
-    """The user's folders: split -> (images folder, masks folder or None for a prediction-only split)."""
-    splits: dict[str, tuple[Path, Path | None]]
-
-
-@dataclass
-class LabelPlan:
-    """How mask pixels become class indices: each known source value (or colour) -> a class index
-    (IGNORE_INDEX: ignored); other values are snapped to the nearest known one."""
-    kind: str                          # "values" or "colours"
-    known: np.ndarray                  # (K,) values or (K, 3) colours
-    target: np.ndarray                 # (K,) class index of each
-    classes: list[str]
-    palette: list[tuple[int, int, int]]
-    said: list[str] = field(default_factory=list)  # what was decided, for the summary
-
-    def label(self, pixels: np.ndarray) -> np.ndarray:
-        """A mask's pixels (H x W values or H x W x 3 colours) -> H x W uint8 class indices."""
-        unique, inverse = np.unique(packed(pixels), return_inverse=True)
-        return self.target[nearest(unpacked(unique, pixels.ndim == 3), self.known)][inverse].reshape(
-            pixels.shape[:2]).astype(np.uint8)
-
-
-def packed(pixels: np.ndarray) -> np.ndarray:
-    """One int64 a pixel: its value, or its colour as r * 65536 + g * 256 + b (np.unique is fast on these)."""
-    if pixels.ndim == 3:
-        rgb = pixels.astype(np.int64)
-        return (rgb[..., 0] * 65536 + rgb[..., 1] * 256 + rgb[..., 2]).ravel()
-    return pixels.astype(np.int64).ravel()
-
-
-def unpacked(keys: np.ndarray, colour: bool) -> np.ndarray:
-    """(N, 3) colours or (N, 1) values of packed keys."""
-    keys = np.asarray(keys, dtype=np.int64)
-    return np.stack([keys // 65536, keys // 256 % 256, keys % 256], 1) if colour else keys[:, None]
-
-
-def nearest(points: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """Index into `known` (K values or K x 3 colours) of the nearest one to each point (Euclidean)."""
-    known = known.reshape(len(known), -1).astype(np.float64)
-    distances = ((points[:, None, :].astype(np.float64) - known[None, :, :]) ** 2).sum(-1)
-    return distances.argmin(1)
-
-
 # ----------------------------------------------------------------------------- finding the pairs
 
 
@@ -154,7 +100,10 @@ def find_pairs(images_dir: Path, masks_dir: Path | None, split: str, skip_unpair
     lonely_masks = []
     for stem, path in masks.items():
         key = mask_stem(stem, images)
-        (lonely_masks.append(path) if key not in images or key in by_image else by_image.__setitem__(key, path))
+        if key in images and key not in by_image:
+            by_image[key] = path
+        else:
+            lonely_masks.append(path)
     lonely_images = [path for stem, path in images.items() if stem not in by_image]
     if lonely_images or lonely_masks:
         text = "; ".join(f"{len(paths)} {what} (e.g. {', '.join(p.name for p in paths[:EXAMPLES])})"
@@ -174,13 +123,14 @@ def find_pairs(images_dir: Path, masks_dir: Path | None, split: str, skip_unpair
 def mask_pixels(path: Path) -> np.ndarray:
     """H x W values or H x W x 3 colours of a mask file; DataError for what no mask can be."""
     image = decode_image(path, "mask")
-    if image.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
-        rgb = np.asarray(image.convert("RGB"))
-        grey = (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
-        return rgb[..., 0] if grey else rgb
-    if image.mode == "LA":
-        image = image.getchannel("L")
+    if image.mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):  # (grey or colour: decided over all masks)
+        return np.asarray(image.convert("RGB"))
+    if image.mode in ("LA", "PA"):  # (values and their transparency: the values)
+        image = image.getchannel(0)
     array = np.asarray(image)
+    if array.ndim != 2:
+        raise DataError(f"{path}: mask of mode {image.mode!r} has {array.shape[2]} channels; a mask is greyscale, "
+                        f"palette or RGB")
     if array.dtype.kind not in "ub" and not (array.dtype.kind == "i" and array.min(initial=0) >= 0):
         raise DataError(f"{path}: mask of mode {image.mode!r} holds {array.dtype} values; a mask holds whole "
                         f"numbers (a class value a pixel) or colours. Save it as a greyscale, palette or RGB PNG")
@@ -190,190 +140,20 @@ def mask_pixels(path: Path) -> np.ndarray:
 def oriented_size(path: Path) -> tuple[tuple[int, int], tuple[int, int], int]:
     """(size as stored, size after its EXIF orientation, the orientation tag: 1 when none)."""
     with open_regular(path, "image") as f, Image.open(f) as image:
-        orientation = image.getexif().get(0x0112, 1)
         size = image.size
+        try:
+            orientation = image.getexif().get(0x0112, 1)
+        except (SyntaxError, ValueError, TypeError, OSError):  # a damaged EXIF block: shown as stored
+            orientation = 1
     turned = (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
     return size, turned, orientation if orientation in range(1, 9) else 1
 
 
 def same_aspect(mask: tuple[int, int], image: tuple[int, int]) -> bool:
-    """Whether a mask of `mask` size is the image scaled (rounded to whole pixels)."""
-    return abs(mask[0] * image[1] - mask[1] * image[0]) <= max(image)
-
-
-# ----------------------------------------------------------------------------- deciding the classes
-
-
-def read_classes(path: Path) -> dict:
-    """A classes file: ours (JSON: {"classes": [{"name": .., "value": v} or {"name": .., "colour": [r, g, b]},
-    ...], "ignore": [values or colours]}), CVAT's labelmap.txt (`name:r,g,b::` a line) or Roboflow's
-    _classes.csv (`Pixel Value, Class` a line); DataError naming the file and the entry that is wrong."""
-    try:
-        text = read_regular(path, "--classes", MAX_JSON_BYTES).decode("utf-8")
-        spec = json_loads(text) if text.lstrip().startswith(("{", "[")) else other_class_file(text, path)
-    except OSError as exc:
-        raise DataError(f"--classes {path} cannot be read ({exc.strerror or exc})") from None
-    except ValueError as exc:  # (UnicodeDecodeError too)
-        raise DataError(f"--classes {path} is not JSON ({exc})") from None
-    entries = spec.get("classes") if isinstance(spec, dict) else None
-    if not isinstance(entries, list) or not entries or len(entries) > IGNORE_INDEX:
-        raise DataError(f"--classes {path} must be a JSON object with \"classes\": a list of 1 to {IGNORE_INDEX} "
-                        f"entries such as {{\"name\": \"pet\", \"value\": 1}} or {{\"name\": \"road\", \"colour\": "
-                        f"[128, 64, 128]}}")
-    kinds = set()
-    for number, entry in enumerate(entries, 1):
-        named = isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry["name"].strip() != ""
-        if named and is_value(entry.get("value")) and "colour" not in entry:
-            kinds.add("values")
-        elif named and is_colour(entry.get("colour")) and "value" not in entry:
-            kinds.add("colours")
-        else:
-            raise DataError(f"--classes {path}: class {number} must have a \"name\" (text) and either a \"value\" "
-                            f"(0 to 65535) or a \"colour\" ([r, g, b], each 0 to 255), got {str(entry)[:80]}")
-    ignore = spec.get("ignore", [])
-    if len(kinds) > 1 or not isinstance(ignore, list) or not all(
-            is_value(v) if "values" in kinds else is_colour(v) for v in ignore):
-        raise DataError(f"--classes {path}: give every class a value, or every class a colour, and \"ignore\" as a "
-                        f"list of the same kind")
-    return {"kind": kinds.pop(), "names": [e["name"].strip() for e in entries],
-            "known": [e.get("value", e.get("colour")) for e in entries], "ignore": ignore}
-
-
-def other_class_file(text: str, path: Path) -> dict:
-    """CVAT's labelmap.txt or Roboflow's _classes.csv as our classes file's JSON."""
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    entries = []
-    for number, line in enumerate(lines, 1):
-        if ":" in line:  # CVAT: name:r,g,b:parts:actions
-            name, rgb = line.split(":")[:2]
-            parts = rgb.split(",")
-            if len(parts) != 3 or not all(DIGITS.fullmatch(p.strip()) for p in parts):
-                raise DataError(f"--classes {path} line {number}: {line[:60]!r} is not CVAT's 'name:r,g,b::'")
-            entries.append({"name": name, "colour": [int(p) for p in parts]})
-        elif "," in line:  # Roboflow: Pixel Value, Class (a header first)
-            value, name = (part.strip() for part in line.split(",", 1))
-            if number == 1 and not DIGITS.fullmatch(value):
-                continue
-            if not DIGITS.fullmatch(value):
-                raise DataError(f"--classes {path} line {number}: {line[:60]!r} is not Roboflow's 'value, class'")
-            entries.append({"name": name, "value": int(value)})
-        else:
-            raise DataError(f"--classes {path} line {number}: {line[:60]!r} is none of: our JSON, CVAT's labelmap.txt "
-                            f"('name:r,g,b::'), Roboflow's _classes.csv ('value, class')")
-    return {"classes": entries}
-
-
-def is_value(v) -> bool:
-    return type(v) is int and 0 <= v <= 65535
-
-
-def is_colour(v) -> bool:
-    return isinstance(v, list) and len(v) == 3 and all(type(x) is int and 0 <= x <= 255 for x in v)
-
-
-def tally(pixels: np.ndarray, counts: dict, where: dict, name: str) -> None:
-    """Add a mask's pixel counts per value (1-tuples) or colour (3-tuples) to `counts`, and its file
-    name to `where` (the first few files that hold each)."""
-    unique, number = np.unique(packed(pixels), return_counts=True)
-    for key, n in zip(map(tuple, unpacked(unique, pixels.ndim == 3).tolist()), number.tolist()):
-        counts[key] = counts.get(key, 0) + n
-        files = where.setdefault(key, [])
-        if len(files) < EXAMPLES:
-            files.append(name)
-
-
-def plan_labels(values: dict, colours: dict, where: dict, classes: dict | None, snap_limit: float) -> LabelPlan:
-    """The LabelPlan for masks holding these pixel counts (value tuples -> pixels), from the classes file
-    or, without one, from the values themselves."""
-    if colours and (classes is None or classes["kind"] != "colours"):
-        found = ", ".join(f"{list(c)}: {n} px" for c, n in sorted(colours.items(), key=lambda kv: -kv[1])[:20])
-        raise DataError(f"the masks are colour (RGB) images ({len(colours)} colours, e.g. in "
-                        f"{', '.join(where[next(iter(colours))][:EXAMPLES])}); give --classes FILE with a colour for "
-                        f"each class, e.g. {{\"classes\": [{{\"name\": \"background\", \"colour\": [0, 0, 0]}}, ...]}}. "
-                        f"Colours found, by pixels: {found}")
-    if classes is not None and classes["kind"] == "colours" and not colours:
-        raise DataError("the classes file gives a colour for each class, but the masks hold values (greyscale or "
-                        "palette masks): give each class its \"value\" instead")
-    counts = colours or values
-    total = sum(counts.values())
-    said = []
-    if classes is not None:
-        known = [tuple(k) if isinstance(k, list) else (k,) for k in classes["known"]]
-        ignore = [tuple(k) if isinstance(k, list) else (k,) for k in classes["ignore"]]
-        names, target = classes["names"], list(range(len(known))) + [IGNORE_INDEX] * len(ignore)
-        known = known + ignore
-        said.append(f"classes from the classes file: {', '.join(names)}")
-    else:
-        present = sorted(counts)
-        ignore = [(IGNORE_INDEX,)] if (IGNORE_INDEX,) in counts and len(present) > 2 and \
-            max(v for (v,) in present if v != IGNORE_INDEX) < IGNORE_INDEX - 1 else []
-        classes_present = [v for v in present if v not in ignore]
-        main = sorted(classes_present, key=lambda v: -counts[v])[:2]
-        noisy_binary = (len(classes_present) >= 2 + NOISE_VALUES and set(main) == {classes_present[0], classes_present[-1]}
-                        and sum(counts[v] for v in main) >= BINARY_SHARE * sum(counts[v] for v in classes_present))
-        if len(classes_present) == 2 or noisy_binary:
-            known, names = sorted(main), ["background", "foreground"]
-            said.append(f"binary masks: value {known[0][0]} is background, {known[1][0]} foreground")
-        elif len(classes_present) < 2:
-            raise DataError(f"every mask holds only the value {classes_present[0][0] if classes_present else '?'}: "
-                            f"nothing to learn. Check that --masks holds the masks")
-        elif len(classes_present) > IGNORE_INDEX:
-            raise DataError(f"the masks hold {len(classes_present)} different values, more than the {IGNORE_INDEX} "
-                            f"classes a mask can have: they are not class masks (photos? JPEG-compressed masks?); "
-                            f"give --classes FILE naming the values that are classes")
-        else:
-            known, names = classes_present, [f"class_{v}" for (v,) in classes_present]
-            said.append(f"index masks: values {', '.join(str(v) for (v,) in known)} are classes "
-                        f"{', '.join(names)} (a classes file names them)")
-        if ignore:
-            said.append(f"value {IGNORE_INDEX} is 'ignore' (not counted in training nor scores)")
-        target = list(range(len(known))) + [IGNORE_INDEX] * len(ignore)
-        known = known + ignore
-    strays = {k: n for k, n in counts.items() if k not in set(known)}
-    undeclared = {k: n for k, n in strays.items() if not in_between(k, known[:len(names)])}
-    if undeclared:
-        raise DataError(f"mask values neither declared nor ignored: {listed(undeclared, where)}. Declare them in "
-                        f"--classes, as a class or as \"ignore\"")
-    share = sum(strays.values()) / max(total, 1)
-    if share > snap_limit:
-        raise DataError(f"{100 * share:.2f}% of the mask pixels hold in-between values, more than --snap-limit "
-                        f"{snap_limit}: {listed(strays, where)}. A JPEG or antialiased mask has a few; so many mean "
-                        f"that these are no class masks of the declared classes (or raise --snap-limit)")
-    if strays:
-        said.append(f"snapped {100 * share:.3f}% of the mask pixels ({len(strays)} in-between values or colours) to "
-                    f"the nearest class")
-    palette = [tuple(int(c) for c in k) if len(k) == 3 else default_colour(i) for i, k in enumerate(known[:len(names)])]
-    return LabelPlan("colours" if colours else "values", np.array(known), np.array(target), names, palette, said)
-
-
-def in_between(point: tuple, classes: list[tuple]) -> bool:
-    """Whether a value lies between two class values, or a colour near the line between its two
-    nearest class colours (a blend, as antialiasing or JPEG make at edges) or near one of them."""
-    if len(point) == 1:
-        return min(classes)[0] < point[0] < max(classes)[0]
-    known = np.array(classes, dtype=np.float64)
-    p = np.array(point, dtype=np.float64)
-    order = np.argsort(((known - p) ** 2).sum(1))
-    a, b = known[order[0]], known[order[min(1, len(known) - 1)]]
-    t = np.clip(np.dot(p - a, b - a) / max(np.dot(b - a, b - a), 1e-9), 0, 1)
-    return bool(np.linalg.norm(p - a) <= COLOUR_NOISE or np.linalg.norm(p - (a + t * (b - a))) <= COLOUR_NOISE)
-
-
-def listed(counts: dict, where: dict) -> str:
-    """'9 (120 px, e.g. a.png, b.png), [1, 2, 3] (40 px, ...)' for the largest few."""
-    return ", ".join(f"{list(k) if len(k) == 3 else k[0]} ({n} px, e.g. {', '.join(where[k][:EXAMPLES])})"
-                     for k, n in sorted(counts.items(), key=lambda kv: -kv[1])[:8])
-
-
-def default_colour(index: int) -> tuple[int, int, int]:
-    """VOC's colour map: distinct colours for class indices (black for 0)."""
-    r = g = b = 0
-    for bit in range(8):
-        r |= ((index >> 0) & 1) << (7 - bit)
-        g |= ((index >> 1) & 1) << (7 - bit)
-        b |= ((index >> 2) & 1) << (7 - bit)
-        index >>= 3
-    return r, g, b
+    """Whether a mask of `mask` size is the image scaled by one factor (its height within a pixel of
+    the width's scale, and the two scales within 5 % of each other: a 1x1 mask fits no photo)."""
+    sx, sy = mask[0] / image[0], mask[1] / image[1]
+    return abs(mask[1] - image[1] * sx) <= 1 and abs(sx - sy) <= 0.05 * max(sx, sy)
 
 
 # ----------------------------------------------------------------------------- the dataset
@@ -449,7 +229,12 @@ def given_splits(splits: dict, raw_root: Path, **_) -> dict:
 
 
 def planned_label(plan: LabelPlan, path: Path) -> np.ndarray:
-    return plan.label(mask_pixels(path))
+    pixels = mask_pixels(path)
+    if plan.kind == "values" and pixels.ndim == 3:  # (grey RGB masks: one_kind found every colour grey)
+        pixels = pixels[..., 0]
+    elif plan.kind == "colours" and pixels.ndim == 2:
+        pixels = np.repeat(pixels[..., None], 3, axis=2)
+    return plan.label(pixels)
 
 
 def no_synthetic(downloads: Path, seed: int = 0):
@@ -462,10 +247,11 @@ def survey(splits: dict[str, list[Pair]], classes: dict | None, resize_masks: bo
     and orientations, and the sizes of masks against images. Returns (the LabelPlan, the images to turn
     by their EXIF orientation, the number of masks to resize); DataError for sizes that do not fit."""
     values, colours, where, modes = {}, {}, {}, {}
-    turned, misfits, resized = set(), [], 0
+    turned, misfits, resized, sizes = set(), [], 0, []
     for split, pairs in splits.items():
         for pair in pairs:
             stored, rotated, orientation = oriented_size(pair.image)
+            sizes.append(stored)
             with open_regular(pair.image, "image") as f, Image.open(f) as image:
                 if image.mode != "RGB" or image.format not in COPIED_FORMATS:
                     modes[(image.mode, image.format)] = modes.get((image.mode, image.format), 0) + 1
@@ -489,11 +275,12 @@ def survey(splits: dict[str, list[Pair]], classes: dict | None, resize_masks: bo
                   if not resize_masks else " --resize-masks resizes only masks of the image's aspect ratio.")
         raise DataError(f"{len(misfits)} mask(s) have another size than their image, e.g. "
                         f"{'; '.join(misfits[:EXAMPLES])}.{advice}")
-    if values and colours:
-        raise DataError(f"some masks are colour images ({', '.join(where[next(iter(colours))][:EXAMPLES])}) and some "
-                        f"hold values ({', '.join(where[next(iter(values))][:EXAMPLES])}); give masks of one kind")
+    values, colours, where = one_kind(values, colours, where, classes)
     plan = plan_labels(values, colours, where, classes, snap_limit)
     said += plan.said
+    widths, heights = zip(*sizes)
+    said.append(f"image sizes: width {min(widths)} to {max(widths)}, height {min(heights)} to {max(heights)} "
+                f"(median {int(np.median(widths))}x{int(np.median(heights))})")
     if modes:
         said.append("images converted to RGB PNG: " + ", ".join(f"{n} of mode {m} ({fmt})"
                                                                 for (m, fmt), n in sorted(modes.items())))
@@ -502,6 +289,33 @@ def survey(splits: dict[str, list[Pair]], classes: dict | None, resize_masks: bo
     if resized:
         said.append(f"{resized} mask(s) resized to their image (nearest neighbour, --resize-masks)")
     return plan, turned, resized
+
+
+def one_kind(values: dict, colours: dict, where: dict, classes: dict | None) -> tuple[dict, dict, dict]:
+    """The masks' pixel counts as values or as colours, decided over all masks: RGB masks whose every
+    colour is grey (and no classes file of colours) hold values; greyscale masks among colour ones (an
+    unannotated frame of a colour export) hold grey colours."""
+    grey = all(r == g == b for r, g, b in colours)
+    if colours and grey and (classes is None or classes["kind"] == "values"):
+        as_value = {key: (key[0],) for key in colours}
+    elif colours:
+        as_value = {}
+        for (v,) in values:
+            if v > 255:
+                raise DataError(f"some masks are colour images and some hold values above 255 "
+                                f"({', '.join(where[(v,)][:EXAMPLES])}); give masks of one kind")
+        colours = {**colours}
+        for (v,), n in values.items():
+            colours[(v, v, v)] = colours.get((v, v, v), 0) + n
+            where.setdefault((v, v, v), where[(v,)])
+        return {}, colours, where
+    else:
+        return values, colours, where
+    merged = dict(values)
+    for key, n in colours.items():
+        merged[as_value[key]] = merged.get(as_value[key], 0) + n
+        where.setdefault(as_value[key], where[key])
+    return merged, {}, where
 
 
 def prepared_image(turned: frozenset, path: Path) -> Image.Image | None:
