@@ -50,7 +50,7 @@ class Config:
     weight_decay: float = 1e-4        # decoupled for AdamW, L2 for SGD; never on biases and norms
     warmup_epochs: float = 1.0        # linear warmup from 0, then polynomial decay to 0
     poly_power: float = 0.9           # exponent of the polynomial decay
-    loss: str = "jaccard"             # jaccard (soft Jaccard), ce, or ce+jaccard
+    loss: str = "jaccard"             # jaccard (soft Jaccard), lovasz, dice, focal, ce, ce+jaccard, ce+lovasz, ce+dice
     class_weights: str = "none"       # none, median_freq, inverse_freq or enet, from dataset.json's pixel counts
     aux_weights: dict = field(default_factory=dict)  # weights of auxiliary outputs, e.g. {"aux": 0.4}
     skip_nonfinite: bool = False      # skip (and count) steps whose loss is NaN or inf instead of stopping

@@ -452,7 +452,8 @@ def test_a_finished_run_without_its_checkpoints_is_no_leftover(small_voc, tmp_pa
     ({"dataset": "kitty"}, f"dataset 'kitty' is unknown: not a built-in one ({', '.join(sorted(DATASETS))}) nor "
                            f"prepared in "),
     ({"model": "unet2"}, f"model 'unet2' is unknown; choices: {', '.join(sorted(MODELS))}"),
-    ({"loss": "dice"}, "loss 'dice' is unknown; choices: ce, ce+jaccard, jaccard"),
+    ({"loss": "tversky"}, "loss 'tversky' is unknown; choices: ce, ce+dice, ce+jaccard, ce+lovasz, dice, focal, "
+                          "jaccard, lovasz"),
     ({"lr": -0.1}, "lr must be a positive number, got -0.1"),
     ({"lr": float("nan")}, "lr must be a positive number, got nan"),
     ({"batch_size": 0}, "batch_size must be >= 1, got 0"),
