@@ -23,6 +23,16 @@ from torch import nn
 EPS = 1e-7
 
 
+def probabilities_and_truth(logits: torch.Tensor, target: torch.Tensor, ignore_index: int):
+    """(softmax probabilities, one-hot targets), both NCHW and zero at ignored pixels (which so count
+    for nothing)."""
+    probs = F.softmax(logits.float(), dim=1)
+    valid = (target != ignore_index).unsqueeze(1)                 # N1HW
+    safe_target = torch.where(valid.squeeze(1), target, torch.zeros_like(target))
+    one_hot = F.one_hot(safe_target, logits.shape[1]).permute(0, 3, 1, 2).float()
+    return probs * valid, one_hot * valid
+
+
 class SoftJaccardLoss(nn.Module):
     def __init__(self, ignore_index: int = 255, weight: torch.Tensor | None = None):
         super().__init__()
@@ -30,12 +40,7 @@ class SoftJaccardLoss(nn.Module):
         self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        num_classes = logits.shape[1]
-        probs = F.softmax(logits.float(), dim=1)
-        valid = (target != self.ignore_index).unsqueeze(1)           # N1HW
-        safe_target = torch.where(valid.squeeze(1), target, torch.zeros_like(target))
-        one_hot = F.one_hot(safe_target, num_classes).permute(0, 3, 1, 2).float()
-        probs, one_hot = probs * valid, one_hot * valid               # ignored pixels count for nothing
+        probs, one_hot = probabilities_and_truth(logits, target, self.ignore_index)
         intersection = (probs * one_hot).sum(dim=(0, 2, 3))
         union = (probs + one_hot).sum(dim=(0, 2, 3)) - intersection
         iou = intersection / (union + EPS)
@@ -95,12 +100,7 @@ def lovasz_grad(sorted_fg: torch.Tensor) -> torch.Tensor:
 
 class SoftDiceLoss(SoftJaccardLoss):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        num_classes = logits.shape[1]
-        probs = F.softmax(logits.float(), dim=1)
-        valid = (target != self.ignore_index).unsqueeze(1)
-        safe_target = torch.where(valid.squeeze(1), target, torch.zeros_like(target))
-        one_hot = F.one_hot(safe_target, num_classes).permute(0, 3, 1, 2).float()
-        probs, one_hot = probs * valid, one_hot * valid
+        probs, one_hot = probabilities_and_truth(logits, target, self.ignore_index)
         intersection = (probs * one_hot).sum(dim=(0, 2, 3))
         dice = 2 * intersection / (probs.sum(dim=(0, 2, 3)) + one_hot.sum(dim=(0, 2, 3)) + EPS)
         if self.weight is None:
