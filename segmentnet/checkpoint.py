@@ -15,6 +15,7 @@ from .config import entry_problems, is_number, is_whole
 from .description import RULES as DESCRIPTION_RULES, description_problems
 from .errors import DataError
 from .files import is_regular, open_regular
+from .weights import is_weights
 
 
 class OutputWriteError(DataError):
@@ -158,22 +159,6 @@ def _cpu_rng_problem(value) -> str | None:
 
 # What each entry must be: (test, what it should be). Entries of any checkpoint (when present; 'model'
 # always), then those a training needs to resume.
-def is_weights(value) -> bool:
-    """A state_dict as torch writes one: names (text) -> dense tensors of real numbers in memory. A
-    sparse, meta (no data), quantized or complex tensor is refused: loading it into a model fails deep
-    inside torch, or casts it silently."""
-    return isinstance(value, dict) and all(isinstance(k, str) and is_plain_tensor(t) for k, t in value.items())
-
-
-def is_plain_tensor(value) -> bool:
-    return (isinstance(value, torch.Tensor) and value.layout == torch.strided and not value.is_meta
-            and value.dtype in WEIGHT_DTYPES)
-
-
-# what a model's parameters and buffers are (and torch.save writes of them): anything else (complex, float8,
-# bits, quantized) fails inside load_state_dict or is cast silently
-WEIGHT_DTYPES = {torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8, torch.int8, torch.int16,
-                 torch.int32, torch.int64, torch.bool}
 WEIGHTS_RULE = (is_weights, "a mapping of names to dense tensors of real numbers")
 _ANY_CHECKPOINT = {"model": WEIGHTS_RULE, **DESCRIPTION_RULES}  # (the description: read by inference and resume)
 _RESUME = {

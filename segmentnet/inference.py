@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .checkpoint import is_weights, load_checkpoint, model_from_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint
 from .description import check_description
+from .weights import is_weights
 from .distributed import pick_device
 from .errors import DataError, UsageError
 from .files import open_regular

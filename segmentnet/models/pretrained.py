@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import DataError
-from ..checkpoint import is_weights
+from ..weights import is_weights
 from ..files import open_regular
 
 WeightsSpec = str | None  # the type of the options encoder_weights and weights (see above)
