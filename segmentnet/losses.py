@@ -33,12 +33,16 @@ def probabilities_and_truth(logits: torch.Tensor, target: torch.Tensor, ignore_i
     return probs * valid, one_hot * valid
 
 
-class SoftJaccardLoss(nn.Module):
+class ClassWeighted(nn.Module):
+    """A loss over the pixels not labelled ignore_index, with an optional weight per class."""
+
     def __init__(self, ignore_index: int = 255, weight: torch.Tensor | None = None):
         super().__init__()
         self.ignore_index = ignore_index
         self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
 
+
+class SoftJaccardLoss(ClassWeighted):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         probs, one_hot = probabilities_and_truth(logits, target, self.ignore_index)
         intersection = (probs * one_hot).sum(dim=(0, 2, 3))
@@ -49,22 +53,12 @@ class SoftJaccardLoss(nn.Module):
         return 1 - (iou * self.weight).sum() / self.weight.sum()
 
 
-class CrossEntropy(nn.Module):
-    def __init__(self, ignore_index: int = 255, weight: torch.Tensor | None = None):
-        super().__init__()
-        self.ignore_index = ignore_index
-        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
-
+class CrossEntropy(ClassWeighted):
     def forward(self, logits, target):
         return F.cross_entropy(logits.float(), target, weight=self.weight, ignore_index=self.ignore_index)
 
 
-class LovaszSoftmax(nn.Module):
-    def __init__(self, ignore_index: int = 255, weight: torch.Tensor | None = None):
-        super().__init__()
-        self.ignore_index = ignore_index
-        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
-
+class LovaszSoftmax(ClassWeighted):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         num_classes = logits.shape[1]
         probs = F.softmax(logits.float(), dim=1).permute(0, 2, 3, 1).reshape(-1, num_classes)

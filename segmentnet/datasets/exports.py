@@ -124,7 +124,7 @@ def canvas_size(path: Path, size: tuple[int, int] | None, where: str) -> tuple[i
     from .own import oriented_size
 
     image_size(path, where)  # (the header's checks: readable, no decompression bomb)
-    stored, turned, _ = oriented_size(path)
+    stored, turned, _, _ = oriented_size(path)
     if size is None or size == stored:
         return stored
     if size == turned:

@@ -137,16 +137,17 @@ def mask_pixels(path: Path) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def oriented_size(path: Path) -> tuple[tuple[int, int], tuple[int, int], int]:
-    """(size as stored, size after its EXIF orientation, the orientation tag: 1 when none)."""
+def oriented_size(path: Path) -> tuple[tuple[int, int], tuple[int, int], int, tuple[str, str]]:
+    """(size as stored, size after its EXIF orientation, the orientation tag: 1 when none, (mode,
+    format)), from the image's header."""
     with open_regular(path, "image") as f, Image.open(f) as image:
-        size = image.size
+        size, kind = image.size, (image.mode, image.format)
         try:
             orientation = image.getexif().get(0x0112, 1)
         except (SyntaxError, ValueError, TypeError, OSError):  # a damaged EXIF block: shown as stored
             orientation = 1
     turned = (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
-    return size, turned, orientation if orientation in range(1, 9) else 1
+    return size, turned, orientation if orientation in range(1, 9) else 1, kind
 
 
 def same_aspect(mask: tuple[int, int], image: tuple[int, int]) -> bool:
@@ -250,11 +251,10 @@ def survey(splits: dict[str, list[Pair]], classes: dict | None, resize_masks: bo
     turned, misfits, resized, sizes = set(), [], 0, []
     for split, pairs in splits.items():
         for pair in pairs:
-            stored, rotated, orientation = oriented_size(pair.image)
+            stored, rotated, orientation, (mode, fmt) = oriented_size(pair.image)
             sizes.append(stored)
-            with open_regular(pair.image, "image") as f, Image.open(f) as image:
-                if image.mode != "RGB" or image.format not in COPIED_FORMATS:
-                    modes[(image.mode, image.format)] = modes.get((image.mode, image.format), 0) + 1
+            if mode != "RGB" or fmt not in COPIED_FORMATS:
+                modes[(mode, fmt)] = modes.get((mode, fmt), 0) + 1
             if pair.mask is None:
                 if orientation != 1:
                     turned.add(pair.image)
