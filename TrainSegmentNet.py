@@ -5,6 +5,7 @@
     python TrainSegmentNet.py --config my_run.json --batch-size 16
     python TrainSegmentNet.py --resume runs/NAME/last.pt       # continue where it stopped
     python TrainSegmentNet.py --resume runs/NAME/best.pt --out runs/NEW   # a new run from that checkpoint
+    python TrainSegmentNet.py --dataset camvid --auto true --time-budget 60   # settings planned for the budget
     torchrun --nproc_per_node=4 TrainSegmentNet.py ...         # several GPUs
 
 Every hyperparameter below can be set as --name value (dashes or underscores alike) or in a JSON
@@ -17,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 
 from segmentnet.cli import call_main
-from segmentnet.config import parse_config
+from segmentnet.config import config_from_dict, read_settings
 from segmentnet.engine import train
 from segmentnet.loops import evaluate, train_one_epoch  # noqa: F401  (this script's interface, as its docstring says)
 from segmentnet.losses import build_loss  # noqa: F401
@@ -69,11 +70,12 @@ class Config:
     resume_older: bool = False        # resume a checkpoint older than its folder's last.pt (drops later epochs)
     progress: bool = True             # show progress bars
     tensorboard: bool = False         # also write TensorBoard events (needs: pip install tensorboard; else a warning)
+    auto: bool = False                # plan every setting not given here from the data, this machine and time_budget (plan.json)
 
 
 def main(argv=None) -> int:
-    cfg = parse_config(Config, argv, description=__doc__)
-    summary = train(cfg)
+    given, source = read_settings(Config, argv, description=__doc__)
+    summary = train(config_from_dict(Config, given, source), given)
     if summary["interrupted"] is not None:
         return 128 + summary["interrupted"]
     return 0

@@ -181,6 +181,12 @@ def config_from_dict(cls, values: dict, source: str = "config"):
 
 def parse_config(cls, argv=None, description: str = "", settings: dict | None = None):
     """Defaults <- JSON file (--config) <- `settings` (a caller's own values) <- command-line flags."""
+    return config_from_dict(cls, *read_settings(cls, argv, description, settings))
+
+
+def read_settings(cls, argv=None, description: str = "", settings: dict | None = None) -> tuple[dict, str]:
+    """(the values set in the JSON file, by `settings` and by flags, where they came from): what
+    parse_config makes a config of, and what a self-configuring training must leave as it is."""
     args = build_parser(cls, description).parse_args(argv)
     values = {}
     if args.config:
@@ -206,4 +212,4 @@ def parse_config(cls, argv=None, description: str = "", settings: dict | None = 
         values = {k.replace("-", "_"): v for k, v in values.items()}
     values.update(settings or {})
     values.update({k: v for k, v in vars(args).items() if k != "config"})
-    return config_from_dict(cls, values, source=str(args.config or "command line"))
+    return values, str(args.config or "command line")

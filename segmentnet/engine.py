@@ -29,6 +29,7 @@ from .files import is_plain, write_text_atomic
 from .losses import LOSSES, build_loss
 from .loops import StopRequest, evaluate, out_of_memory_advice, train_one_epoch
 from .models import MODELS, build_model, model_option_problems
+from .planning import PLAN_FILE, plan_table, plan_training
 from .optim import (AMP_DTYPES, CLASS_WEIGHTS, OPTIMIZERS, build_optimizer, class_weights_from_counts, compile_model,
                     make_scaler, optimizer_steps_per_epoch)
 from .resume import check_resumable, restore, training_checkpoint
@@ -91,18 +92,23 @@ def check_config(cfg) -> None:
 
 
 
-def train(cfg) -> dict:
-    """Run a whole training; returns a summary (run_dir, best and final validation scores)."""
+def train(cfg, given: dict | None = None) -> dict:
+    """Run a whole training; returns a summary (run_dir, best and final validation scores).
+    With cfg.auto, the settings not in `given` (those the user set) are planned first (planning/)."""
     check_config(cfg)
     env = setup_distributed(cfg.device)
     try:
+        plan = None
+        if cfg.auto:
+            cfg, plan = plan_training(cfg, given or {}, env)
+            check_config(cfg)
         with ExitStack() as held:  # the run folder's lock: released however the run ends
-            return _train(cfg, env, held)
+            return _train(cfg, env, held, plan)
     finally:
         cleanup_distributed()
 
 
-def _train(cfg, env: DistEnv, held: ExitStack | None = None) -> dict:
+def _train(cfg, env: DistEnv, held: ExitStack | None = None, plan=None) -> dict:
     clock_start = time.time()  # a time budget counts everything from here
     if env.distributed and cfg.sync_bn and env.device.type != "cuda":
         raise ConfigError("sync_bn needs CUDA devices: torch's SyncBatchNorm has no CPU implementation (gloo); "
@@ -171,6 +177,10 @@ def _train(cfg, env: DistEnv, held: ExitStack | None = None) -> dict:
                                             "run_id": folder.run_id, "forked_from": folder.forked_from}
         with writing(run_dir / "config.json", then=resume_hint(run_dir)):
             write_text_atomic(run_dir / "config.json", json.dumps(config, indent=1))
+        if plan is not None:
+            with writing(run_dir / PLAN_FILE, then=resume_hint(run_dir)):
+                write_text_atomic(run_dir / PLAN_FILE, json.dumps(plan.as_dict(), indent=1))
+            print(plan_table(plan))
         print(f"training {cfg.model} on {cfg.dataset} ({len(train_loader.dataset)} train / "
               f"{len(val_loader.dataset)} val images) on {env.device}, {env.world_size} process(es), "
               f"{train_loader.num_workers} loader workers each; run folder {run_dir}")

@@ -14,6 +14,7 @@ from .errors import DataError, UsageError
 from .evaluation import fmt, write_text
 from .files import atomic_path, check_claimable, check_inside, claim_folder, is_regular, read_json, read_regular
 from .outputs import check_replaceable, refuse_input_data, signature, writing_into
+from .planning.rules import PLAN_FILE, choice_rows
 from .visualize import epoch_axis, pyplot, read_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -49,7 +50,24 @@ def load_run(run_dir) -> dict:
         "train_seconds": training_seconds(records),
         "images_per_second": statistics.median(r.get("images_per_second", float("nan")) for r in records),
         "grid": grid,
+        "plan": read_plan(run_dir / PLAN_FILE),
     }
+
+
+def read_plan(path: Path) -> list[tuple[str, str]]:
+    """The choices of an auto run's plan.json as (settings, reason) rows; [] without one. A plan.json
+    that is not a JSON object of choices is named, as a damaged config.json is."""
+    if not path.exists():
+        return []
+    try:
+        plan = read_json(path, "the run's plan")
+    except (OSError, ValueError, DataError) as exc:
+        raise DataError(f"{path} cannot be read as JSON ({exc}); the file is corrupt. Restore it from a copy of "
+                        f"the run, or delete it (the report then shows no plan)") from None
+    if not isinstance(plan, dict) or not isinstance(plan.get("choices"), list):
+        raise DataError(f"{path} is not a training plan (a JSON object with a list of choices); restore it from a "
+                        f"copy of the run, or delete it")
+    return choice_rows(plan["choices"])
 
 
 def latest_grid(run_dir: Path) -> tuple[str, bytes] | None:
@@ -258,7 +276,13 @@ def report_markdown(runs, labels, pictures, files_dir: str) -> str:
     lines += markdown_table(header, rows) + ["", "## Curves", "", f"![curves]({files_dir}/curves.png)", "",
                                             "## Per-class IoU (best epoch)", ""]
     lines += markdown_table(["class"] + labels, [[n] + [fmt(v) for v in vals] for n, vals in zip(shown, iou_rows)])
-    lines += ["", f"![per-class IoU]({files_dir}/per_class_iou.png)", "", "## Latest sample grids", ""]
+    lines += ["", f"![per-class IoU]({files_dir}/per_class_iou.png)", ""]
+    for label, run in zip(labels, runs):
+        if run["plan"]:
+            lines += [f"## The plan of {label} (--auto)", ""]
+            lines += markdown_table(["settings", "why"], [[cell.replace("|", "\\|") for cell in row]
+                                                          for row in run["plan"]]) + [""]
+    lines += ["## Latest sample grids", ""]
     for label, run in zip(labels, runs):
         name = f"samples_{safe_name(label)}.png"
         grid = f"![{label}]({files_dir}/{name})" if name in pictures else "(no sample grid in this run)"
@@ -304,7 +328,11 @@ def report_html(runs, labels, pictures) -> str:
     parts += [html_table(header, rows), "<h2>Curves</h2>", embedded(pictures["curves.png"], "curves"),
               "<h2>Per-class IoU (best epoch)</h2>",
               html_table(["class"] + labels, [[n] + [fmt(v) for v in vals] for n, vals in zip(shown, iou_rows)]),
-              embedded(pictures["per_class_iou.png"], "per-class IoU"), "<h2>Latest sample grids</h2><div class='grids'>"]
+              embedded(pictures["per_class_iou.png"], "per-class IoU")]
+    for label, run in zip(labels, runs):
+        if run["plan"]:
+            parts += [f"<h2>The plan of {html.escape(label)} (--auto)</h2>", html_table(["settings", "why"], run["plan"])]
+    parts.append("<h2>Latest sample grids</h2><div class='grids'>")
     for label, run in zip(labels, runs):
         name = f"samples_{safe_name(label)}.png"
         picture = embedded(pictures[name], label) if name in pictures else "<p>(no sample grid in this run)</p>"

@@ -1,0 +1,188 @@
+"""--auto true: the plan's rules on synthetic fingerprints (each changes its choice when its input
+changes), the user's settings winning, plan.json written, printed, shown by Report and kept on resume."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import TrainSegmentNet
+from conftest import run_script, train_args
+from segmentnet.planning import rules
+from segmentnet.planning.rules import Choice, Plan
+
+
+def fingerprint(short=360, long=480, classes=None, train_images=300, val_images=50):
+    """A dataset fingerprint as measure_dataset writes it; classes: (pixel share, extent, width_px)."""
+    classes = classes or [(0.6, 1.0, 200.0), (0.4, 0.6, 80.0)]
+    return {"train_images": train_images, "val_images": val_images, "num_classes": len(classes),
+            "short_side": {"min": short, "median": float(short), "max": short},
+            "long_side": {"min": long, "median": float(long), "max": long}, "ignored_share": 0.0,
+            "classes": [{"name": f"c{i}", "pixel_share": share, "image_share": 1.0, "extent": extent,
+                         "width_px": width, "regions_per_image": 1.0}
+                        for i, (share, extent, width) in enumerate(classes)]}
+
+
+@pytest.mark.parametrize("short,crop", [(360, 256), (480, 320), (100, 128), (1024, 512)])
+def test_crop_follows_the_image_size(short, crop):
+    assert rules.crop_rule(fingerprint(short=short)).settings == {"crop_size": crop}
+
+
+@pytest.mark.parametrize("smallest,low,high", [(0.1, 0.5, 1.5), (0.3, 0.5, 1.0), (0.6, 0.25, 1.0)])
+def test_scale_range_follows_the_smallest_regions(smallest, low, high):
+    fp = fingerprint(classes=[(0.7, 1.0, 200.0), (0.3, smallest, 20.0)])
+    assert rules.scale_rule(fp).settings == {"scale_min": low, "scale_max": high}
+
+
+def test_a_class_in_few_images_does_not_set_the_scale():
+    fp = fingerprint(classes=[(0.7, 1.0, 200.0), (0.29, 0.8, 90.0), (0.01, 0.05, 3.0)])
+    fp["classes"][2]["image_share"] = 0.01
+    assert rules.scale_rule(fp).settings == {"scale_min": 0.25, "scale_max": 1.0}
+
+
+@pytest.mark.parametrize("shares,weights", [([0.5, 0.3, 0.2], "none"), ([0.9, 0.09, 0.01], "enet")])
+def test_class_weights_only_for_imbalanced_classes(shares, weights):
+    fp = fingerprint(classes=[(s, 0.5, 50.0) for s in shares])
+    assert rules.class_weight_rule(fp).settings == {"class_weights": weights}
+
+
+@pytest.mark.parametrize("extra,step,loss", [(0.01, 1.0, "ce+lovasz"), (0.8, 0.6, "ce+jaccard")])
+def test_lovasz_only_where_its_sorting_is_cheap(extra, step, loss):
+    assert rules.loss_rule(extra, step).settings == {"loss": loss}
+
+
+def test_the_ladder_goes_finer_for_thin_classes_and_deeper_for_large_crops():
+    wide = rules.model_ladder(fingerprint(), crop=256)
+    thin = rules.model_ladder(fingerprint(classes=[(0.9, 1.0, 200.0), (0.1, 0.3, 5.0)]), crop=256)
+    assert [o["stem_stride"] for _, o in wide] == [4, 4, 4, 4]
+    assert [o["width"] for _, o in wide] == [16, 32, 48, 64]
+    assert [o["stem_stride"] for _, o in thin] == [4, 4, 2, 2]
+    assert wide[1][1] == rules.REFERENCE
+    # The coarsest cells (stem_stride * 2**depth) are at least a quarter of the crop.
+    assert [o["depth"] for _, o in thin] == [4, 4, 5, 5]
+    assert rules.model_ladder(fingerprint(), crop=320)[1][1]["depth"] == 5
+
+
+@pytest.mark.parametrize("speeds,pick", [
+    ([10, 10, 10, 10], 1),        # a larger network would see 36k images in the hour: the reference
+    ([100, 60, 30, 15], 2),       # 108k with the third rung, 54k with the fourth (under the 80k target)
+    ([100, 60, 30, 25], 3),       # 90k with the fourth
+    ([1, 0.5, 0.2, 0.1], 0),      # the reference would see fewer than 10 epochs of 300 images
+])
+def test_model_size_follows_the_budget(speeds, pick):
+    ladder = rules.model_ladder(fingerprint(), crop=256)
+    asked = []
+
+    def images_per_second(options):
+        asked.append(options)
+        return speeds[[o for _, o in ladder].index(options)]
+
+    choice, index = rules.model_rule(ladder, images_per_second, 3600, train_images=300)
+    assert index == pick
+    assert choice.settings["model_options"] == ladder[index][1]
+    # Measured bottom up, and no further than the first rung that falls short.
+    assert asked[0] == ladder[1][1]
+    assert all(speeds[[o for _, o in ladder].index(a)] * 3600 >= rules.TARGET_SAMPLES for a in asked[1:-1])
+
+
+@pytest.mark.parametrize("speeds,amp,dtype", [({"float32": 10, "bfloat16": 19}, True, "bfloat16"),
+                                              ({"float32": 10, "bfloat16": 5}, False, "auto"),
+                                              ({"float32": 10, "float16": 10.5}, False, "auto")])
+def test_half_precision_only_where_measured_faster(speeds, amp, dtype):
+    assert rules.precision_rule(speeds, "cpu").settings == {"amp": amp, "amp_dtype": dtype}
+
+
+def test_batch_follows_the_device_memory_and_the_dataset():
+    assert rules.batch_rule("cpu", None, None, 300).settings["batch_size"] == 8
+    big = rules.batch_rule("cuda", 80 * 2 ** 30, 16 * 2 ** 30, 300).settings  # 2 GiB an image: 16 of them in 40
+    small = rules.batch_rule("cuda", 80 * 2 ** 30, 8 * 20 * 2 ** 30, 300).settings
+    assert big["batch_size"] == 16 and small["batch_size"] == 8
+    assert big["lr"] == pytest.approx(rules.BASE_LR * 2 ** 0.5, rel=1e-3)
+    assert rules.batch_rule("cpu", None, None, 12).settings["batch_size"] == 2  # at least 4 steps an epoch
+    assert rules.batch_rule("cpu", None, None, 300, given_batch=32).settings == {  # the lr follows a given batch
+        "batch_size": 32, "lr": pytest.approx(2 * rules.BASE_LR)}
+
+
+def test_loader_workers_follow_the_cores_and_the_paces():
+    assert rules.workers_rule("cpu", 2, 15, 60).settings == {"workers": 1}
+    assert rules.workers_rule("cuda", 16, 600, 100).settings == {"workers": 6}
+    assert rules.workers_rule("cuda", 4, 600, 100).settings == {"workers": 3}
+
+
+def test_validation_cadence_follows_its_cost():
+    cheap = rules.schedule_rule(360, 8, 12, val_seconds=2.5, train_seconds=3000).settings  # epochs of 30 s
+    dear = rules.schedule_rule(360, 8, 12, val_seconds=30, train_seconds=3000).settings
+    assert cheap["val_every"] == 2 and dear["val_every"] == 8   # (100 epochs: at least 12 validations)
+    assert rules.schedule_rule(360, 8, 12, val_seconds=300, train_seconds=3000).settings["val_every"] == 8
+    assert cheap["warmup_epochs"] == pytest.approx(100 / 45, abs=0.01)
+
+
+def test_given_settings_win_and_are_marked():
+    plan = Plan({})
+    plan.add(Choice({"scale_min": 0.5, "scale_max": 1.5}, "rule"), {"scale_max": 2.0})
+    plan.add(Choice({"crop_size": 256}, "rule"), {"crop_size": 96})
+    assert plan.settings() == {"scale_min": 0.5, "scale_max": 2.0, "crop_size": 96}
+    assert [c.by for c in plan.choices] == ["rule", "you"]
+    assert "set by you (scale_max)" in plan.choices[0].reason
+
+
+# ----------------------------------------------------------------------------- a whole auto run
+
+
+def test_auto_run_plans_writes_plan_json_and_keeps_given_settings(tiny_voc, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = train_args(tiny_voc, out, epochs=1) + ["--auto", "true", "--time-budget", "5"]
+    # Given: everything train_args sets (tiny model, crop 48, batch 2, lr, workers 0, epochs 1).
+    status, _ = run_script(TrainSegmentNet.main, argv)
+    assert status == 0
+    plan = json.loads((out / "plan.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert config["crop_size"] == 48 and config["batch_size"] == 2 and config["model_options"]["width"] == 8
+    assert config["epochs"] == 1 and config["auto"] is True
+    # What the user did not give, the plan chose, each with a reason; the budget lost the plan's seconds.
+    for key in ("scale_min", "scale_max", "class_weights", "colour_jitter", "val_every", "warmup_epochs", "loss"):
+        assert config[key] == plan["settings"][key]
+    assert config["time_budget"] == pytest.approx(5 - plan["planning_seconds"] / 60, abs=0.01)
+    assert plan["fingerprint"]["train_images"] == 4 and plan["speeds"]
+    assert all(c["reason"] for c in plan["choices"])
+    printed = capsys.readouterr().out
+    assert "plan (--auto true" in printed and "set by you" in printed
+
+    # Resumed: the plan's settings come from the checkpoint, nothing is measured again.
+    from segmentnet.planning import machine
+
+    def measured(*args, **kwargs):
+        raise AssertionError("a resumed auto run measured again")
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("step_speed", "loss_seconds", "inference_seconds", "loader_speed"):
+            mp.setattr(machine, name, measured)
+        import segmentnet.planning as planning
+        for name in ("step_speed", "loss_seconds", "inference_seconds", "loader_speed", "measure_dataset"):
+            mp.setattr(planning, name, measured)
+        status, err = run_script(TrainSegmentNet.main, ["--resume", str(out / "last.pt"), "--auto", "true",
+                                                        "--data-dir", str(tiny_voc), "--epochs", "2",
+                                                        "--progress", "false"])
+    assert status == 0, err
+    resumed = json.loads((out / "config.json").read_text())
+    assert {k: resumed[k] for k in ("crop_size", "scale_min", "lr", "model_options", "time_budget", "val_every")} == \
+        {k: config[k] for k in ("crop_size", "scale_min", "lr", "model_options", "time_budget", "val_every")}
+    assert resumed["epochs"] == 2
+    assert json.loads((out / "plan.json").read_text())["fingerprint"] == plan["fingerprint"]
+
+    from segmentnet.report import load_run
+    rows = load_run(out)["plan"]
+    assert rows and any("continued" in why for _, why in rows)
+
+
+def test_a_damaged_plan_json_is_named_by_report(tiny_voc, tmp_path):
+    from segmentnet.errors import DataError
+    from segmentnet.report import read_plan
+
+    (tmp_path / "plan.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match="not a training plan"):
+        read_plan(tmp_path / "plan.json")
+    (tmp_path / "plan.json").write_text("{")
+    with pytest.raises(DataError, match="cannot be read as JSON"):
+        read_plan(tmp_path / "plan.json")
+    assert read_plan(tmp_path / "absent.json") == []
