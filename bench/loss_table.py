@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import camvid_recipe  # noqa: E402
 from segmentnet.cli import call_main  # noqa: E402
+from segmentnet.errors import UsageError  # noqa: E402
 from segmentnet.files import write_text_atomic  # noqa: E402
 
 LOSSES = ["ce+jaccard", "ce", "lovasz", "ce+lovasz", "dice", "ce+dice", "focal"]
@@ -36,9 +37,13 @@ def main(argv=None) -> int:
     rows = []
     for loss in args.losses:
         run = out / loss.replace("+", "-")
-        if not (run / "recipe.json").is_file():  # a rerun skips what is measured already
-            camvid_recipe.main(["--config", args.config, "--minutes", str(args.minutes), "--tag", loss,
-                                "--out", str(run), "--", "--loss", loss])
+        if (run / "recipe.json").is_file():  # a rerun skips what is measured already, at the same budget
+            budget = json.loads((run / "config.json").read_text()).get("time_budget")
+            if budget != args.minutes:
+                raise UsageError(f"{run} was measured with {budget} minutes, not {args.minutes:g}: give another --out")
+        elif camvid_recipe.main(["--config", args.config, "--minutes", str(args.minutes), "--tag", loss,
+                                 "--out", str(run), "--", "--loss", loss]):
+            raise UsageError(f"the {loss} run in {run} failed; the table is not complete")
         rows.append(json.loads((run / "recipe.json").read_text()))
     classes = list(rows[0]["scores"]["val"]["per_class_iou"])
     lines = [f"| loss | epochs in {args.minutes:g} min | train img/s | val mIoU | pixel acc | "

@@ -29,7 +29,7 @@ from .files import is_plain, write_text_atomic
 from .losses import LOSSES, build_loss
 from .loops import StopRequest, evaluate, out_of_memory_advice, train_one_epoch
 from .models import MODELS, build_model, model_option_problems
-from .planning import PLAN_FILE, plan_table, plan_training
+from .planning.plan import PLAN_FILE, plan_table, plan_training
 from .optim import (AMP_DTYPES, CLASS_WEIGHTS, OPTIMIZERS, build_optimizer, class_weights_from_counts, compile_model,
                     make_scaler, optimizer_steps_per_epoch)
 from .resume import check_resumable, restore, training_checkpoint
@@ -109,7 +109,9 @@ def train(cfg, given: dict | None = None) -> dict:
 
 
 def _train(cfg, env: DistEnv, held: ExitStack | None = None, plan=None) -> dict:
-    clock_start = time.time()  # a time budget counts everything from here
+    clock_start = time.time()  # a time budget counts everything from here (and an auto run's planning)
+    if plan is not None and not cfg.resume:
+        clock_start -= plan.planning_seconds
     if env.distributed and cfg.sync_bn and env.device.type != "cuda":
         raise ConfigError("sync_bn needs CUDA devices: torch's SyncBatchNorm has no CPU implementation (gloo); "
                           "set sync_bn false when training on CPUs")

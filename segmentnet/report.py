@@ -62,8 +62,8 @@ def read_plan(path: Path) -> list[tuple[str, str]]:
     try:
         plan = read_json(path, "the run's plan")
     except (OSError, ValueError, DataError) as exc:
-        raise DataError(f"{path} cannot be read as JSON ({exc}); the file is corrupt. Restore it from a copy of "
-                        f"the run, or delete it (the report then shows no plan)") from None
+        raise DataError(f"{path} cannot be read as JSON ({exc}): check that you may read it, or restore it from "
+                        f"a copy of the run, or delete it (the report then shows no plan)") from None
     if not isinstance(plan, dict) or not isinstance(plan.get("choices"), list):
         raise DataError(f"{path} is not a training plan (a JSON object with a list of choices); restore it from a "
                         f"copy of the run, or delete it")

@@ -93,28 +93,57 @@ def test_half_precision_only_where_measured_faster(speeds, amp, dtype):
 
 
 def test_batch_follows_the_device_memory_and_the_dataset():
-    assert rules.batch_rule("cpu", None, None, 300).settings["batch_size"] == 8
-    big = rules.batch_rule("cuda", 80 * 2 ** 30, 16 * 2 ** 30, 300).settings  # 2 GiB an image: 16 of them in 40
-    small = rules.batch_rule("cuda", 80 * 2 ** 30, 8 * 20 * 2 ** 30, 300).settings
+    assert rules.batch_rule("cpu", None, None, 8, 300).settings == {"batch_size": 8, "lr": rules.BASE_LR}
+    big = rules.batch_rule("cuda", 80 * 2 ** 30, 16 * 2 ** 30, 8, 300).settings  # 2 GiB an image: 16 in 40 GiB
+    small = rules.batch_rule("cuda", 80 * 2 ** 30, 8 * 20 * 2 ** 30, 8, 300).settings
     assert big["batch_size"] == 16 and small["batch_size"] == 8
     assert big["lr"] == pytest.approx(rules.BASE_LR * 2 ** 0.5, rel=1e-3)
-    assert rules.batch_rule("cpu", None, None, 12).settings["batch_size"] == 2  # at least 4 steps an epoch
-    assert rules.batch_rule("cpu", None, None, 300, given_batch=32).settings == {  # the lr follows a given batch
+    assert rules.batch_rule("cpu", None, None, 8, 12).settings["batch_size"] == 2  # at least 4 steps an epoch
+    assert rules.batch_rule("cpu", None, None, 8, 3).settings["batch_size"] == 1
+    assert rules.batch_rule("cpu", None, None, 8, 300, world_size=8).settings["batch_size"] == 8
+    assert rules.batch_rule("cpu", None, None, 8, 100, world_size=8).settings["batch_size"] == 2  # 12 each
+    # The lr follows the images of a step: a given batch, the processes, the accumulated micro-batches.
+    assert rules.batch_rule("cpu", None, None, 8, 300, given_batch=32).settings == {
         "batch_size": 32, "lr": pytest.approx(2 * rules.BASE_LR)}
+    assert rules.batch_rule("cpu", None, None, 8, 3000, world_size=2, grad_accum=2).settings["lr"] == \
+        pytest.approx(2 * rules.BASE_LR)
 
 
 def test_loader_workers_follow_the_cores_and_the_paces():
     assert rules.workers_rule("cpu", 2, 15, 60).settings == {"workers": 1}
     assert rules.workers_rule("cuda", 16, 600, 100).settings == {"workers": 6}
     assert rules.workers_rule("cuda", 4, 600, 100).settings == {"workers": 3}
+    assert rules.workers_rule("cuda", 16, 600, 100, processes=8).settings == {"workers": 1}  # 2 cores each
 
 
 def test_validation_cadence_follows_its_cost():
-    cheap = rules.schedule_rule(360, 8, 12, val_seconds=2.5, train_seconds=3000).settings  # epochs of 30 s
-    dear = rules.schedule_rule(360, 8, 12, val_seconds=30, train_seconds=3000).settings
-    assert cheap["val_every"] == 2 and dear["val_every"] == 8   # (100 epochs: at least 12 validations)
-    assert rules.schedule_rule(360, 8, 12, val_seconds=300, train_seconds=3000).settings["val_every"] == 8
+    # Epochs of 30 s in 3000 s: validation every few epochs at about 5 % of the time, at least 12 times
+    # while that stays under 15 %; its time comes out of the epochs.
+    cheap = rules.schedule_rule(360, 8, 12, val_seconds=2.5, run_seconds=3000).settings
+    dear = rules.schedule_rule(360, 8, 12, val_seconds=30, run_seconds=3000).settings
+    dearer = rules.schedule_rule(360, 8, 12, val_seconds=300, run_seconds=3000).settings
+    assert cheap["val_every"] == 2
+    assert dear["val_every"] == 7     # 20 at 5 %; for 12 validations 7 (12 % of the time)
+    assert dearer["val_every"] == 67  # not 12 validations of 300 s: at most 15 % of the time
     assert cheap["warmup_epochs"] == pytest.approx(100 / 45, abs=0.01)
+    assert cheap["epochs"] == 100_000  # the budget ends the run
+    given = rules.schedule_rule(360, 8, 12, val_seconds=2.5, run_seconds=3000, max_epochs=24).settings
+    assert given["epochs"] == 24 and given["val_every"] == 2
+    assert rules.schedule_rule(360, 8, 12, val_seconds=30, run_seconds=3000, max_epochs=24).settings["val_every"] == 7
+
+
+def test_crop_fits_the_smallest_image_when_padding_is_off():
+    fp = fingerprint(short=360)
+    fp["short_side"]["min"] = 200
+    assert rules.crop_rule(fp, pad=False, scale_min=0.5).settings == {"crop_size": 96}
+    assert rules.crop_rule(fp, pad=True, scale_min=0.5).settings == {"crop_size": 256}
+
+
+def test_a_given_end_of_the_scale_range_keeps_a_range():
+    fp = fingerprint(classes=[(0.7, 1.0, 200.0), (0.3, 0.1, 20.0)])  # the rule: 0.5 .. 1.5
+    assert rules.scale_rule(fp, given_min=2.0).settings["scale_max"] == 2.0
+    assert rules.scale_rule(fp, given_max=0.3).settings["scale_min"] == 0.3
+    assert rules.scale_rule(fp, given_min=0.7).settings == {"scale_min": 0.5, "scale_max": 1.5}
 
 
 def test_given_settings_win_and_are_marked():
@@ -129,53 +158,87 @@ def test_given_settings_win_and_are_marked():
 # ----------------------------------------------------------------------------- a whole auto run
 
 
-def test_auto_run_plans_writes_plan_json_and_keeps_given_settings(tiny_voc, tmp_path, capsys):
+def auto_args(data, out, *more) -> list[str]:
+    return ["--dataset", "voc2012", "--data-dir", str(data), "--out", str(out), "--progress", "false",
+            "--auto", "true", *more]
+
+
+def test_auto_run_plans_what_is_not_given_and_keeps_what_is(tiny_voc, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = train_args(tiny_voc, out, epochs=1) + ["--auto", "true", "--time-budget", "5"]
-    # Given: everything train_args sets (tiny model, crop 48, batch 2, lr, workers 0, epochs 1).
-    status, _ = run_script(TrainSegmentNet.main, argv)
-    assert status == 0
+    status, err = run_script(TrainSegmentNet.main, auto_args(tiny_voc, out, "--time-budget", "5", "--epochs", "1",
+                                                              "--batch-size", "2", "--scale-min", "1.2",
+                                                              "--workers", "0"))
+    assert status == 0, err
     plan = json.loads((out / "plan.json").read_text())
     config = json.loads((out / "config.json").read_text())
-    assert config["crop_size"] == 48 and config["batch_size"] == 2 and config["model_options"]["width"] == 8
-    assert config["epochs"] == 1 and config["auto"] is True
-    # What the user did not give, the plan chose, each with a reason; the budget lost the plan's seconds.
-    for key in ("scale_min", "scale_max", "class_weights", "colour_jitter", "val_every", "warmup_epochs", "loss"):
-        assert config[key] == plan["settings"][key]
-    assert config["time_budget"] == pytest.approx(5 - plan["planning_seconds"] / 60, abs=0.01)
-    assert plan["fingerprint"]["train_images"] == 4 and plan["speeds"]
-    assert all(c["reason"] for c in plan["choices"])
+    fp = plan["fingerprint"]
+    assert fp["train_images"] == 4 and plan["speeds"] and plan["machine"]["cores"] >= 1
+    # Given: kept as they are; the rules around them adapt (the lr to the batch, scale_max to scale_min).
+    assert (config["time_budget"], config["epochs"], config["batch_size"], config["workers"], config["scale_min"]) == \
+        (5, 1, 2, 0, 1.2)
+    assert config["lr"] == pytest.approx(rules.BASE_LR * (2 / 8) ** 0.5)
+    assert config["scale_max"] >= 1.2
+    # Not given: chosen by the rules from the fingerprint and the measurements, not the defaults.
+    assert config["crop_size"] == rules.crop_rule(fp).settings["crop_size"] != TrainSegmentNet.Config.crop_size
+    assert config["class_weights"] == rules.class_weight_rule(fp).settings["class_weights"]
+    assert config["loss"] in ("ce+jaccard", "ce+lovasz") and config["colour_jitter"] == 0.3
+    assert config["model_options"] in [o for _, o in rules.model_ladder(fp, config["crop_size"])]
+    for key, value in plan["settings"].items():
+        assert config[key] == value, key
+    mine = {k for c in plan["choices"] if c["by"] == "you" for k in c["settings"]}
+    assert {"time_budget", "epochs", "workers"} <= mine and all(c["reason"] for c in plan["choices"])
+    # The planning's seconds count in the budget's clock.
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["elapsed_seconds"] >= plan["planning_seconds"] > 0
     printed = capsys.readouterr().out
     assert "plan (--auto true" in printed and "set by you" in printed
 
-    # Resumed: the plan's settings come from the checkpoint, nothing is measured again.
-    from segmentnet.planning import machine
+    # Resumed: the plan's settings come from the checkpoint, nothing is measured again; the record grows.
+    from segmentnet.planning import plan as planning
 
     def measured(*args, **kwargs):
         raise AssertionError("a resumed auto run measured again")
 
+    resume = ["--resume", str(out / "last.pt"), "--auto", "true", "--data-dir", str(tiny_voc), "--progress", "false"]
     with pytest.MonkeyPatch.context() as mp:
-        for name in ("step_speed", "loss_seconds", "inference_seconds", "loader_speed"):
-            mp.setattr(machine, name, measured)
-        import segmentnet.planning as planning
         for name in ("step_speed", "loss_seconds", "inference_seconds", "loader_speed", "measure_dataset"):
             mp.setattr(planning, name, measured)
-        status, err = run_script(TrainSegmentNet.main, ["--resume", str(out / "last.pt"), "--auto", "true",
-                                                        "--data-dir", str(tiny_voc), "--epochs", "2",
-                                                        "--progress", "false"])
-    assert status == 0, err
-    resumed = json.loads((out / "config.json").read_text())
-    assert {k: resumed[k] for k in ("crop_size", "scale_min", "lr", "model_options", "time_budget", "val_every")} == \
-        {k: config[k] for k in ("crop_size", "scale_min", "lr", "model_options", "time_budget", "val_every")}
-    assert resumed["epochs"] == 2
-    assert json.loads((out / "plan.json").read_text())["fingerprint"] == plan["fingerprint"]
+        status, err = run_script(TrainSegmentNet.main, resume + ["--epochs", "2"])
+        assert status == 0, err
+        resumed = json.loads((out / "config.json").read_text())
+        kept = ("crop_size", "scale_min", "scale_max", "lr", "model_options", "time_budget", "val_every", "loss",
+                "batch_size", "workers")
+        assert {k: resumed[k] for k in kept} == {k: config[k] for k in kept} and resumed["epochs"] == 2
+        again = json.loads((out / "plan.json").read_text())
+        assert again["fingerprint"] == fp and again["choices"][:-1] == plan["choices"]
+        assert "resumed from" in again["choices"][-1]["reason"]
 
-    from segmentnet.report import load_run
-    rows = load_run(out)["plan"]
-    assert rows and any("continued" in why for _, why in rows)
+        from segmentnet.report import load_run
+        rows = load_run(out)["plan"]
+        assert len(rows) == len(plan["choices"]) + 1 and "resumed from" in rows[-1][1]
+
+        # A damaged record: the run resumes with its checkpoint's settings, and says what was lost.
+        (out / "plan.json").write_text('{"choices": [{"settings": {"lr": "x"}}], "fingerprint": 3')
+        status, err = run_script(TrainSegmentNet.main, resume + ["--epochs", "3"])
+        assert status == 0, err
+        assert "plan.json cannot be read" in err
+        assert json.loads((out / "config.json").read_text())["lr"] == config["lr"]
 
 
-def test_a_damaged_plan_json_is_named_by_report(tiny_voc, tmp_path):
+def test_a_plan_that_cannot_work_is_refused_before_training(tiny_voc, tmp_path, monkeypatch):
+    from segmentnet.planning import plan as planning
+
+    status, err = run_script(TrainSegmentNet.main, auto_args(tiny_voc, tmp_path / "a", "--time-budget", "0"))
+    assert status != 0 and "time budget" in err and not (tmp_path / "a").exists()
+    # A network that does not fit the device (out of memory at every precision) is named.
+    monkeypatch.setattr(planning, "step_speed", lambda *a, **k: {"images_per_second": 0.0, "peak_memory_bytes": None,
+                                                                 "out_of_memory": True})
+    status, err = run_script(TrainSegmentNet.main, auto_args(tiny_voc, tmp_path / "b"))
+    assert status != 0 and "does not fit this device" in err and "Traceback" not in err
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_damaged_plan_json_is_named_by_report(tmp_path):
     from segmentnet.errors import DataError
     from segmentnet.report import read_plan
 
@@ -186,3 +249,8 @@ def test_a_damaged_plan_json_is_named_by_report(tiny_voc, tmp_path):
     with pytest.raises(DataError, match="cannot be read as JSON"):
         read_plan(tmp_path / "plan.json")
     assert read_plan(tmp_path / "absent.json") == []
+    # Entries not of a choice's shape are left out; long or multi-line text is bounded to one line.
+    (tmp_path / "plan.json").write_text(json.dumps({"choices": [
+        {"settings": {"lr": 0.1}, "reason": "a\nb | c" * 1000}, {"settings": 3, "reason": "x"}, "junk"]}))
+    rows = read_plan(tmp_path / "plan.json")
+    assert len(rows) == 1 and rows[0][0] == "lr 0.1" and "\n" not in rows[0][1] and len(rows[0][1]) <= rules.MAX_CELL

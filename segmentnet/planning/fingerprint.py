@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from ..data import SegmentationDataset
 from ..datasets.common import IGNORE_INDEX
+from ..errors import DataError
 from ..files import open_regular
 
 MAX_MASKS = 200          # a larger split is sampled evenly: the medians settle long before
@@ -32,12 +32,17 @@ def weighted_median(values: list[float], weights: list[float]) -> float | None:
 
 
 def image_size(path) -> tuple[int, int]:
-    with open_regular(path, "image") as f, Image.open(f) as image:
-        return image.size
+    try:
+        with open_regular(path, "image") as f, Image.open(f) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"{path}: cannot read the image ({exc}); run DataSeparate.py again with --force") from None
 
 
 def class_regions(labels: np.ndarray, cls: int, scale: float, short_side: int):
     """(extents as shares of the short side, widths in native pixels, areas) of one class's regions."""
+    from scipy import ndimage
+
     components, count = ndimage.label(labels == cls)
     if count == 0:
         return [], [], []
@@ -56,6 +61,11 @@ def class_regions(labels: np.ndarray, cls: int, scale: float, short_side: int):
 
 def measure_dataset(root, info: dict, max_masks: int = MAX_MASKS) -> dict:
     """The fingerprint of the prepared dataset at root (dataset.json already read and checked as `info`)."""
+    try:
+        import scipy.ndimage  # noqa: F401
+    except ImportError:
+        raise DataError("--auto measures the dataset's regions with scipy, which is not installed: "
+                        "pip install scipy (it is in requirements.txt)") from None
     dataset = SegmentationDataset(root, "train", require_masks=True)
     num_classes = info["num_classes"]
     picks = np.unique(np.linspace(0, len(dataset) - 1, min(max_masks, len(dataset))).round().astype(int))

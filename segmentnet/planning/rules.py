@@ -15,8 +15,9 @@ PLAN_FILE = "plan.json"   # in the run folder: fingerprint, machine, measured sp
 DEFAULT_BUDGET = 60.0      # minutes assumed when an auto run is given no time_budget
 TARGET_SAMPLES = 80_000    # training images a run should see: CamVid's recipe still gained up to ~90k (RESULTS.md)
 MIN_EPOCHS = 10            # below this many passes a network has not learned the rare classes at all
-VAL_SHARE = 0.05           # at most this share of the time validates: the last epochs score best as the rate decays
-MIN_VALIDATIONS = 12       # ... but at least this many validations, to pick best.pt from
+VAL_SHARE = 0.05           # about this share of the time validates: the last epochs score best as the rate decays
+MIN_VALIDATIONS = 12       # ... but at least this many validations, to pick best.pt from,
+MAX_VAL_SHARE = 0.15       # ... as long as they take no more than this share
 REFERENCE = {"width": 32, "depth": 4, "blocks": 1, "stem_stride": 4}  # configs/camvid-cpu.json's network
 BASE_LR, BASE_BATCH = 4e-3, 8  # AdamW's peak learning rate measured at batch 8 (configs/camvid-cpu.json)
 WARMUP_STEPS = 100         # optimiser steps of linear warmup (the recipe's 2 epochs of 45 steps)
@@ -87,14 +88,20 @@ def present_classes(fp: dict) -> list[dict]:
     return [c for c in fp["classes"] if c["image_share"] >= 0.05 and c["extent"] is not None]
 
 
-def crop_rule(fp: dict) -> Choice:
+def crop_rule(fp: dict, pad: bool = True, scale_min: float = 0.5) -> Choice:
     short = fp["short_side"]["median"]
     crop = min(512, max(128, round32(0.7 * short)))
-    return Choice({"crop_size": crop}, f"about 0.7 of the images' median shorter side ({short:g} px), in 128..512: "
-                                       f"context for the large regions, yet random crops")
+    why = (f"about 0.7 of the images' median shorter side ({short:g} px), in 128..512: context for the large "
+           f"regions, yet random crops")
+    if not pad:  # every image shrunk by scale_min must still hold a crop
+        fit = int(scale_min * fp["short_side"]["min"])
+        if fit < crop:
+            crop = max(8, fit // 32 * 32 if fit >= 32 else fit)
+            why += f"; with pad off, what the smallest image holds at scale {scale_min:g}"
+    return Choice({"crop_size": crop}, why)
 
 
-def scale_rule(fp: dict) -> Choice:
+def scale_rule(fp: dict, given_min: float | None = None, given_max: float | None = None) -> Choice:
     classes = present_classes(fp)
     smallest = min((c["extent"] for c in classes), default=1.0)
     name = min(classes, key=lambda c: c["extent"])["name"] if classes else "none"
@@ -103,6 +110,10 @@ def scale_rule(fp: dict) -> Choice:
     why = (f"the smallest class's regions ({name}) span {smallest:.2f} of the shorter side: "
            + ("zooming in (up to 1.5) enlarges them" if high > 1 else "none is small, so no zooming in")
            + ("; every class is large, so shrinking to 0.25 lets a crop hold whole objects" if low < 0.5 else ""))
+    if given_min is not None and given_min > high:  # (the other end of a given one stays a range)
+        high = given_min
+    if given_max is not None and given_max < low:
+        low = given_max
     return Choice({"scale_min": low, "scale_max": high}, why)
 
 
@@ -182,50 +193,63 @@ def precision_rule(speeds: dict[str, float], device: str) -> Choice:
                                                        f"here{' (no bf16 units?)' if device == 'cpu' else ''}")
 
 
-def batch_rule(device: str, memory_bytes: int | None, peak_at_8: int | None, train_images: int,
-               given_batch: int | None = None) -> Choice:
+def batch_rule(device: str, memory_bytes: int | None, peak_bytes: int | None, measured_batch: int,
+               train_images: int, given_batch: int | None = None, world_size: int = 1, grad_accum: int = 1) -> Choice:
     """CPU: 8 (a step is compute-bound: a larger batch brings no speed, only fewer steps). GPU: the
-    largest power of two to 32 whose measured memory fits half of the device's; at least 4 steps an
-    epoch. The learning rate follows the batch (a given one too)."""
+    largest power of two to 32 whose memory (measured at `measured_batch`) fits half of the device's.
+    At least 4 steps an epoch for each process. The learning rate follows the batch of all processes
+    and accumulated steps (a given batch too): square-root scaling, as for Adam."""
     if given_batch is not None:
         batch, why = given_batch, "your batch size"
-    elif device != "cuda" or not memory_bytes or not peak_at_8:
+    elif device != "cuda" or not memory_bytes or not peak_bytes:
         batch, why = 8, "on a CPU a step is compute-bound: larger batches bring no speed, only fewer steps"
     else:
-        per_image = peak_at_8 / 8
+        per_image = peak_bytes / measured_batch
         batch = 8
         while batch < 32 and per_image * batch * 2 <= 0.5 * memory_bytes:
             batch *= 2
         why = (f"{per_image / 2 ** 20:.0f} MiB per image measured, {memory_bytes / 2 ** 30:.0f} GiB on the device: "
                f"the largest power of two to 32 within half of it")
-    while given_batch is None and batch > 2 and train_images // batch < 4:
+    share = max(1, train_images // world_size)
+    while given_batch is None and batch > 1 and share // batch < 4:
         batch //= 2
-    lr = round(BASE_LR * math.sqrt(batch / BASE_BATCH), 6)
-    return Choice({"batch_size": batch, "lr": lr}, f"{why}; AdamW lr {BASE_LR:g} at batch {BASE_BATCH}, "
-                                                   f"scaled by the square root of the batch")
+    effective = batch * world_size * grad_accum
+    lr = round(BASE_LR * math.sqrt(effective / BASE_BATCH), 6)
+    return Choice({"batch_size": batch, "lr": lr}, f"{why}; AdamW lr {BASE_LR:g} at batch {BASE_BATCH}, scaled by the "
+                                                   f"square root of {effective} images a step")
 
 
-def workers_rule(device: str, cores: int, model_ips: float, loader_ips: float) -> Choice:
-    """As many loader processes as keep the network fed, within the cores the computation leaves."""
+def workers_rule(device: str, cores: int, model_ips: float, loader_ips: float, processes: int = 1) -> Choice:
+    """As many loader processes as keep the network fed (`model_ips`: one training process's pace),
+    within the cores the computation leaves; the cores are shared by the `processes` of this machine."""
     needed = math.ceil(model_ips / max(loader_ips, 1e-9))
-    cap = max(1, cores - 1) if device == "cuda" else max(1, cores // 2)
+    mine = max(1, cores // processes)
+    cap = max(1, mine - 1) if device == "cuda" else max(1, mine // 2)
     workers = max(1, min(needed, cap, 8))
     return Choice({"workers": workers}, f"the network takes {model_ips:.0f} images/s, one loader process makes "
-                                        f"{loader_ips:.0f}: {needed} needed, at most {cap} on {cores} cores "
+                                        f"{loader_ips:.0f}: {needed} needed, at most {cap} of {mine} cores "
                                         f"({'the GPU computes' if device == 'cuda' else 'the rest compute'})")
 
 
-def schedule_rule(train_images: int, batch: int, images_per_second: float, val_seconds: float,
-                  train_seconds: float) -> Choice:
-    """Validation every few epochs so that it costs at most VAL_SHARE of the time yet happens at least
-    MIN_VALIDATIONS times; warmup of about WARMUP_STEPS steps; the epochs are the budget's."""
+def schedule_rule(train_images: int, batch: int, images_per_second: float, val_seconds: float, run_seconds: float,
+                  max_epochs: int | None = None, world_size: int = 1, grad_accum: int = 1) -> Choice:
+    """Validation every few epochs, so that it costs about VAL_SHARE of the time, more often where the
+    run would otherwise validate fewer than MIN_VALIDATIONS times (up to MAX_VAL_SHARE of the time);
+    warmup of about WARMUP_STEPS steps; the epochs are what the budget holds (or fewer, if given)."""
     epoch_seconds = train_images / max(images_per_second, 1e-9)
-    epochs = max(1, int(train_seconds / epoch_seconds))
-    val_every = max(1, math.ceil(val_seconds / (VAL_SHARE * epoch_seconds)))
-    val_every = max(1, min(val_every, epochs // MIN_VALIDATIONS))
-    steps = max(1, train_images // batch)
+    cheap = max(1, math.ceil(val_seconds / (VAL_SHARE * epoch_seconds)))
+    dearest = max(1, math.ceil(val_seconds / (MAX_VAL_SHARE * epoch_seconds)))
+
+    def epochs_at(every: int) -> int:
+        held = max(1, int(run_seconds / (epoch_seconds + val_seconds / every)))
+        return min(held, max_epochs) if max_epochs else held
+
+    val_every = max(dearest, min(cheap, epochs_at(cheap) // MIN_VALIDATIONS))
+    epochs = epochs_at(val_every)
+    val_every = max(1, min(val_every, epochs))
+    steps = max(1, train_images // (batch * world_size) // grad_accum)
     warmup = round(min(max(WARMUP_STEPS / steps, 1.0), max(epochs * 0.1, 0.1)), 2)
-    return Choice({"epochs": 100_000, "val_every": val_every, "warmup_epochs": warmup},
+    return Choice({"epochs": max_epochs or 100_000, "val_every": val_every, "warmup_epochs": warmup},
                   f"an epoch ~{epoch_seconds:.0f} s and a validation ~{val_seconds:.0f} s: validate every {val_every} "
-                  f"(about {epochs // val_every} times in ~{epochs} epochs); warmup {warmup} epochs "
-                  f"(~{WARMUP_STEPS} steps); the time budget ends the run")
+                  f"(about {max(1, epochs // val_every)} times in ~{epochs} epochs); warmup {warmup} epochs "
+                  f"(~{WARMUP_STEPS} steps); " + ("your epochs" if max_epochs else "the time budget ends the run"))
