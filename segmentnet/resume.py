@@ -63,7 +63,9 @@ def check_resumable(state: dict, cfg, num_classes: int, path) -> None:
         problems.append(f"it stopped inside an epoch with batch_size {trained_batch}, this run's is "
                         f"{cfg.batch_size} (the batches already done would not line up)")
     if problems:
-        raise DataError(f"checkpoint {path} does not fit this run: " + "; ".join(problems) + ". " + FIT_HINT)
+        hint = ("It was planned by --auto: resume it with --auto true, which takes the settings of its plan"
+                if state.get("config", {}).get("auto") is True and not getattr(cfg, "auto", False) else FIT_HINT)
+        raise DataError(f"checkpoint {path} does not fit this run: " + "; ".join(problems) + ". " + hint)
     trained_with = state["config"].get("optimizer", cfg.optimizer)
     if trained_with != cfg.optimizer:
         raise DataError(f"checkpoint {path} does not fit this run: it was trained with optimizer {trained_with!r}, "

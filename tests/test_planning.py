@@ -2,14 +2,18 @@
 changes), the user's settings winning, plan.json written, printed, shown by Report and kept on resume."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import re
 
 import pytest
 
 import TrainSegmentNet
 from conftest import run_script, train_args
+from segmentnet.cli import call_main
 from segmentnet.planning import rules
-from segmentnet.planning.rules import Choice, Plan
+from segmentnet.planning.rules import Choice, Plan, choice_rows
 
 
 def fingerprint(short=360, long=480, classes=None, train_images=300, val_images=50):
@@ -163,12 +167,13 @@ def auto_args(data, out, *more) -> list[str]:
             "--auto", "true", *more]
 
 
-def test_auto_run_plans_what_is_not_given_and_keeps_what_is(tiny_voc, tmp_path, capsys):
+def test_auto_run_plans_what_is_not_given_and_keeps_what_is(tiny_voc, tmp_path):
     out = tmp_path / "run"
-    status, err = run_script(TrainSegmentNet.main, auto_args(tiny_voc, out, "--time-budget", "5", "--epochs", "1",
-                                                              "--batch-size", "2", "--scale-min", "1.2",
-                                                              "--workers", "0"))
-    assert status == 0, err
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = call_main(TrainSegmentNet.main, auto_args(tiny_voc, out, "--time-budget", "5", "--epochs", "1",
+                                                            "--batch-size", "2", "--scale-min", "1.2", "--workers", "0"))
+    assert status == 0
     plan = json.loads((out / "plan.json").read_text())
     config = json.loads((out / "config.json").read_text())
     fp = plan["fingerprint"]
@@ -185,13 +190,15 @@ def test_auto_run_plans_what_is_not_given_and_keeps_what_is(tiny_voc, tmp_path, 
     assert config["model_options"] in [o for _, o in rules.model_ladder(fp, config["crop_size"])]
     for key, value in plan["settings"].items():
         assert config[key] == value, key
-    mine = {k for c in plan["choices"] if c["by"] == "you" for k in c["settings"]}
-    assert {"time_budget", "epochs", "workers"} <= mine and all(c["reason"] for c in plan["choices"])
+    said = " ".join(c["reason"] for c in plan["choices"])
+    for key in ("time_budget", "epochs", "batch_size", "scale_min", "workers"):
+        assert re.search(rf"set by you \([^)]*\b{key}\b", said), key
+    assert all(c["reason"] for c in plan["choices"])
     # The planning's seconds count in the budget's clock.
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["elapsed_seconds"] >= plan["planning_seconds"] > 0
-    printed = capsys.readouterr().out
-    assert "plan (--auto true" in printed and "set by you" in printed
+    table = printed.getvalue()
+    assert "plan (--auto true" in table and all(why in table for _, why in choice_rows(plan["choices"]))
 
     # Resumed: the plan's settings come from the checkpoint, nothing is measured again; the record grows.
     from segmentnet.planning import plan as planning
@@ -200,6 +207,8 @@ def test_auto_run_plans_what_is_not_given_and_keeps_what_is(tiny_voc, tmp_path, 
         raise AssertionError("a resumed auto run measured again")
 
     resume = ["--resume", str(out / "last.pt"), "--auto", "true", "--data-dir", str(tiny_voc), "--progress", "false"]
+    status, err = run_script(TrainSegmentNet.main, [a for a in resume if a not in ("--auto", "true")])
+    assert status != 0 and "resume it with --auto true" in err
     with pytest.MonkeyPatch.context() as mp:
         for name in ("step_speed", "loss_seconds", "inference_seconds", "loader_speed", "measure_dataset"):
             mp.setattr(planning, name, measured)
