@@ -4,17 +4,17 @@
     ds = SegmentationDataset("data/voc2012", "train", train_transform(crop_size=384))
     image, mask = ds[0]      # uint8 3xHxW tensor, int64 HxW tensor (255 = ignore)
 
-Importable from here: SegmentationDataset, EpochSampler, collate_pairs (segmentnet.data) and the paired
+Importable from here: SegmentationDataset, EpochSampler, collate_pairs (segmentnet.training.data) and the paired
 transforms Compose, RandomScaleCrop, RandomHorizontalFlip, ToTensor, train_transform, eval_transform,
-normalize (segmentnet.transforms).
+normalize (segmentnet.training.transforms).
 
 Run it to print the splits of a prepared dataset: python DatasetCreate.py --data-dir data --dataset voc2012
 """
 import argparse
 import sys
 
-from segmentnet.data import EpochSampler, SegmentationDataset, collate_pairs
-from segmentnet.transforms import (Compose, RandomHorizontalFlip, RandomScaleCrop, ToTensor, eval_transform,
+from segmentnet.training.data import EpochSampler, SegmentationDataset, collate_pairs
+from segmentnet.training.transforms import (Compose, RandomHorizontalFlip, RandomScaleCrop, ToTensor, eval_transform,
                                    normalize, train_transform)
 
 __all__ = ["Compose", "EpochSampler", "RandomHorizontalFlip", "RandomScaleCrop", "SegmentationDataset", "ToTensor",
@@ -38,6 +38,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from segmentnet.cli import call_main
+    from segmentnet.core.cli import call_main
 
     sys.exit(call_main(main))

@@ -18,11 +18,11 @@ import re
 import sys
 from pathlib import Path
 
-from segmentnet.cli import call_main, stop_cleanly_on_signals
-from segmentnet.errors import UsageError
-from segmentnet.inference import add_inference_arguments, evaluate_checkpoint, resolve_device, tta_from_args
-from segmentnet.outputs import folder_not_file
-from segmentnet.evaluation import evaluation_paths, evaluation_table, write_evaluation
+from segmentnet.core.cli import call_main, stop_cleanly_on_signals
+from segmentnet.core.errors import UsageError
+from segmentnet.results.inference import add_inference_arguments, evaluate_checkpoint, resolve_device, tta_from_args
+from segmentnet.core.outputs import folder_not_file
+from segmentnet.results.evaluation import evaluation_paths, evaluation_table, write_evaluation
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,10 +19,10 @@ import re
 import sys
 from pathlib import Path
 
-from segmentnet.cli import call_main, stop_cleanly_on_signals
-from segmentnet.errors import UsageError
-from segmentnet.export import OPSET, export_checkpoint
-from segmentnet.onnx_model import INPUT_TYPES
+from segmentnet.core.cli import call_main, stop_cleanly_on_signals
+from segmentnet.core.errors import UsageError
+from segmentnet.deployment.export import OPSET, export_checkpoint
+from segmentnet.deployment.onnx_model import INPUT_TYPES
 
 
 def parse_sizes(text: str) -> list[tuple[int, int, int]]:

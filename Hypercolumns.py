@@ -15,9 +15,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from segmentnet.cli import call_main
-from segmentnet.config import parse_config
-from segmentnet.errors import UsageError
+from segmentnet.core.cli import call_main
+from segmentnet.core.config import parse_config
+from segmentnet.core.errors import UsageError
 
 STAGES = ("extract", "pretrain", "train", "predict")
 RENAMED = {"run": "predict"}  # the earlier name of a stage, still accepted
@@ -55,7 +55,7 @@ class Config:
 
 
 def main(argv=None) -> int:
-    from segmentnet import hypercolumn_train, hypercolumns
+    from segmentnet.hypercolumns import train as hypercolumn_train, features as hypercolumns
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in RENAMED:

@@ -10,7 +10,7 @@ empty folder, or one Predict.py wrote before; never a folder inside a prepared d
   OUT/masks/<stem>.png     class indices as a palette PNG (mode 'P'), the format of VOC's SegmentationClass
   OUT/overlays/<stem>.png  the prediction blended over the image
   OUT/panels/<stem>.png    image | truth | prediction, when --masks DIR holds DIR/<stem>.png
-From Python: segmentnet.inference.run_model(checkpoint, images) returns the masks as arrays.
+From Python: segmentnet.results.inference.run_model(checkpoint, images) returns the masks as arrays.
 """
 from __future__ import annotations
 
@@ -18,15 +18,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from segmentnet.cli import call_main, stop_cleanly_on_signals
-from segmentnet.data import image_paths
+from segmentnet.core.cli import call_main, stop_cleanly_on_signals
+from segmentnet.training.data import image_paths
 from segmentnet.datasets.common import read_index_mask
-from segmentnet.errors import DataError, UsageError
-from segmentnet.files import claim_folder
-from segmentnet.inference import (add_inference_arguments, image_size, load_model, model_device, predict_masks,
+from segmentnet.core.errors import DataError, UsageError
+from segmentnet.core.files import claim_folder
+from segmentnet.results.inference import (add_inference_arguments, image_size, load_model, model_device, predict_masks,
                                   read_rgb, resolve_device, tta_from_args)
-from segmentnet.outputs import refuse_input_data, writing_into
-from segmentnet.visualize import overlay, panel, save_mask_png, save_png
+from segmentnet.core.outputs import refuse_input_data, writing_into
+from segmentnet.results.visualize import overlay, panel, save_mask_png, save_png
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,8 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from segmentnet.cli import call_main, stop_cleanly_on_signals
-from segmentnet.report import build_report
+from segmentnet.core.cli import call_main, stop_cleanly_on_signals
+from segmentnet.results.report import build_report
 
 
 def main(argv=None) -> int:

@@ -17,11 +17,11 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
-from segmentnet.cli import call_main
-from segmentnet.config import config_from_dict, read_settings
-from segmentnet.engine import train
-from segmentnet.loops import evaluate, train_one_epoch  # noqa: F401  (this script's interface, as its docstring says)
-from segmentnet.losses import build_loss  # noqa: F401
+from segmentnet.core.cli import call_main
+from segmentnet.core.config import config_from_dict, read_settings
+from segmentnet.training.engine import train
+from segmentnet.training.loops import evaluate, train_one_epoch  # noqa: F401  (this script's interface, as its docstring says)
+from segmentnet.training.losses import build_loss  # noqa: F401
 
 
 @dataclass

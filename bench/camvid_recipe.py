@@ -25,11 +25,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import TrainSegmentNet  # noqa: E402
-from segmentnet.cli import call_main  # noqa: E402
-from segmentnet.errors import UsageError  # noqa: E402
-from segmentnet.files import write_text_atomic  # noqa: E402
-from segmentnet.inference import evaluate_checkpoint  # noqa: E402
-from segmentnet.visualize import pyplot, read_metrics  # noqa: E402
+from segmentnet.core.cli import call_main  # noqa: E402
+from segmentnet.core.errors import UsageError  # noqa: E402
+from segmentnet.core.files import write_text_atomic  # noqa: E402
+from segmentnet.results.inference import evaluate_checkpoint  # noqa: E402
+from segmentnet.results.visualize import pyplot, read_metrics  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from input_pipeline import cpu_name, write_dataset  # noqa: E402
-from segmentnet.cli import call_main  # noqa: E402
-from segmentnet.config import ConfigError, parse_config  # noqa: E402
-from segmentnet.data import loader_workers  # noqa: E402
-from segmentnet.engine import train  # noqa: E402
+from segmentnet.core.cli import call_main  # noqa: E402
+from segmentnet.core.config import ConfigError, parse_config  # noqa: E402
+from segmentnet.training.data import loader_workers  # noqa: E402
+from segmentnet.training.engine import train  # noqa: E402
 from TrainSegmentNet import Config as TrainConfig  # noqa: E402
 
 

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from segmentnet.datasets.common import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from segmentnet.export import OPSET, InferenceGraph, inference_only, to_onnx  # noqa: E402
+from segmentnet.deployment.export import OPSET, InferenceGraph, inference_only, to_onnx  # noqa: E402
 from segmentnet.models import build_model  # noqa: E402
 
 RUNTIMES = ("eager", "compile", "onnxruntime")

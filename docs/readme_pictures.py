@@ -13,9 +13,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from segmentnet.cli import call_main  # noqa: E402
-from segmentnet.errors import DataError  # noqa: E402
-from segmentnet.files import atomic_path  # noqa: E402
+from segmentnet.core.cli import call_main  # noqa: E402
+from segmentnet.core.errors import DataError  # noqa: E402
+from segmentnet.core.files import atomic_path  # noqa: E402
 
 MAX_WIDTH = 720  # pixels; keeps the committed files small
 

@@ -26,8 +26,8 @@ def realdata(sub: str) -> Path:
 
 def make_small_voc(data_dir: Path, counts=None, seed: int = 0) -> Path:
     """Synthetic VOC archive -> DataExtract -> DataSeparate, with few images; returns data_dir."""
-    from segmentnet import synthetic
-    from segmentnet.extraction import extract
+    from segmentnet.preparation import synthetic
+    from segmentnet.preparation.extraction import extract
     from segmentnet.datasets import voc2012
     from segmentnet.datasets.common import raw_dir
     from segmentnet.datasets.separate import separate
@@ -168,12 +168,12 @@ def signal_handlers_restored():
 
 
 def run_script(main, argv) -> tuple[int, str]:
-    """A script's main(argv) through segmentnet.cli.call_main, as `python Script.py argv` runs it:
+    """A script's main(argv) through segmentnet.core.cli.call_main, as `python Script.py argv` runs it:
     (exit status, what it wrote to stderr); its stdout is dropped."""
     import contextlib
     import io
 
-    from segmentnet.cli import call_main
+    from segmentnet.core.cli import call_main
 
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project
 
 import torch  # noqa: E402
 
-from segmentnet import data, loops  # noqa: E402
+from segmentnet.training import data, loops  # noqa: E402
 
 
 def at_call(function, number: int, action):
@@ -83,7 +83,7 @@ def install_fault(kind: str, arg: str) -> None:
 
 def train_with_fault(argv: list[str]) -> int:
     import TrainSegmentNet
-    from segmentnet.cli import call_main
+    from segmentnet.core.cli import call_main
 
     torch.set_num_threads(1)  # as the test process does: the same arithmetic, bit for bit
     kind, _, arg = os.environ["FAULT"].partition(" ")
@@ -93,7 +93,7 @@ def train_with_fault(argv: list[str]) -> int:
 
 def save_on_a_small_disk(folder: str) -> int:
     """Save 240 kB, then 1000 kB more into a 1 MB file system; print what happened as JSON."""
-    from segmentnet.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
+    from segmentnet.core.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint
 
     last = os.path.join(folder, "last.pt")
     first = {"model": {"w": torch.arange(60_000, dtype=torch.float32)}}  # 240 kB
@@ -121,7 +121,7 @@ def slow_convert(*args):
 def slow_separation(started: str, data_dir: str) -> int:
     """DataSeparate with one worker whose pairs take 0.3 s each; `started` is touched as the first begins."""
     import DataSeparate
-    from segmentnet.cli import call_main
+    from segmentnet.core.cli import call_main
     from segmentnet.datasets import separate
 
     SLOW.update(started=started, convert=separate._convert_pair)
@@ -132,8 +132,8 @@ def slow_separation(started: str, data_dir: str) -> int:
 def slow_export(started: str, checkpoint: str, check_sizes: str) -> int:
     """Export.py whose verification waits: `started` is touched once the unverified file is written."""
     import Export
-    from segmentnet import export
-    from segmentnet.cli import call_main
+    from segmentnet.deployment import export
+    from segmentnet.core.cli import call_main
 
     real_verify = export.verify
 

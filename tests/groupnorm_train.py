@@ -31,7 +31,7 @@ def segmentnet_groupnorm(num_classes: int, width: int = 8, depth: int = 2, block
 
 if __name__ == "__main__":
     import TrainSegmentNet
-    from segmentnet.cli import call_main
+    from segmentnet.core.cli import call_main
     from segmentnet.models import MODELS
 
     MODELS["segmentnet_gn"] = segmentnet_groupnorm

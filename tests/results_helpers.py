@@ -57,7 +57,7 @@ def colour_classifier_checkpoint(path: Path, data_dir) -> Path:
 
 def save_model_checkpoint(path: Path, model: nn.Module, model_name: str, model_options: dict, data_dir) -> Path:
     """Write `model` as TrainSegmentNet would (the keys inference reads), for the synthetic VOC."""
-    from segmentnet.checkpoint import save_checkpoint
+    from segmentnet.core.checkpoint import save_checkpoint
     from segmentnet.datasets.common import IMAGENET_MEAN, IMAGENET_STD
     from segmentnet.datasets.voc2012 import CLASSES, PALETTE
 

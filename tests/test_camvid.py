@@ -14,11 +14,11 @@ from PIL import Image
 from conftest import realdata, tiny_train_config
 import DataExtract
 import DataSeparate
-from segmentnet.cli import call_main
+from segmentnet.core.cli import call_main
 from segmentnet.datasets import camvid
 from segmentnet.datasets.separate import separate
-from segmentnet.engine import train
-from segmentnet.errors import DataError
+from segmentnet.training.engine import train
+from segmentnet.core.errors import DataError
 
 
 def small_archive(downloads: Path, seed: int = 0, test: bool = True) -> Path:
@@ -46,7 +46,7 @@ def test_the_recipe_script_trains_scores_and_draws_the_curve(tmp_path, capsys):
     """bench/camvid_recipe.py on the recipe's own config, made tiny: what it writes matches the run."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
     import camvid_recipe
-    from segmentnet.inference import evaluate_checkpoint
+    from segmentnet.results.inference import evaluate_checkpoint
 
     downloads, data = tmp_path / "downloads", tmp_path / "data"
     small_archive(downloads)
@@ -193,7 +193,7 @@ def test_a_split_list_that_cannot_be_read_is_named(tmp_path):
     (root / "train.txt").write_text("/SegNet/CamVid/train/a.png /SegNet/CamVid/trainannot/a.png\n")
     (root / "train.txt").chmod(0)
     script = (f"import sys; from pathlib import Path; sys.path.insert(0, {str(ROOT)!r}); "
-              f"from segmentnet.cli import call_main; from segmentnet.datasets import camvid; "
+              f"from segmentnet.core.cli import call_main; from segmentnet.datasets import camvid; "
               f"sys.exit(call_main(lambda argv: camvid.pairs_in(Path({str(root)!r}))))")
     result = subprocess.run([*prefix, sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr

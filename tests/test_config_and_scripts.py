@@ -13,9 +13,9 @@ import pytest
 import DataExtract
 import DataSeparate
 from conftest import ROOT, run_script, script_process
-from segmentnet.config import parse_config
+from segmentnet.core.config import parse_config
 from segmentnet.datasets import DATASETS
-from segmentnet.errors import ConfigError
+from segmentnet.core.errors import ConfigError
 from TrainSegmentNet import Config
 
 SCRIPTS = ["DataExtract", "DataSeparate", "DatasetCreate", "SegmentNet", "TrainSegmentNet"]
@@ -86,8 +86,8 @@ def test_scripts_import_without_side_effects(name, tmp_path, monkeypatch):
 
 
 def test_call_main_tells_a_users_error_from_a_bug(capsys):
-    from segmentnet.cli import BUG_EXIT, call_main
-    from segmentnet.errors import DataError, UnknownNameError
+    from segmentnet.core.cli import BUG_EXIT, call_main
+    from segmentnet.core.errors import DataError, UnknownNameError
 
     def users_error(argv):
         raise DataError("x.png: the mask cannot be decoded; replace it")
@@ -147,7 +147,7 @@ def test_model_options_nested_too_deeply_are_a_usage_error(tmp_path):
 def test_stopping_cleanly_on_signals_leaves_an_ignored_signal_ignored():
     import signal
 
-    from segmentnet.cli import stop_cleanly_on_signals
+    from segmentnet.core.cli import stop_cleanly_on_signals
 
     before = {s: signal.getsignal(s) for s in (signal.SIGHUP, signal.SIGTERM)}
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup starts a tool

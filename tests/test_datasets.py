@@ -18,12 +18,12 @@ from PIL import Image
 from conftest import realdata, tiny_train_config
 import DataExtract
 import DataSeparate
-from segmentnet import synthetic
-from segmentnet.cli import call_main
+from segmentnet.preparation import synthetic
+from segmentnet.core.cli import call_main
 from segmentnet.datasets import ade20k, cityscapes, get_dataset, kitti_road, voc2012, voc2012_aug
 from segmentnet.datasets.separate import separate
-from segmentnet.engine import train
-from segmentnet.errors import DataError
+from segmentnet.training.engine import train
+from segmentnet.core.errors import DataError
 
 # Small archives: few images, small sizes (the defaults are for the demo).
 SMALL = {
@@ -451,7 +451,7 @@ def independent_weights(counts: list[int], rule: str) -> list[float]:
 
 
 def test_class_weight_rules_match_their_definitions():
-    from segmentnet.optim import class_weights_from_counts
+    from segmentnet.training.optim import class_weights_from_counts
 
     counts = [500, 0, 120, 30, 7, 2000]  # an absent class, and an even number of present ones
     for rule in ("median_freq", "inverse_freq", "enet"):
@@ -462,7 +462,7 @@ def test_class_weight_rules_match_their_definitions():
 
 @pytest.mark.parametrize("loss,rule", [("ce", "median_freq"), ("jaccard", "inverse_freq")])
 def test_class_weights_reach_the_loss(loss, rule, prepared, tmp_path, monkeypatch):
-    from segmentnet import engine
+    from segmentnet.training import engine
 
     data = prepared("ade20k")
     counts = json.loads((data / "ade20k" / "dataset.json").read_text())["pixel_counts"]["train"]

@@ -20,17 +20,17 @@ import torch
 
 from conftest import ROOT, tiny_train_config
 from groupnorm_train import segmentnet_groupnorm
-from segmentnet.checkpoint import load_checkpoint
-from segmentnet.data import EpochSampler, SegmentationDataset
-from segmentnet.distributed import DistEnv
-from segmentnet.errors import ConfigError
-from segmentnet.engine import _train, train
-from segmentnet.loops import evaluate
-from segmentnet.files import OWNER_FILE
-from segmentnet.losses import build_loss
+from segmentnet.core.checkpoint import load_checkpoint
+from segmentnet.training.data import EpochSampler, SegmentationDataset
+from segmentnet.core.distributed import DistEnv
+from segmentnet.core.errors import ConfigError
+from segmentnet.training.engine import _train, train
+from segmentnet.training.loops import evaluate
+from segmentnet.core.files import OWNER_FILE
+from segmentnet.training.losses import build_loss
 from segmentnet.models import MODELS, build_model
-from segmentnet.runs import LOCK_FILE
-from segmentnet.transforms import eval_transform
+from segmentnet.training.runs import LOCK_FILE
+from segmentnet.training.transforms import eval_transform
 
 RUN_FILES = {OWNER_FILE, LOCK_FILE, "config.json", "metrics.jsonl", "last.pt", "best.pt", "curves.png",
              "samples"}  # rank 0 only
@@ -177,7 +177,7 @@ def test_sync_bn_on_cpu_is_refused_with_a_reason(tmp_path):
 def test_checkpointed_weights_have_no_wrapper_prefixes():
     from torch import nn
 
-    from segmentnet.distributed import unwrap
+    from segmentnet.core.distributed import unwrap
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
     compiled = torch.compile(model)  # lazy: nothing is compiled until it is called

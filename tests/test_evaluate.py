@@ -56,7 +56,7 @@ def test_evaluate_equals_an_independent_computation_from_predict_pngs(small_voc,
 
 
 def test_evaluate_out_folder_and_missing_split(small_voc, tmp_path, capsys):
-    from segmentnet.cli import call_main
+    from segmentnet.core.cli import call_main
 
     checkpoint = tiny_segmentnet_checkpoint(tmp_path / "net.pt", small_voc)
     assert call_main(Evaluate.main, [str(checkpoint), "--split", "test", "--no-progress"]) == 2

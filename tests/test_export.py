@@ -16,14 +16,14 @@ import Export
 import Predict
 from conftest import run_script
 from results_helpers import colour_classifier_checkpoint, read_png, save_model_checkpoint, tiny_segmentnet_checkpoint
-from segmentnet import export
+from segmentnet.deployment import export
 from segmentnet.datasets.voc2012 import CLASSES, PALETTE
-from segmentnet.errors import DataError
-from segmentnet.export import export_checkpoint
-from segmentnet.inference import load_model
+from segmentnet.core.errors import DataError
+from segmentnet.deployment.export import export_checkpoint
+from segmentnet.results.inference import load_model
 from segmentnet.models import MODELS, build_model
-from segmentnet.onnx_model import OnnxModel
-from segmentnet.transforms import normalize
+from segmentnet.deployment.onnx_model import OnnxModel
+from segmentnet.training.transforms import normalize
 from test_models import SMALL_OPTIONS
 
 # Small enough to be quick, large enough for every model (ICNet's quarter-size branch pools to 6x6 bins);

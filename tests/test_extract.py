@@ -23,13 +23,13 @@ import pytest
 import DataExtract
 from conftest import (ROOT, SETS, TINY_COUNTS, VOC, leftovers, run_script, script_process, unprivileged,
                       write_tar_members, write_zip_members)
-from segmentnet import synthetic
-from segmentnet.archive import MARKER, Archive, md5sum, verify_md5
-from segmentnet.cli import call_main
+from segmentnet.preparation import synthetic
+from segmentnet.preparation.archive import MARKER, Archive, md5sum, verify_md5
+from segmentnet.core.cli import call_main
 from segmentnet.datasets import DATASETS, voc2012
-from segmentnet.download import download
-from segmentnet.errors import DataError
-from segmentnet.extraction import extract
+from segmentnet.preparation.download import download
+from segmentnet.core.errors import DataError
+from segmentnet.preparation.extraction import extract
 
 SPEC = Archive("test.tar", None, None, required_prefix="VOCdevkit/", max_member_bytes=1 << 20)
 
@@ -72,14 +72,14 @@ def test_md5_mismatch_refused(tmp_path):
     path.write_bytes(b"not the archive")
     with pytest.raises(DataError, match="md5 is .* the official archive's is 6cd6e144f989b92b3379bac3b3de84fd"):
         verify_md5(path, voc2012.ARCHIVE.md5)
-    from segmentnet.cli import call_main
+    from segmentnet.core.cli import call_main
     assert call_main(DataExtract.main, ["--downloads", str(tmp_path), "--data-dir", str(tmp_path / "data")]) == 2
     assert not (tmp_path / "data").exists()
 
 
 def test_no_verify_skips_the_checksum(tmp_path):
     files = voc2012.synthetic_files(0, {"train": 2, "val": 1, "unlabelled": 0})
-    from segmentnet import synthetic
+    from segmentnet.preparation import synthetic
     synthetic.write_tar(tmp_path / voc2012.ARCHIVE.filename, files)
     with pytest.raises(DataError):
         DataExtract.main(["--downloads", str(tmp_path), "--data-dir", str(tmp_path / "data")])
@@ -107,7 +107,7 @@ def test_synthetic_archive_is_official_layout_deterministic_and_idempotent(tmp_p
 
 
 def test_interrupted_extraction_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
-    from segmentnet import extraction, synthetic
+    from segmentnet.preparation import extraction, synthetic
 
     path = synthetic.write_tar(tmp_path / "a.tar", voc2012.synthetic_files(0, {"train": 2, "val": 1, "unlabelled": 0}))
 
@@ -720,7 +720,7 @@ def test_data_dir_that_cannot_be_written(tmp_path, voc_tar):
 def test_disk_full_during_extraction_is_not_blamed_on_the_archive(capsys, tmp_path, monkeypatch):
     import errno
 
-    from segmentnet import extraction
+    from segmentnet.preparation import extraction
 
     def disk_full(*args):
         raise OSError(errno.ENOSPC, "No space left on device")

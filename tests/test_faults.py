@@ -22,12 +22,12 @@ import torch
 
 import TrainSegmentNet
 from conftest import config_args, tiny_train_config
-from segmentnet import engine, loops
-from segmentnet.checkpoint import load_checkpoint
-from segmentnet.cli import call_main
-from segmentnet.engine import train
-from segmentnet.files import OWNER_FILE
-from segmentnet.runs import LOCK_FILE
+from segmentnet.training import engine, loops
+from segmentnet.core.checkpoint import load_checkpoint
+from segmentnet.core.cli import call_main
+from segmentnet.training.engine import train
+from segmentnet.core.files import OWNER_FILE
+from segmentnet.training.runs import LOCK_FILE
 
 FAULT_CHILD = Path(__file__).resolve().parent / "fault_child.py"  # the training with a fault injected, a full disk
 
@@ -148,7 +148,7 @@ class DiskFullAfter:
 
 
 def test_disk_full_during_a_save_keeps_the_previous_checkpoint(capsys, smaller_voc, tmp_path, monkeypatch):
-    from segmentnet import checkpoint
+    from segmentnet.core import checkpoint
 
     opened = []
 
@@ -351,7 +351,7 @@ def test_a_half_written_metrics_line_does_not_block_resume(capsys, smaller_voc, 
     (errno.EROFS, "{folder} is on a read-only file system"),
 ])
 def test_a_failed_save_says_what_failed(tmp_path, monkeypatch, code, advice):
-    from segmentnet import checkpoint
+    from segmentnet.core import checkpoint
 
     def refuse(path, mode="r", *args, **kwargs):
         raise OSError(code, os.strerror(code), str(path))
@@ -367,7 +367,7 @@ def test_a_failed_save_says_what_failed(tmp_path, monkeypatch, code, advice):
 
 
 def test_a_save_into_a_missing_folder_or_onto_a_folder_is_not_called_a_full_disk(tmp_path):
-    from segmentnet.checkpoint import CheckpointWriteError, save_checkpoint
+    from segmentnet.core.checkpoint import CheckpointWriteError, save_checkpoint
 
     gone = tmp_path / "gone"
     with pytest.raises(CheckpointWriteError) as missing:

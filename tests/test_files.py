@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from segmentnet.errors import DataError
-from segmentnet.files import OWNER_FILE, atomic_path, check_inside, child, claim_folder, owner_of, plain_name
+from segmentnet.core.errors import DataError
+from segmentnet.core.files import OWNER_FILE, atomic_path, check_inside, child, claim_folder, owner_of, plain_name
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", "a/b", "../x", "/etc/passwd", "a\\b", "a\x00b", "x" * 256])
@@ -76,7 +76,7 @@ def test_claim_folder_refuses_a_link_to_nothing(tmp_path):
 
 
 def test_writing_into_a_claimed_folder_never_goes_through_a_link(tmp_path):
-    from segmentnet.outputs import writing_into
+    from segmentnet.core.outputs import writing_into
 
     out, truth = claim_folder(tmp_path / "pred", "Predict"), tmp_path / "data" / "voc2012" / "val" / "masks"
     truth.mkdir(parents=True)
@@ -99,8 +99,8 @@ def test_writing_into_a_claimed_folder_never_goes_through_a_link(tmp_path):
 
 
 def test_extracted_data_counts_as_input_data(tmp_path):
-    from segmentnet.archive import MARKER
-    from segmentnet.outputs import input_data_folder, refuse_input_data
+    from segmentnet.preparation.archive import MARKER
+    from segmentnet.core.outputs import input_data_folder, refuse_input_data
 
     raw = tmp_path / "data" / "raw" / "VOCtrainval_11-May-2012"
     raw.mkdir(parents=True)
@@ -116,7 +116,7 @@ def test_extracted_data_counts_as_input_data(tmp_path):
 
 @pytest.mark.parametrize("kind", ["fifo", "device", "link to a device", "folder"])
 def test_open_regular_refuses_anything_but_a_regular_file_without_blocking(tmp_path, no_hang, kind):
-    from segmentnet.files import open_regular, read_json, read_regular
+    from segmentnet.core.files import open_regular, read_json, read_regular
 
     path = tmp_path / "x.onnx"
     if kind == "fifo":
@@ -136,7 +136,7 @@ def test_open_regular_refuses_anything_but_a_regular_file_without_blocking(tmp_p
 
 
 def test_read_regular_refuses_a_file_over_its_limit(tmp_path):
-    from segmentnet.files import read_regular
+    from segmentnet.core.files import read_regular
 
     (tmp_path / "big.json").write_bytes(b" " * 101)
     with pytest.raises(DataError, match="is 101 bytes, more than the 100"):
@@ -151,14 +151,14 @@ def test_read_regular_refuses_a_file_over_its_limit(tmp_path):
     ("-" + "1" * 41, "an integer of 41 digits"),
 ])
 def test_json_beyond_the_limits_is_a_value_error_not_a_recursion_or_overflow(text, problem):
-    from segmentnet.jsonfile import loads
+    from segmentnet.core.jsonfile import loads
 
     with pytest.raises(ValueError, match=problem):
         loads(text)
 
 
 def test_json_within_the_limits_reads_as_json_does():
-    from segmentnet.jsonfile import loads
+    from segmentnet.core.jsonfile import loads
 
     deep = "[" * 64 + "]" * 64
     assert loads(deep) == json.loads(deep)

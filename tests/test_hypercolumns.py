@@ -17,10 +17,10 @@ import torchvision
 from PIL import Image
 
 import Hypercolumns
-from segmentnet.cli import call_main
-from segmentnet.errors import DataError
-from segmentnet.hypercolumn_file import open_hypercolumns
-from segmentnet.hypercolumns import sample_pixels
+from segmentnet.core.cli import call_main
+from segmentnet.core.errors import DataError
+from segmentnet.hypercolumns.file import open_hypercolumns
+from segmentnet.hypercolumns.features import sample_pixels
 from segmentnet.models import build_model
 from segmentnet.models.hypercolumns import Hypercolumns as HypercolumnModel
 
@@ -240,9 +240,9 @@ def test_script_imports_without_side_effects_and_needs_a_stage(tmp_path, monkeyp
 
 
 def test_the_train_stage_config_holds_the_stage_settings_under_the_users_flags(chained, small_voc):
-    from segmentnet.config import parse_config
-    from segmentnet.errors import ConfigError
-    from segmentnet.hypercolumn_train import train_config
+    from segmentnet.core.config import parse_config
+    from segmentnet.core.errors import ConfigError
+    from segmentnet.hypercolumns.train import train_config
     from TrainSegmentNet import Config as TrainConfig
 
     work, _ = chained
@@ -266,7 +266,7 @@ def test_the_train_stage_config_holds_the_stage_settings_under_the_users_flags(c
 
 def test_predict_refuses_another_model_before_building_it(chained, small_voc, tmp_path, monkeypatch):
     from results_helpers import tiny_segmentnet_checkpoint
-    from segmentnet import inference
+    from segmentnet.results import inference
 
     work, _ = chained
     other = tiny_segmentnet_checkpoint(tmp_path / "other.pt", small_voc)

@@ -7,7 +7,7 @@ import torch
 
 from conftest import bomb_png
 from results_helpers import TwoConvNet, save_model_checkpoint, tiny_segmentnet_checkpoint
-from segmentnet.inference import TTA, load_model, predict_probabilities, run_model, window_starts
+from segmentnet.results.inference import TTA, load_model, predict_probabilities, run_model, window_starts
 
 
 def two_conv_checkpoint(path, data_dir, symmetric: bool, kernel: int = 3):
@@ -99,7 +99,7 @@ def test_run_model_accepts_paths_pil_and_arrays(tmp_path, small_voc):
 
 
 def test_bad_tta_options_are_refused():
-    from segmentnet.errors import UsageError
+    from segmentnet.core.errors import UsageError
 
     with pytest.raises(UsageError, match="scales"):
         TTA(scales=(0.0, 1.0))
@@ -110,8 +110,8 @@ def test_bad_tta_options_are_refused():
 
 
 def test_hostile_image_files_are_data_errors_naming_them(tmp_path):
-    from segmentnet.errors import DataError
-    from segmentnet.inference import image_size, read_rgb
+    from segmentnet.core.errors import DataError
+    from segmentnet.results.inference import image_size, read_rgb
 
     bomb = bomb_png(tmp_path / "bomb.png")
     assert bomb.stat().st_size < 200
@@ -134,8 +134,8 @@ def nested(depth: int) -> list:
 
 
 def test_load_model_refuses_a_folder_and_hostile_entries(tmp_path, small_voc):
-    from segmentnet.checkpoint import load_checkpoint
-    from segmentnet.errors import DataError
+    from segmentnet.core.checkpoint import load_checkpoint
+    from segmentnet.core.errors import DataError
 
     with pytest.raises(DataError, match="is a folder, not a checkpoint file"):
         load_model(tmp_path)

@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 
 from conftest import ROOT
-from segmentnet import synthetic
-from segmentnet.data import SegmentationDataset
+from segmentnet.preparation import synthetic
+from segmentnet.training.data import SegmentationDataset
 from segmentnet.datasets import voc2012
 from segmentnet.datasets.common import save_index_png
-from segmentnet.errors import DataError
-from segmentnet.transforms import RandomScaleCrop, decode_rgb, train_transform
+from segmentnet.core.errors import DataError
+from segmentnet.training.transforms import RandomScaleCrop, decode_rgb, train_transform
 
 
 def scene(width: int, height: int, seed: int = 0):

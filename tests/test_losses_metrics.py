@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from segmentnet.losses import build_loss
-from segmentnet.metrics import ConfusionMatrix
+from segmentnet.training.losses import build_loss
+from segmentnet.results.metrics import ConfusionMatrix
 
 
 def jaccard_by_formula(logits, target, ignore=255):
@@ -77,7 +77,7 @@ def test_dice_of_a_hard_prediction_and_against_its_formula():
 
 
 def test_focal_against_its_formula_and_cross_entropy_at_gamma_zero(monkeypatch):
-    from segmentnet import losses
+    from segmentnet.training import losses
 
     g = torch.Generator().manual_seed(4)
     logits, target = torch.randn(2, 3, 5, 5, generator=g) * 2, torch.randint(0, 3, (2, 5, 5), generator=g)

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 import torchvision
 
 from conftest import tiny_train_config
-from segmentnet.engine import train
-from segmentnet.errors import ConfigError
-from segmentnet.loops import compute_loss
-from segmentnet.losses import LOSSES, build_loss
+from segmentnet.training.engine import train
+from segmentnet.core.errors import ConfigError
+from segmentnet.training.loops import compute_loss
+from segmentnet.training.losses import LOSSES, build_loss
 from segmentnet.models import ENCODERS, MODELS, build_model
 from segmentnet.models.compose import DECODERS, from_torchvision
 from segmentnet.models.fcn import upsampling
@@ -292,7 +292,7 @@ def test_a_checkpoint_of_the_earlier_release_loads_and_predicts_as_before(tmp_pa
     aux_classifier) and the options width and pretrained_backbone: such a file loads in inference and
     gives torchvision's outputs for those weights."""
     from results_helpers import save_model_checkpoint
-    from segmentnet.inference import load_model
+    from segmentnet.results.inference import load_model
 
     torch.manual_seed(0)
     theirs = torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None, num_classes=21,
@@ -328,7 +328,7 @@ OLD_LAYOUTS = {
 
 @pytest.mark.parametrize("name", sorted(OLD_LAYOUTS))
 def test_the_earlier_releases_keys_map_onto_the_composition(name, tmp_path):
-    from segmentnet.inference import load_model
+    from segmentnet.results.inference import load_model
 
     options, old_options, prefixes = OLD_LAYOUTS[name]
     model = build_model(name, 21, **options)
@@ -355,8 +355,8 @@ def test_a_hypercolumn_model_has_one_set_of_classifier_keys():
 ])
 def test_what_the_earlier_release_wrote_and_this_one_cannot_build_is_refused_saying_what_to_do(
         tmp_path, model_name, options, keys, message):
-    from segmentnet.errors import DataError
-    from segmentnet.inference import load_model
+    from segmentnet.core.errors import DataError
+    from segmentnet.results.inference import load_model
 
     with pytest.raises(DataError, match=message):
         load_model(write_old_checkpoint(tmp_path / "old.pt", model_name, options, keys))
@@ -376,7 +376,7 @@ def test_icnets_pyramid_pooling_equals_adaptive_average_pooling(shape):
 def test_every_model_checks_the_type_and_range_of_its_options(name):
     import inspect
 
-    from segmentnet.errors import ConfigError
+    from segmentnet.core.errors import ConfigError
     from segmentnet.models import model_option_problems
 
     options = [p for p in inspect.signature(MODELS[name]).parameters if p not in ("self", "num_classes")]

@@ -263,7 +263,7 @@ def test_a_bad_classes_file_is_named(tmp_path, text, message):
 def test_every_script_takes_the_prepared_name(tmp_path):
     import Evaluate
     import Predict
-    from segmentnet.engine import train
+    from segmentnet.training.engine import train
 
     images, masks = user_folders(tmp_path, count=6)
     assert separate(tmp_path, images, masks, name="pets")[0] == 0
@@ -275,7 +275,7 @@ def test_every_script_takes_the_prepared_name(tmp_path):
     status, err = run_script(Predict.main, [tmp_path / "run" / "best.pt", images, "--out", tmp_path / "pred",
                                             "--no-progress"])
     assert status == 0 and len(list((tmp_path / "pred" / "masks").iterdir())) == 6, err
-    from segmentnet.errors import ConfigError
+    from segmentnet.core.errors import ConfigError
     with pytest.raises(ConfigError, match="dataset 'cats' is unknown: not a built-in one"):
         train(tiny_train_config(tmp_path / "data", tmp_path / "run2", dataset="cats"))
 

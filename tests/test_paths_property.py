@@ -24,8 +24,8 @@ from PIL import Image
 
 import DataExtract
 import DataSeparate
-from segmentnet import synthetic
-from segmentnet.cli import call_main
+from segmentnet.preparation import synthetic
+from segmentnet.core.cli import call_main
 from segmentnet.datasets import voc2012
 from conftest import write_tar_members, write_zip_members
 

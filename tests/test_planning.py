@@ -11,7 +11,7 @@ import pytest
 
 import TrainSegmentNet
 from conftest import run_script, train_args
-from segmentnet.cli import call_main
+from segmentnet.core.cli import call_main
 from segmentnet.planning import rules
 from segmentnet.planning.rules import Choice, Plan, choice_rows
 
@@ -222,7 +222,7 @@ def test_auto_run_plans_what_is_not_given_and_keeps_what_is(tiny_voc, tmp_path):
         assert again["fingerprint"] == fp and again["choices"][:-1] == plan["choices"]
         assert "resumed from" in again["choices"][-1]["reason"]
 
-        from segmentnet.report import load_run
+        from segmentnet.results.report import load_run
         rows = load_run(out)["plan"]
         assert len(rows) == len(plan["choices"]) + 1 and "resumed from" in rows[-1][1]
 
@@ -248,8 +248,8 @@ def test_a_plan_that_cannot_work_is_refused_before_training(tiny_voc, tmp_path, 
 
 
 def test_a_damaged_plan_json_is_named_by_report(tmp_path):
-    from segmentnet.errors import DataError
-    from segmentnet.report import read_plan
+    from segmentnet.core.errors import DataError
+    from segmentnet.results.report import read_plan
 
     (tmp_path / "plan.json").write_text("[1, 2]")
     with pytest.raises(DataError, match="not a training plan"):

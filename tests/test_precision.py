@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from conftest import ROOT, config_args, tiny_train_config
-from segmentnet.checkpoint import load_checkpoint, load_weights
-from segmentnet.engine import train
-from segmentnet.loops import compute_loss
-from segmentnet.optim import autocast_settings, make_scaler
-from segmentnet.losses import build_loss
+from segmentnet.core.checkpoint import load_checkpoint, load_weights
+from segmentnet.training.engine import train
+from segmentnet.training.loops import compute_loss
+from segmentnet.training.optim import autocast_settings, make_scaler
+from segmentnet.training.losses import build_loss
 from segmentnet.models import MODELS, build_model
 from test_models import NUM_CLASSES, small_model
 
@@ -85,7 +85,7 @@ def test_autocast_settings():
 
 
 def test_a_disabled_scaler_steps_as_the_plain_optimizer_does():
-    from segmentnet.optim import optimizer_step
+    from segmentnet.training.optim import optimizer_step
 
     torch.manual_seed(0)
     plain, scaled = torch.nn.Linear(4, 2), torch.nn.Linear(4, 2)

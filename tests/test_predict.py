@@ -8,8 +8,8 @@ from PIL import Image
 import Predict
 from conftest import run_script
 from results_helpers import read_png, tiny_segmentnet_checkpoint
-from segmentnet.inference import run_model
-from segmentnet.visualize import GAP
+from segmentnet.results.inference import run_model
+from segmentnet.results.visualize import GAP
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_predict_without_masks_writes_no_panels(small_voc, checkpoint, tmp_path)
 
 
 def test_predict_names_an_input_that_matches_nothing(checkpoint, tmp_path, capsys):
-    from segmentnet.cli import call_main
+    from segmentnet.core.cli import call_main
 
     assert call_main(Predict.main, [str(checkpoint), str(tmp_path / "nope*.jpg"), "--out", str(tmp_path)]) == 2
     assert "nope*.jpg" in capsys.readouterr().err
@@ -85,7 +85,7 @@ def test_predict_never_writes_into_a_prepared_dataset(small_voc, checkpoint, tmp
 
 
 def test_predict_out_is_new_empty_or_its_own(small_voc, checkpoint, tmp_path):
-    from segmentnet.files import OWNER_FILE, mark_owned
+    from segmentnet.core.files import OWNER_FILE, mark_owned
 
     image = sorted((small_voc / "voc2012" / "val" / "images").iterdir())[0]
     users = tmp_path / "users"

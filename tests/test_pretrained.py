@@ -11,7 +11,7 @@ import pytest
 import torch
 import torchvision
 
-from segmentnet.errors import DataError
+from segmentnet.core.errors import DataError
 from segmentnet.models import build_model
 
 

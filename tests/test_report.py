@@ -15,8 +15,8 @@ from PIL import Image
 import Report
 from conftest import run_script, tiny_train_config
 from results_helpers import read_png
-from segmentnet.engine import train
-from segmentnet.visualize import GAP, LABEL_HEIGHT
+from segmentnet.training.engine import train
+from segmentnet.results.visualize import GAP, LABEL_HEIGHT
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_tensorboard_option_writes_events_or_says_how_to_install(trained):
 
 
 def test_report_is_one_self_contained_page_with_a_markdown_twin(trained_run, tmp_path):
-    from segmentnet.inference import count_parameters, load_model
+    from segmentnet.results.inference import count_parameters, load_model
 
     other = tmp_path / "run_b"
     shutil.copytree(trained_run, other)
@@ -85,7 +85,7 @@ def test_report_is_one_self_contained_page_with_a_markdown_twin(trained_run, tmp
 
 
 def test_report_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
-    from segmentnet.cli import call_main
+    from segmentnet.core.cli import call_main
 
     assert call_main(Report.main, [str(tmp_path), "--out", str(tmp_path / "r.html")]) == 2
     assert "metrics.jsonl" in capsys.readouterr().err
@@ -178,7 +178,7 @@ def test_report_names_config_and_metrics_nested_too_deeply(trained_run, tmp_path
 
 
 def test_training_time_counts_the_epochs_between_validations_and_the_validation():
-    from segmentnet.report import training_seconds
+    from segmentnet.results.report import training_seconds
 
     # val_every 4: records of epochs 4 and 8 only; 12 s of training each epoch, 9 s each validation
     every_fourth = [{"epoch": 4, "epoch_seconds": 12.0, "elapsed_seconds": 57.0},

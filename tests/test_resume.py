@@ -1,5 +1,5 @@
 """Resuming from a checkpoint that does not fit the run, is damaged, or is hostile: each refused with a
-message naming the entry, exit 2, nothing written (segmentnet.resume, checkpoint)."""
+message naming the entry, exit 2, nothing written (segmentnet.training.resume, checkpoint)."""
 from __future__ import annotations
 
 import pickle
@@ -11,9 +11,9 @@ import torch
 
 import TrainSegmentNet
 from conftest import run_script, script_process, tiny_train_config, train_args
-from segmentnet.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from segmentnet.engine import train
-from segmentnet.errors import DataError
+from segmentnet.core.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from segmentnet.training.engine import train
+from segmentnet.core.errors import DataError
 from segmentnet.models import build_model
 
 
@@ -179,7 +179,7 @@ def test_a_checkpoint_keeps_the_previous_releases_entries(trained):
 
 
 def test_train_state_round_trips_through_its_checkpoint_entries(tmp_path):
-    from segmentnet.train_state import TrainState
+    from segmentnet.training.state import TrainState
 
     state = TrainState(steps_per_epoch=6, grad_accum=4, epoch=3, step_in_epoch=2, global_step=20, best_miou=0.5,
                        best_epoch=2, nonfinite_steps=1, epoch_losses=[0.5, 0.25], elapsed_before=100.0,

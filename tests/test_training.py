@@ -14,13 +14,13 @@ from PIL import Image
 
 import TrainSegmentNet
 from conftest import run_script, tiny_train_config, train_args
-from segmentnet.checkpoint import load_checkpoint
+from segmentnet.core.checkpoint import load_checkpoint
 from segmentnet.datasets import DATASETS
-from segmentnet.engine import train
-from segmentnet.errors import ConfigError, DataError
-from segmentnet.files import OWNER_FILE, owner_of
+from segmentnet.training.engine import train
+from segmentnet.core.errors import ConfigError, DataError
+from segmentnet.core.files import OWNER_FILE, owner_of
 from segmentnet.models import MODELS, build_model
-from segmentnet.runs import LOCK_FILE
+from segmentnet.training.runs import LOCK_FILE
 
 
 def test_short_run_writes_outputs(small_voc, tmp_path):
@@ -46,7 +46,7 @@ def test_out_folder_is_never_silently_reused(small_voc, tmp_path):
 
 def train_until_a_crash_in_the_second_validation(cfg, monkeypatch) -> None:
     """Train cfg, crashing during epoch 2 (in its validation): last.pt still holds the end of epoch 1."""
-    from segmentnet import engine
+    from segmentnet.training import engine
 
     real_evaluate, calls = engine.evaluate, []
 
@@ -92,7 +92,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(small_voc, tmp_path, monke
     (0, 16, None, 0),
 ])
 def test_default_loader_workers_share_the_cores(monkeypatch, requested, cores, local_world_size, expected):
-    from segmentnet.data import loader_workers
+    from segmentnet.training.data import loader_workers
 
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     if local_world_size is None:
@@ -125,7 +125,7 @@ def test_grad_accum_beyond_an_epoch_steps_on_the_batches_there_are(small_voc, tm
 
 
 def test_accumulation_windows_end_with_each_epoch(small_voc, tmp_path, monkeypatch):
-    from segmentnet import loops, optim
+    from segmentnet.training import loops, optim
 
     steps, real_step = [], loops.optimizer_step
     monkeypatch.setattr(loops, "optimizer_step", lambda *a: (steps.append(1), real_step(*a)))
@@ -204,7 +204,7 @@ def test_resuming_a_checkpoint_older_than_last_pt_needs_resume_older(small_voc, 
 
 
 def test_checkpoint_of_the_previous_release_resumes_into_its_own_folder(small_voc, tmp_path):
-    from segmentnet.checkpoint import save_checkpoint
+    from segmentnet.core.checkpoint import save_checkpoint
 
     run, other = tmp_path / "run", tmp_path / "other"
     for folder in (run, other):  # as the previous release left them: no run id, no ownership record, no lock
@@ -230,7 +230,7 @@ def test_checkpoint_of_the_previous_release_resumes_into_its_own_folder(small_vo
 def test_fit_to_budget_plans_the_epochs_the_minutes_left_hold():
     import time as clock
 
-    from segmentnet.train_state import TrainState
+    from segmentnet.training.state import TrainState
 
     state = TrainState(elapsed_before=300.0, clock_start=clock.time() - 300.0, epoch=2, steps_per_epoch=10,
                        grad_accum=1, warmup_steps=10)
@@ -281,7 +281,7 @@ def test_val_every_validates_every_nth_epoch_and_always_the_last(small_voc, tmp_
 
 
 def test_the_pace_is_an_average_and_counts_validation_at_its_rate():
-    from segmentnet.train_state import PACE_EPOCHS, EpochPace
+    from segmentnet.training.state import PACE_EPOCHS, EpochPace
 
     pace = EpochPace(val_every=3)
     assert pace.seconds() == 0.0
@@ -297,8 +297,8 @@ def test_a_budgeted_plan_keeps_its_length_when_single_epochs_vary(small_voc, tmp
     # plan of a 20-minute budget should hardly move once a few epochs are measured.
     from types import SimpleNamespace
 
-    from segmentnet import engine, train_state
-    from segmentnet.train_state import PACE_EPOCHS, TrainState
+    from segmentnet.training import engine, state as train_state
+    from segmentnet.training.state import PACE_EPOCHS, TrainState
 
     clock = {"now": 1000.0}
     fake_time = SimpleNamespace(time=lambda: clock["now"], perf_counter=time.perf_counter, strftime=time.strftime)
@@ -348,9 +348,9 @@ def test_damaged_budget_entries_of_a_checkpoint_are_named(small_voc, tmp_path):
 
 
 def test_colour_jitter_reaches_the_training_transform(small_voc):
-    from segmentnet.data import build_loaders
-    from segmentnet.distributed import DistEnv
-    from segmentnet.transforms import ColourJitter
+    from segmentnet.training.data import build_loaders
+    from segmentnet.core.distributed import DistEnv
+    from segmentnet.training.transforms import ColourJitter
 
     cfg = tiny_train_config(small_voc, "unused", colour_jitter=0.3)
     env = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
@@ -362,7 +362,7 @@ def test_colour_jitter_reaches_the_training_transform(small_voc):
 def test_a_signal_in_an_epochs_last_batch_stops_after_its_validation_and_resumes(small_voc, tmp_path, monkeypatch):
     import signal
 
-    from segmentnet import loops
+    from segmentnet.training import loops
 
     real_loss, calls = loops.compute_loss, []
 
@@ -395,8 +395,8 @@ def test_a_run_folder_inside_a_prepared_dataset_is_refused(small_voc, tmp_path):
 
 
 def test_a_lock_file_that_is_a_link_is_never_followed(tmp_path):
-    from segmentnet.files import mark_owned
-    from segmentnet.runs import claim_run_folder
+    from segmentnet.core.files import mark_owned
+    from segmentnet.training.runs import claim_run_folder
 
     victim = tmp_path / "bashrc"
     victim.write_text("export PATH=$HOME/bin:$PATH\n")
@@ -413,7 +413,7 @@ def test_a_lock_file_that_is_a_link_is_never_followed(tmp_path):
 
 
 def test_metrics_are_never_appended_through_a_link(small_voc, tmp_path, monkeypatch):
-    from segmentnet import engine
+    from segmentnet.training import engine
 
     victim, run = tmp_path / "victim.txt", tmp_path / "run"
     victim.write_text("mine\n")

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from segmentnet.data import EpochSampler, SegmentationDataset, collate_pairs
-from segmentnet.transforms import RandomScaleCrop, eval_transform, normalize, train_transform
+from segmentnet.training.data import EpochSampler, SegmentationDataset, collate_pairs
+from segmentnet.training.transforms import RandomScaleCrop, eval_transform, normalize, train_transform
 
 
 def pair(w=50, h=30, seed=0):
@@ -80,7 +80,7 @@ def test_validation_is_full_size_and_normalize_matches_formula(small_voc):
 
 
 def test_colour_jitter_changes_the_image_alone_and_is_seeded():
-    from segmentnet.transforms import ColourJitter
+    from segmentnet.training.transforms import ColourJitter
 
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))

@@ -1,7 +1,7 @@
 """Dataset registry: one module per dataset, each exporting DATASET (a DatasetInfo)."""
 from __future__ import annotations
 
-from ..errors import UnknownNameError
+from ..core.errors import UnknownNameError
 
 from .common import IGNORE_INDEX, DatasetInfo, Pair
 from . import ade20k, camvid, cityscapes, kitti_road, voc2012, voc2012_aug

@@ -27,10 +27,10 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
-from ..errors import DataError
-from ..files import MAX_JSON_BYTES, check_inside, open_regular, plain_name, read_regular
-from ..jsonfile import loads as json_loads
-from ..outputs import writing
+from ..core.errors import DataError
+from ..core.files import MAX_JSON_BYTES, check_inside, open_regular, plain_name, read_regular
+from ..core.jsonfile import loads as json_loads
+from ..core.outputs import writing
 from .common import IGNORE_INDEX, Pair
 
 MAX_COORDINATE = 1e6          # pixels: far beyond any image Pillow opens

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
-from ..files import MAX_JSON_BYTES, read_regular
-from ..jsonfile import loads as json_loads
+from ..core.errors import DataError
+from ..core.files import MAX_JSON_BYTES, read_regular
+from ..core.jsonfile import loads as json_loads
 from .common import IGNORE_INDEX
 
 EXAMPLES = 3                      # files named in a message

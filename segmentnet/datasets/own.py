@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from ..errors import DataError
-from ..files import open_regular, plain_name
+from ..core.errors import DataError
+from ..core.files import open_regular, plain_name
 from .common import DatasetInfo, Pair, decode_image
 from .labels import EXAMPLES, LabelPlan, plan_labels, tally
 

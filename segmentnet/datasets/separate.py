@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import DataError
-from ..files import OWNER_FILE, child, mark_owned, owner_of, read_json
-from ..outputs import writing
+from ..core.errors import DataError
+from ..core.files import OWNER_FILE, child, mark_owned, owner_of, read_json
+from ..core.outputs import writing
 from .common import IGNORE_INDEX, TOOL, DatasetInfo, Pair, check_pairs, decode_image, save_index_png
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import synthetic
-from ..archive import Archive
+from ..preparation import synthetic
+from ..preparation.archive import Archive
 from .common import DatasetInfo, Pair, read_index_mask, read_split_list
 
 CLASSES = (

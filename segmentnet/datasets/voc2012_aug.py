@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import synthetic
-from ..archive import Archive
-from ..errors import DataError
+from ..preparation import synthetic
+from ..preparation.archive import Archive
+from ..core.errors import DataError
 from . import voc2012
 from .common import DatasetInfo, IGNORE_INDEX, Pair, check_label_values, read_split_list
 

@@ -22,8 +22,8 @@ from typing import Callable
 
 from torch import nn
 
-from ..config import is_number
-from ..errors import ConfigError, UnknownNameError
+from ..core.config import is_number
+from ..core.errors import ConfigError, UnknownNameError
 from .encoders import ENCODERS
 from .pretrained import WeightsSpec
 from .segmentnet import SegmentNet

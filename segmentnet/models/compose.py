@@ -20,7 +20,7 @@ from typing import Callable
 
 from torch import nn
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .decoders import (DeepLabV3Decoder, DeepLabV3PlusDecoder, FCNDecoder, FPNDecoder, UNetDecoder, aux_head,
                        upsample_to)
 from .encoders import ENCODERS, OUTPUT_STRIDES, build_encoder, encoder_spec, encoders_with

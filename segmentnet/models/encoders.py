@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import ConfigError, UnknownNameError
+from ..core.errors import ConfigError, UnknownNameError
 from .pretrained import WeightsSpec, load_encoder_weights
 
 PROBE_SIZE = 128  # the side of the blank image that finds where the stages end

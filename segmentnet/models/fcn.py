@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .compose import SegmentationModel, check_pair
 from .decoders import Decoder
 from .encoders import build_encoder

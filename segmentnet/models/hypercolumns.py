@@ -16,7 +16,7 @@ The first classifier layer is linear, and so is bilinear upsampling, so they com
 applies each tap's slice of the first layer at the tap's own resolution and upsamples `hidden`
 channels instead of the whole hypercolumn (the paper's trick). The result equals classifying the
 upsampled, concatenated hypercolumn exactly; `hypercolumns_at` samples that hypercolumn at given
-pixels, which is what the extraction stage stores (see segmentnet/hypercolumns.py).
+pixels, which is what the extraction stage stores (see segmentnet/hypercolumns/features.py).
 
 Options: layers, hidden, finetune, encoder_weights (torchvision's name or a file), classifier_init (a
 classifier.pt of the pre-training stage; refused unless it was trained on this CNN's hypercolumns),
@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import load_checkpoint
-from ..errors import ConfigError, DataError
+from ..core.checkpoint import load_checkpoint
+from ..core.errors import ConfigError, DataError
 from .compose import SegmentationModel
 from .decoders import Decoder, upsample_to
 from .encoders import build_encoder

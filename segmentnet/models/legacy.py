@@ -6,7 +6,7 @@ wrote them and what to do.
 """
 from __future__ import annotations
 
-from ..errors import DataError
+from ..core.errors import DataError
 
 # torchvision's segmentation models' keys -> ours (the first prefix that matches); the earlier
 # release's fcn_resnet*/deeplabv3_resnet* had torchvision's keys too

@@ -19,9 +19,9 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from ..errors import DataError
-from ..weights import is_weights
-from ..files import open_regular
+from ..core.errors import DataError
+from ..core.weights import is_weights
+from ..core.files import open_regular
 
 WeightsSpec = str | None  # the type of the options encoder_weights and weights (see above)
 

@@ -15,13 +15,13 @@ import sys
 import time
 from pathlib import Path
 
-from ..checkpoint import check_checkpoint, load_checkpoint
-from ..config import config_from_dict, is_number
-from ..data import SegmentationDataset, loader_workers, read_dataset_json
-from ..distributed import DistEnv, broadcast_from_main
-from ..errors import ConfigError, DataError, SegmentNetError
-from ..files import read_json
-from ..transforms import train_transform
+from ..core.checkpoint import check_checkpoint, load_checkpoint
+from ..core.config import config_from_dict, is_number
+from ..training.data import SegmentationDataset, loader_workers, read_dataset_json
+from ..core.distributed import DistEnv, broadcast_from_main
+from ..core.errors import ConfigError, DataError, SegmentNetError
+from ..core.files import read_json
+from ..training.transforms import train_transform
 from .fingerprint import measure_dataset
 from .machine import describe, inference_seconds, loader_speed, loss_seconds, step_speed
 from .rules import (DEFAULT_BUDGET, PLAN_FILE, VAL_SHARE, Choice, Plan, choice_rows, batch_rule, class_weight_rule, crop_rule,

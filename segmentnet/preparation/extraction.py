@@ -18,8 +18,8 @@ from pathlib import Path
 
 from .archive import (COPY_CHUNK, MARKER, READ_ERRORS, WRITE_ERRNOS, Archive, Member, check_members, list_members,
                       md5sum, normalise_name, open_archive, wanted)
-from .errors import DataError
-from .files import read_json
+from ..core.errors import DataError
+from ..core.files import read_json
 
 
 def _copy_bounded(src, dst_path: Path, limit: int, where: str) -> None:

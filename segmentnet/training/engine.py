@@ -19,23 +19,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import check_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint, writing
-from .config import is_number, is_whole
+from ..core.checkpoint import check_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint, writing
+from ..core.config import is_number, is_whole
 from .data import DatasetFacts, build_loaders, read_dataset_json
-from .datasets import DATASETS
-from .distributed import DistEnv, all_reduce_mean, broadcast_buffers, cleanup_distributed, setup_distributed, unwrap
-from .errors import ConfigError, DataError
-from .files import is_plain, write_text_atomic
+from ..datasets import DATASETS
+from ..core.distributed import DistEnv, all_reduce_mean, broadcast_buffers, cleanup_distributed, setup_distributed, unwrap
+from ..core.errors import ConfigError, DataError
+from ..core.files import is_plain, write_text_atomic
 from .losses import LOSSES, build_loss
 from .loops import StopRequest, evaluate, out_of_memory_advice, train_one_epoch
-from .models import MODELS, build_model, model_option_problems
-from .planning.plan import PLAN_FILE, plan_table, plan_training
+from ..models import MODELS, build_model, model_option_problems
+from ..planning.plan import PLAN_FILE, plan_table, plan_training
 from .optim import (AMP_DTYPES, CLASS_WEIGHTS, OPTIMIZERS, build_optimizer, class_weights_from_counts, compile_model,
                     make_scaler, optimizer_steps_per_epoch)
 from .resume import check_resumable, restore, training_checkpoint
 from .runs import METRICS, append_metrics, drop_metrics_after, prepare_run_dir, resume_hint
-from .train_state import MAX_TIME_BUDGET, EpochPace, TrainState
-from .visualize import EpochPictures
+from .state import MAX_TIME_BUDGET, EpochPace, TrainState
+from ..results.visualize import EpochPictures
 
 
 def check_config(cfg) -> None:

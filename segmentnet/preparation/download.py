@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from .archive import COPY_CHUNK
-from .errors import DataError
+from ..core.errors import DataError
 
 
 def _content_range(value: str | None) -> tuple[int, int | None] | None:

@@ -1,4 +1,4 @@
-"""Where Predict.py, Evaluate.py and Report.py may write, on top of segmentnet.files.
+"""Where Predict.py, Evaluate.py and Report.py may write, on top of segmentnet.core.files.
 
 - Never into input data: a prepared dataset (a folder holding dataset.json, or one that DataSeparate
   or DataExtract marked as theirs), an extraction (a folder holding DataExtract's marker
@@ -20,7 +20,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from .archive import MARKER
+from ..preparation.archive import MARKER
 from .errors import DataError
 from .files import check_inside, open_regular, owner_of
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import write_text_atomic
-from .outputs import check_replaceable, json_signed, signature, writing
+from ..core.files import write_text_atomic
+from ..core.outputs import check_replaceable, json_signed, signature, writing
 
 ABSENT_RULE = ("a class absent from both truth and prediction (union 0) has no IoU: it is left out of the mean "
                "and listed as absent")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
-from .files import MAX_JSON_BYTES, open_regular
-from .jsonfile import loads as json_loads
+from ..core.errors import DataError
+from ..core.files import MAX_JSON_BYTES, open_regular
+from ..core.jsonfile import loads as json_loads
 
 MAGIC = b"SEGMENTNET HYPERCOLUMNS 1\n"
 

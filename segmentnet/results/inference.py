@@ -1,6 +1,6 @@
 """Inference from a checkpoint (or its ONNX export): load the model, predict with optional test-time augmentation.
 
-    from segmentnet.inference import run_model
+    from segmentnet.results.inference import run_model
     masks = run_model("runs/NAME/best.pt", ["a.jpg", "b.jpg"], flip=True)   # list of HxW uint8 arrays
     masks = run_model("runs/NAME/best.onnx", ["a.jpg"])                    # the same through ONNX Runtime
 
@@ -25,14 +25,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
-from .description import check_description
-from .weights import is_weights
-from .distributed import pick_device
-from .errors import DataError, UsageError
-from .files import open_regular
-from .onnx_model import OnnxModel
-from .transforms import normalize
+from ..core.checkpoint import load_checkpoint, model_from_checkpoint
+from ..core.description import check_description
+from ..core.weights import is_weights
+from ..core.distributed import pick_device
+from ..core.errors import DataError, UsageError
+from ..core.files import open_regular
+from ..deployment.onnx_model import OnnxModel
+from ..training.transforms import normalize
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,7 @@ def load_model(checkpoint, device="cpu", check=None) -> tuple[nn.Module | OnnxMo
     An Export.py file (.onnx) -> (OnnxModel on the CPU, its description): the same entries inference
     reads from a checkpoint, and a model called the same way, built without the model classes."""
     if not isinstance(checkpoint, dict) and Path(checkpoint).suffix.lower() == ".onnx":
-        from .onnx_model import load_onnx
+        from ..deployment.onnx_model import load_onnx
         if torch.device(device).type != "cpu":
             print(f"note: {checkpoint} runs on ONNX Runtime's CPU provider; the device {device} is not used",
                   file=sys.stderr)
@@ -293,10 +293,10 @@ def evaluate_checkpoint(checkpoint, data_dir=None, split: str = "val", tta: TTA 
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from .data import SegmentationDataset, collate_pairs, read_dataset_json
-    from .files import plain_name
+    from ..training.data import SegmentationDataset, collate_pairs, read_dataset_json
+    from ..core.files import plain_name
     from .metrics import ConfusionMatrix
-    from .transforms import eval_transform
+    from ..training.transforms import eval_transform
 
     model, state = load_model(checkpoint, device)
     device = model_device(model)  # (an ONNX file runs on the CPU)

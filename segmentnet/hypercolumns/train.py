@@ -8,17 +8,17 @@ from pathlib import Path
 
 import torch
 
-from .config import parse_config
-from .data import image_paths, read_dataset_json, validation_loader
-from .distributed import DistEnv
-from .errors import ConfigError, DataError
-from .files import claim_folder
-from .hypercolumns import CLASSIFIER_FILE, cnn_name, model_options, progress_bar, stage_dir
-from .inference import load_model, predict_masks, read_rgb, resolve_device
-from .loops import evaluate
-from .models import build_model
-from .outputs import refuse_input_data, writing_into
-from .visualize import save_mask_png
+from ..core.config import parse_config
+from ..training.data import image_paths, read_dataset_json, validation_loader
+from ..core.distributed import DistEnv
+from ..core.errors import ConfigError, DataError
+from ..core.files import claim_folder
+from .features import CLASSIFIER_FILE, cnn_name, model_options, progress_bar, stage_dir
+from ..results.inference import load_model, predict_masks, read_rgb, resolve_device
+from ..training.loops import evaluate
+from ..models import build_model
+from ..core.outputs import refuse_input_data, writing_into
+from ..results.visualize import save_mask_png
 
 RESERVED_TRAIN_SETTINGS = ("dataset", "data_dir", "model", "model_options")  # from the stages' own flags
 TOOL = "Hypercolumns"  # the owner recorded in the folder of predicted masks (files.claim_folder)
@@ -55,7 +55,7 @@ def evaluate_initial_model(train_cfg) -> dict:
 
 def train(train_cfg) -> dict:
     """Stage 3: engine.train(train_cfg); reports the val mIoU before (stage 2's) and after training."""
-    from . import engine
+    from ..training import engine
 
     before = None
     if not train_cfg.resume:

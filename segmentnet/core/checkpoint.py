@@ -259,8 +259,8 @@ def model_from_checkpoint(state: dict, path) -> torch.nn.Module:
     """The one way a checkpoint becomes a model (inference and resume): its entries checked
     (check_checkpoint or inference's checks), the previous release's layout mapped (models.legacy), the
     options checked, the model built without downloading weights, and its weights loaded (load_weights)."""
-    from .models import build_model, model_option_problems
-    from .models.legacy import upgrade
+    from ..models import build_model, model_option_problems
+    from ..models.legacy import upgrade
 
     options, weights = upgrade(state["model_name"], state.get("model_options", {}), clean_state_dict(state["model"]),
                                path)

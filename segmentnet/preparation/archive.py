@@ -18,8 +18,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .errors import DataError
-from .files import open_regular
+from ..core.errors import DataError
+from ..core.files import open_regular
 
 MARKER = ".extracted.json"
 COPY_CHUNK = 1 << 20

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .datasets.common import IGNORE_INDEX
+from ..datasets.common import IGNORE_INDEX
 
 
 class Compose:

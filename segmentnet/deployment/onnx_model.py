@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .description import check_description
-from .errors import DataError
-from .files import read_regular
-from .jsonfile import loads as json_loads
-from .transforms import normalize
+from ..core.description import check_description
+from ..core.errors import DataError
+from ..core.files import read_regular
+from ..core.jsonfile import loads as json_loads
+from ..training.transforms import normalize
 
 FORMAT = "1"
 MAX_ONNX_BYTES = 2 ** 31  # protobuf's limit: a larger model keeps external data, which is refused anyway

@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import SegmentNetError
-from .files import atomic_path
-from .inference import load_model, model_logits
+from ..core.errors import SegmentNetError
+from ..core.files import atomic_path
+from ..results.inference import load_model, model_logits
 from .onnx_model import DESCRIPTION_KEYS, FORMAT, INPUT_TYPES, first_line, load_onnx
-from .outputs import check_replaceable, signature, writing
-from .transforms import normalize
+from ..core.outputs import check_replaceable, signature, writing
+from ..training.transforms import normalize
 
 OPSET = 18               # ONNX Runtime 1.14+ and every torch since 2.1 run it
 ATOL, RTOL = 1e-4, 1e-4  # a logit agrees when |ONNX - PyTorch| <= ATOL + RTOL * max |PyTorch logits|

@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import DatasetFacts
-from .distributed import DistEnv, all_ranks_agree
-from .errors import ConfigError, NonFiniteLossError
-from .metrics import ConfusionMatrix
+from ..core.distributed import DistEnv, all_ranks_agree
+from ..core.errors import ConfigError, NonFiniteLossError
+from ..results.metrics import ConfusionMatrix
 from .optim import accumulation_window, autocast_settings, lr_at, optimizer_step
 from .runs import resume_hint
-from .train_state import TrainState
+from .state import TrainState
 from .transforms import normalize
 
 

@@ -14,7 +14,7 @@ Pixels labelled ignore_index take part in none of them; `weight` (per class) wei
 """
 from __future__ import annotations
 
-from .errors import UnknownNameError
+from ..core.errors import UnknownNameError
 
 import torch
 import torch.nn.functional as F

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from ..core.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adamw")
 CLASS_WEIGHTS = ("none", "median_freq", "inverse_freq", "enet")

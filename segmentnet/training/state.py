@@ -6,9 +6,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import is_number
-from .distributed import DistEnv, broadcast_from_main
-from .errors import DataError
+from ..core.config import is_number
+from ..core.distributed import DistEnv, broadcast_from_main
+from ..core.errors import DataError
 from .optim import optimizer_steps_per_epoch
 
 MAX_TIME_BUDGET = 10 * 525960  # minutes (ten years): a larger budget is a typo, and 60 x 1e308 is no number

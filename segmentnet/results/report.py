@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, UsageError
+from ..core.errors import DataError, UsageError
 from .evaluation import fmt, write_text
-from .files import atomic_path, check_claimable, check_inside, claim_folder, is_regular, read_json, read_regular
-from .outputs import check_replaceable, refuse_input_data, signature, writing_into
-from .planning.rules import PLAN_FILE, choice_rows
+from ..core.files import atomic_path, check_claimable, check_inside, claim_folder, is_regular, read_json, read_regular
+from ..core.outputs import check_replaceable, refuse_input_data, signature, writing_into
+from ..planning.rules import PLAN_FILE, choice_rows
 from .visualize import epoch_axis, pyplot, read_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

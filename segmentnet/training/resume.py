@@ -6,14 +6,14 @@ import dataclasses
 
 import torch
 
-from .config import is_number
+from ..core.config import is_number
 from .data import DatasetFacts
-from .datasets.common import IGNORE_INDEX
-from .distributed import unwrap
-from .errors import DataError
-from .models.legacy import LAST_RELEASE, upgrade
-from .checkpoint import clean_state_dict
-from .train_state import TrainState
+from ..datasets.common import IGNORE_INDEX
+from ..core.distributed import unwrap
+from ..core.errors import DataError
+from ..models.legacy import LAST_RELEASE, upgrade
+from ..core.checkpoint import clean_state_dict
+from .state import TrainState
 
 OPTIMIZER_STATE = {"adamw": ("step", "exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer",)}
 FIT_HINT = "Resume with the settings it was trained with (see its config.json), or start a new run."

@@ -1,0 +1,1 @@
+"""Deployment (Export.py): the ONNX export and the ONNX model that inference runs."""

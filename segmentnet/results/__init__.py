@@ -1,0 +1,1 @@
+"""Results (Evaluate.py, Predict.py, Report.py): inference, scores, pictures and the report."""
