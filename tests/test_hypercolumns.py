@@ -266,11 +266,11 @@ def test_the_train_stage_config_holds_the_stage_settings_under_the_users_flags(c
 
 def test_predict_refuses_another_model_before_building_it(chained, small_voc, tmp_path, monkeypatch):
     from results_helpers import tiny_segmentnet_checkpoint
-    from segmentnet.results import inference
+    from segmentnet import models
 
     work, _ = chained
     other = tiny_segmentnet_checkpoint(tmp_path / "other.pt", small_voc)
-    monkeypatch.setattr(inference, "model_from_checkpoint", lambda *a: pytest.fail("the model was built"))
+    monkeypatch.setattr(models, "model_from_checkpoint", lambda *a: pytest.fail("the model was built"))
     image = sorted((small_voc / "voc2012" / "val" / "images").iterdir())[0]
     with pytest.raises(DataError, match="holds a 'segmentnet' model, not a hypercolumn model"):
         stage("predict", small_voc, work, "--images", str(image), "--checkpoint", str(other), "--out",

@@ -253,21 +253,3 @@ def clean_state_dict(state_dict: dict) -> dict:
                 key = key[len(prefix):]
         out[key] = value
     return out
-
-
-def model_from_checkpoint(state: dict, path) -> torch.nn.Module:
-    """The one way a checkpoint becomes a model (inference and resume): its entries checked
-    (check_checkpoint or inference's checks), the previous release's layout mapped (models.legacy), the
-    options checked, the model built without downloading weights, and its weights loaded (load_weights)."""
-    from ..models import build_model, model_option_problems
-    from ..models.legacy import upgrade
-
-    options, weights = upgrade(state["model_name"], state.get("model_options", {}), clean_state_dict(state["model"]),
-                               path)
-    problems = model_option_problems(state["model_name"], options)
-    if problems:
-        raise DataError(f"checkpoint {path}: {'; '.join(problems)}; the file is corrupt or was not written by "
-                        f"SegmentNet")
-    model = build_model(state["model_name"], state["num_classes"], pretrained=False, **options)
-    load_weights(model, weights, path)
-    return model

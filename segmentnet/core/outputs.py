@@ -2,7 +2,7 @@
 
 - Never into input data: a prepared dataset (a folder holding dataset.json, or one that DataSeparate
   or DataExtract marked as theirs), an extraction (a folder holding DataExtract's marker
-  archive.MARKER) or any folder inside one, links resolved.
+  MARKER) or any folder inside one, links resolved.
 - A folder of outputs (Predict's --out, Report's pictures, Hypercolumns' masks) is claimed with
   files.claim_folder, and every file in it is written through `writing_into`: no folder on the way
   to it, nor the file itself, may be a link (one planted in the claimed folder would redirect the
@@ -20,11 +20,11 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..preparation.archive import MARKER
 from .errors import DataError
 from .files import check_inside, open_regular, owner_of
 
 DATA_TOOLS = ("DataSeparate", "DataExtract")   # owners of folders that hold input data
+MARKER = ".extracted.json"                     # the record of a whole extraction (preparation.extraction)
 HEAD_BYTES = 4096                              # a signature lies within a file's first bytes
 
 

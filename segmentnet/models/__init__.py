@@ -22,10 +22,12 @@ from typing import Callable
 
 from torch import nn
 
+from ..core.checkpoint import clean_state_dict, load_weights
 from ..core.config import is_number
-from ..core.errors import ConfigError, UnknownNameError
+from ..core.errors import ConfigError, DataError, UnknownNameError
 from .encoders import ENCODERS
 from .pretrained import WeightsSpec
+from .legacy import upgrade
 from .segmentnet import SegmentNet
 
 # torchvision (2 s to import) is imported only when a model that needs it is built, so that scripts
@@ -246,4 +248,19 @@ def build_model(name: str, num_classes: int, pretrained: bool = True, **options)
     return _constructor(name)(num_classes=num_classes, **options)
 
 
-__all__ = ["ENCODERS", "MODELS", "SegmentNet", "build_model"]
+__all__ = ["ENCODERS", "MODELS", "SegmentNet", "build_model", "model_from_checkpoint"]
+
+
+def model_from_checkpoint(state: dict, path) -> nn.Module:
+    """The one way a checkpoint becomes a model (inference and resume): its entries checked
+    (core.checkpoint.check_checkpoint or inference's checks), the previous release's layout mapped
+    (models.legacy), the options checked, the model built without downloading weights, and its weights loaded (load_weights)."""
+    options, weights = upgrade(state["model_name"], state.get("model_options", {}), clean_state_dict(state["model"]),
+                               path)
+    problems = model_option_problems(state["model_name"], options)
+    if problems:
+        raise DataError(f"checkpoint {path}: {'; '.join(problems)}; the file is corrupt or was not written by "
+                        f"SegmentNet")
+    model = build_model(state["model_name"], state["num_classes"], pretrained=False, **options)
+    load_weights(model, weights, path)
+    return model

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..core.checkpoint import load_checkpoint, model_from_checkpoint
+from ..core.checkpoint import load_checkpoint
 from ..core.description import check_description
 from ..core.weights import is_weights
 from ..core.distributed import pick_device
@@ -129,6 +129,8 @@ def load_model(checkpoint, device="cpu", check=None) -> tuple[nn.Module | OnnxMo
     check_checkpoint_entries(state, name)
     if check is not None:
         check(state, name)
+    from ..models import model_from_checkpoint  # (here: an ONNX file needs none of the model classes)
+
     return model_from_checkpoint(state, name).to(device).eval(), state
 
 

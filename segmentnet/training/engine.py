@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..core.checkpoint import check_checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint, writing
+from ..core.checkpoint import check_checkpoint, load_checkpoint, save_checkpoint, writing
 from ..core.config import is_number, is_whole
 from .data import DatasetFacts, build_loaders, read_dataset_json
 from ..datasets import DATASETS
@@ -28,7 +28,7 @@ from ..core.errors import ConfigError, DataError
 from ..core.files import is_plain, write_text_atomic
 from .losses import LOSSES, build_loss
 from .loops import StopRequest, evaluate, out_of_memory_advice, train_one_epoch
-from ..models import MODELS, build_model, model_option_problems
+from ..models import MODELS, build_model, model_from_checkpoint, model_option_problems
 from ..planning.plan import PLAN_FILE, plan_table, plan_training
 from .optim import (AMP_DTYPES, CLASS_WEIGHTS, OPTIMIZERS, build_optimizer, class_weights_from_counts, compile_model,
                     make_scaler, optimizer_steps_per_epoch)
