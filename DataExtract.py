@@ -14,13 +14,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from segmentnet.core.cli import call_main
+from segmentnet.core.errors import DataError
+from segmentnet.datasets import DATASETS, get_dataset
+from segmentnet.datasets.common import raw_dir
 from segmentnet.preparation.archive import check_readable, verify_md5
 from segmentnet.preparation.download import download
 from segmentnet.preparation.extraction import extract, read_marker
-from segmentnet.core.cli import call_main
-from segmentnet.datasets import DATASETS, get_dataset
-from segmentnet.datasets.common import raw_dir
-from segmentnet.core.errors import DataError
 
 
 def build_parser() -> argparse.ArgumentParser:

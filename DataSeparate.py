@@ -24,16 +24,16 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from segmentnet.core.cli import call_main, stop_cleanly_on_signals
-from segmentnet.datasets import DATASETS, get_dataset
-from segmentnet.datasets.labels import read_classes
-from segmentnet.datasets.own import SNAP_LIMIT, Options, folder_splits, own_dataset
-from segmentnet.preparation.archive import Archive
-from segmentnet.datasets.exports import render_coco, render_labelme
-from segmentnet.preparation.extraction import extract
-from segmentnet.datasets.separate import partial_folder, separate
 from segmentnet.core.errors import UsageError
 from segmentnet.core.files import plain_name
 from segmentnet.core.outputs import writing
+from segmentnet.datasets import DATASETS, get_dataset
+from segmentnet.datasets.exports import render_coco, render_labelme
+from segmentnet.datasets.labels import read_classes
+from segmentnet.datasets.own import SNAP_LIMIT, Options, folder_splits, own_dataset
+from segmentnet.datasets.separate import partial_folder, separate
+from segmentnet.preparation.archive import Archive
+from segmentnet.preparation.extraction import extract
 
 
 def build_parser() -> argparse.ArgumentParser:

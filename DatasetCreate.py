@@ -15,7 +15,7 @@ import sys
 
 from segmentnet.training.data import EpochSampler, SegmentationDataset, collate_pairs
 from segmentnet.training.transforms import (Compose, RandomHorizontalFlip, RandomScaleCrop, ToTensor, eval_transform,
-                                   normalize, train_transform)
+                                            normalize, train_transform)
 
 __all__ = ["Compose", "EpochSampler", "RandomHorizontalFlip", "RandomScaleCrop", "SegmentationDataset", "ToTensor",
            "collate_pairs", "eval_transform", "normalize", "train_transform"]

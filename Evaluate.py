@@ -20,9 +20,9 @@ from pathlib import Path
 
 from segmentnet.core.cli import call_main, stop_cleanly_on_signals
 from segmentnet.core.errors import UsageError
-from segmentnet.results.inference import add_inference_arguments, evaluate_checkpoint, resolve_device, tta_from_args
 from segmentnet.core.outputs import folder_not_file
 from segmentnet.results.evaluation import evaluation_paths, evaluation_table, write_evaluation
+from segmentnet.results.inference import add_inference_arguments, evaluate_checkpoint, resolve_device, tta_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:

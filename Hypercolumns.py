@@ -55,7 +55,7 @@ class Config:
 
 
 def main(argv=None) -> int:
-    from segmentnet.hypercolumns import train as hypercolumn_train, features as hypercolumns
+    from segmentnet.hypercolumns import features as hypercolumns, train as hypercolumn_train
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in RENAMED:

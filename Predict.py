@@ -19,14 +19,14 @@ import sys
 from pathlib import Path
 
 from segmentnet.core.cli import call_main, stop_cleanly_on_signals
-from segmentnet.training.data import image_paths
-from segmentnet.datasets.common import read_index_mask
 from segmentnet.core.errors import DataError, UsageError
 from segmentnet.core.files import claim_folder
-from segmentnet.results.inference import (add_inference_arguments, image_size, load_model, model_device, predict_masks,
-                                  read_rgb, resolve_device, tta_from_args)
 from segmentnet.core.outputs import refuse_input_data, writing_into
+from segmentnet.datasets.common import read_index_mask
+from segmentnet.results.inference import (add_inference_arguments, image_size, load_model, model_device, predict_masks,
+                                          read_rgb, resolve_device, tta_from_args)
 from segmentnet.results.visualize import overlay, panel, save_mask_png, save_png
+from segmentnet.training.data import image_paths
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,11 +80,11 @@ def main(argv=None) -> int:
     refuse_input_data(args.out, "--out")
     tta = tta_from_args(args)
     paths = image_paths(args.inputs)[: args.limit]
-    model, state = load_model(args.checkpoint, resolve_device(args.device))
+    model, description = load_model(args.checkpoint, resolve_device(args.device))
     device = model_device(model)
     check_headers(paths, args.masks)
     out = claim_folder(args.out, "Predict", "--out")
-    palette = state["palette"]
+    palette = description.palette
     panels = 0
     bar = tqdm(total=len(paths), desc="predict", unit="image", disable=args.no_progress)
     with stop_cleanly_on_signals("the masks written so far are whole, the one being written was removed; run "
@@ -92,8 +92,8 @@ def main(argv=None) -> int:
         for start in range(0, len(paths), args.batch_size):
             chunk = paths[start:start + args.batch_size]
             images = [read_rgb(p) for p in chunk]
-            truths = [read_truth(args.masks, p.stem, state["num_classes"]) for p in chunk]
-            predictions = predict_masks(model, images, state["mean"], state["std"], tta, args.batch_size)
+            truths = [read_truth(args.masks, p.stem, description.num_classes) for p in chunk]
+            predictions = predict_masks(model, images, description.mean, description.std, tta, args.batch_size)
             for path, image, truth, prediction in zip(chunk, images, truths, predictions):
                 with writing_into(out, f"masks/{path.stem}.png", "--out") as target:
                     save_mask_png(prediction, palette, target)

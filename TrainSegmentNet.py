@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from segmentnet.core.cli import call_main
 from segmentnet.core.config import config_from_dict, read_settings
 from segmentnet.training.engine import train
-from segmentnet.training.loops import evaluate, train_one_epoch  # noqa: F401  (this script's interface, as its docstring says)
+from segmentnet.training.loops import (evaluate,  # noqa: F401  (this script's interface, as its docstring says)
+                                       train_one_epoch)
 from segmentnet.training.losses import build_loss  # noqa: F401
 
 

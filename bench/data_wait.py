@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from input_pipeline import cpu_name, write_dataset  # noqa: E402
+
 from segmentnet.core.cli import call_main  # noqa: E402
 from segmentnet.core.config import ConfigError, parse_config  # noqa: E402
 from segmentnet.training.data import loader_workers  # noqa: E402

@@ -37,14 +37,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from segmentnet.preparation import synthetic  # noqa: E402
 from segmentnet.core.cli import call_main  # noqa: E402
 from segmentnet.core.config import parse_config  # noqa: E402
-from segmentnet.training.data import SegmentationDataset, collate_pairs  # noqa: E402
 from segmentnet.datasets import voc2012  # noqa: E402
 from segmentnet.datasets.common import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, save_index_png  # noqa: E402
+from segmentnet.preparation import synthetic  # noqa: E402
+from segmentnet.training.data import SegmentationDataset, collate_pairs  # noqa: E402
 from segmentnet.training.transforms import (RandomHorizontalFlip, RandomScaleCrop, ToTensor, decode_rgb,  # noqa: E402
-                                   normalize, train_transform)
+                                            normalize, train_transform)
 
 
 @dataclass

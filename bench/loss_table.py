@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import camvid_recipe  # noqa: E402
+
 from segmentnet.core.cli import call_main  # noqa: E402
 from segmentnet.core.errors import UsageError  # noqa: E402
 from segmentnet.core.files import write_text_atomic  # noqa: E402

@@ -17,10 +17,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from segmentnet.core.cli import call_main, stop_cleanly_on_signals  # noqa: E402
-from segmentnet.datasets import camvid  # noqa: E402
 from segmentnet.core.errors import DataError  # noqa: E402
 from segmentnet.core.files import atomic_path, is_regular, open_regular  # noqa: E402
 from segmentnet.core.outputs import writing  # noqa: E402
+from segmentnet.datasets import camvid  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from segmentnet.core.cli import call_main  # noqa: E402
 from segmentnet.core.config import ConfigError, parse_config  # noqa: E402
-from segmentnet.training.loops import compute_loss  # noqa: E402
-from segmentnet.training.optim import autocast_settings, compile_model, make_scaler, optimizer_step  # noqa: E402
-from segmentnet.training.losses import build_loss  # noqa: E402
 from segmentnet.models import MODELS, build_model  # noqa: E402
+from segmentnet.training.loops import compute_loss  # noqa: E402
+from segmentnet.training.losses import build_loss  # noqa: E402
+from segmentnet.training.optim import autocast_settings, compile_model, make_scaler, optimizer_step  # noqa: E402
 
 
 @dataclass

@@ -26,11 +26,11 @@ def realdata(sub: str) -> Path:
 
 def make_small_voc(data_dir: Path, counts=None, seed: int = 0) -> Path:
     """Synthetic VOC archive -> DataExtract -> DataSeparate, with few images; returns data_dir."""
-    from segmentnet.preparation import synthetic
-    from segmentnet.preparation.extraction import extract
     from segmentnet.datasets import voc2012
     from segmentnet.datasets.common import raw_dir
     from segmentnet.datasets.separate import separate
+    from segmentnet.preparation import synthetic
+    from segmentnet.preparation.extraction import extract
 
     counts = counts or {"train": 24, "val": 8, "unlabelled": 2}
     archive = synthetic.write_tar(data_dir / "downloads" / voc2012.ARCHIVE.filename,
@@ -87,6 +87,7 @@ def ddp_voc(tmp_path_factory) -> Path:
 def two_conv_registered(monkeypatch):
     """results_helpers.TwoConvNet registered as the model "two_conv" for one test (MODELS is restored)."""
     from results_helpers import TwoConvNet
+
     from segmentnet.models import MODELS
 
     monkeypatch.setitem(MODELS, "two_conv", TwoConvNet)

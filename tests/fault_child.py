@@ -132,8 +132,8 @@ def slow_separation(started: str, data_dir: str) -> int:
 def slow_export(started: str, checkpoint: str, check_sizes: str) -> int:
     """Export.py whose verification waits: `started` is touched once the unverified file is written."""
     import Export
-    from segmentnet.deployment import export
     from segmentnet.core.cli import call_main
+    from segmentnet.deployment import export
 
     real_verify = export.verify
 

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import realdata, tiny_train_config
 from PIL import Image
 
-from conftest import realdata, tiny_train_config
 import DataExtract
 import DataSeparate
 from segmentnet.core.cli import call_main
+from segmentnet.core.errors import DataError
 from segmentnet.datasets import camvid
 from segmentnet.datasets.separate import separate
 from segmentnet.training.engine import train
-from segmentnet.core.errors import DataError
 
 
 def small_archive(downloads: Path, seed: int = 0, test: bool = True) -> Path:
@@ -46,6 +46,7 @@ def test_the_recipe_script_trains_scores_and_draws_the_curve(tmp_path, capsys):
     """bench/camvid_recipe.py on the recipe's own config, made tiny: what it writes matches the run."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
     import camvid_recipe
+
     from segmentnet.results.inference import evaluate_checkpoint
 
     downloads, data = tmp_path / "downloads", tmp_path / "data"
@@ -261,11 +262,10 @@ def test_pack_camvid_refuses_what_it_cannot_pack_naming_it(tmp_path, case, no_ha
 
 
 def test_pack_camvid_packs_the_listed_files(tmp_path):
+    import os
     import zipfile
 
     from conftest import run_script
-
-    import os
 
     root = one_pair_folder(tmp_path)
     os.utime(root / "train" / "a.png", (0, 0))  # dated 1970: before what a zip can date

@@ -9,13 +9,13 @@ import subprocess
 import sys
 
 import pytest
+from conftest import ROOT, run_script, script_process
 
 import DataExtract
 import DataSeparate
-from conftest import ROOT, run_script, script_process
 from segmentnet.core.config import parse_config
-from segmentnet.datasets import DATASETS
 from segmentnet.core.errors import ConfigError
+from segmentnet.datasets import DATASETS
 from TrainSegmentNet import Config
 
 SCRIPTS = ["DataExtract", "DataSeparate", "DatasetCreate", "SegmentNet", "TrainSegmentNet"]

@@ -13,17 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import realdata, tiny_train_config
 from PIL import Image
 
-from conftest import realdata, tiny_train_config
 import DataExtract
 import DataSeparate
-from segmentnet.preparation import synthetic
 from segmentnet.core.cli import call_main
+from segmentnet.core.errors import DataError
 from segmentnet.datasets import ade20k, cityscapes, get_dataset, kitti_road, voc2012, voc2012_aug
 from segmentnet.datasets.separate import separate
+from segmentnet.preparation import synthetic
 from segmentnet.training.engine import train
-from segmentnet.core.errors import DataError
 
 # Small archives: few images, small sizes (the defaults are for the demo).
 SMALL = {

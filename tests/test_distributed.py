@@ -17,18 +17,18 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, tiny_train_config
 from groupnorm_train import segmentnet_groupnorm
+
 from segmentnet.core.checkpoint import load_checkpoint
-from segmentnet.training.data import EpochSampler, SegmentationDataset
 from segmentnet.core.distributed import DistEnv
 from segmentnet.core.errors import ConfigError
+from segmentnet.core.files import OWNER_FILE
+from segmentnet.models import MODELS, build_model
+from segmentnet.training.data import EpochSampler, SegmentationDataset
 from segmentnet.training.engine import _train, train
 from segmentnet.training.loops import evaluate
-from segmentnet.core.files import OWNER_FILE
 from segmentnet.training.losses import build_loss
-from segmentnet.models import MODELS, build_model
 from segmentnet.training.runs import LOCK_FILE
 from segmentnet.training.transforms import eval_transform
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from conftest import run_script
 from PIL import Image
+from results_helpers import colour_classifier_checkpoint, tiny_segmentnet_checkpoint
 
 import Evaluate
 import Predict
-from conftest import run_script
-from results_helpers import colour_classifier_checkpoint, tiny_segmentnet_checkpoint
 
 
 def independent_ious(pred_dir, mask_dir, num_classes: int) -> dict[int, float]:

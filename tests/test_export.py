@@ -10,21 +10,21 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import run_script
+from results_helpers import colour_classifier_checkpoint, read_png, save_model_checkpoint, tiny_segmentnet_checkpoint
+from test_models import SMALL_OPTIONS
 
 import Evaluate
 import Export
 import Predict
-from conftest import run_script
-from results_helpers import colour_classifier_checkpoint, read_png, save_model_checkpoint, tiny_segmentnet_checkpoint
-from segmentnet.deployment import export
-from segmentnet.datasets.voc2012 import CLASSES, PALETTE
 from segmentnet.core.errors import DataError
+from segmentnet.datasets.voc2012 import CLASSES, PALETTE
+from segmentnet.deployment import export
 from segmentnet.deployment.export import export_checkpoint
-from segmentnet.results.inference import load_model
-from segmentnet.models import MODELS, build_model
 from segmentnet.deployment.onnx_model import OnnxModel
+from segmentnet.models import MODELS, build_model
+from segmentnet.results.inference import load_model
 from segmentnet.training.transforms import normalize
-from test_models import SMALL_OPTIONS
 
 # Small enough to be quick, large enough for every model (ICNet's quarter-size branch pools to 6x6 bins);
 # odd sizes, and a batch of two: batch, height and width must all be dynamic.
@@ -42,9 +42,9 @@ def test_every_registered_model_exports_and_runs_as_in_pytorch(name, tmp_path):
     assert out == tmp_path / "best.onnx" and len(printed) == 2
     assert all("largest |logit difference|" in line and "argmax agrees" in line for line in printed)
     # Independently of the export's own check: other random inputs, through Predict's loading path.
-    onnx_model, state = load_model(out)
+    onnx_model, described = load_model(out)
     assert isinstance(onnx_model, OnnxModel)
-    assert (state["model_name"], state["classes"], state["palette"]) == (name, list(CLASSES), [list(c) for c in PALETTE])
+    assert (described.model_name, described.classes, described.palette) == (name, list(CLASSES), [list(c) for c in PALETTE])
     model.eval()
     for batch, height, width in SIZES:
         x = torch.randn(batch, 3, height, width)
@@ -66,23 +66,23 @@ def test_a_uint8_export_equals_the_float_export_after_normalisation(tmp_path, sm
     status, err = run_script(Export.main, [checkpoint, "--input", "uint8", "--out", tmp_path / "raw.onnx",
                                            "--check-sizes", CHECK])
     assert status == 0, err
-    as_float, state = load_model(tmp_path / "best.onnx")
+    as_float, described = load_model(tmp_path / "best.onnx")
     as_uint8, _ = load_model(tmp_path / "raw.onnx")
     assert (as_float.input_type, as_uint8.input_type) == ("float", "uint8")
     assert as_uint8.session.get_inputs()[0].type == "tensor(uint8)"
     pixels = torch.randint(0, 256, (2, 3, 45, 61), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
     (from_pixels,) = as_uint8.session.run(["logits"], {"image": pixels.numpy()})
-    (from_normalised,) = as_float.session.run(["logits"], {"image": normalize(pixels, state["mean"], state["std"]).numpy()})
+    (from_normalised,) = as_float.session.run(["logits"], {"image": normalize(pixels, described.mean, described.std).numpy()})
     np.testing.assert_allclose(from_pixels, from_normalised, rtol=1e-5, atol=1e-5)
     assert np.abs(from_pixels).max() > 0.1  # (not trivially equal)
     # As Predict calls them (normalised input; the uint8 model takes the pixels back exactly).
-    normalised = normalize(pixels, state["mean"], state["std"])
+    normalised = normalize(pixels, described.mean, described.std)
     np.testing.assert_allclose(as_uint8(normalised).numpy(), from_pixels, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(as_float(normalised).numpy(), from_normalised, rtol=1e-6, atol=1e-6)
     # The metadata says what a client needs.
     meta = {p.key: p.value for p in onnx.load(tmp_path / "raw.onnx").metadata_props}
     assert (meta["input"], meta["opset"], json.loads(meta["mean"]), json.loads(meta["classes"])) == (
-        "uint8", str(export.OPSET), state["mean"], list(CLASSES))
+        "uint8", str(export.OPSET), described.mean, list(CLASSES))
     assert onnx.load(tmp_path / "raw.onnx").opset_import[0].version == export.OPSET
 
 

@@ -19,16 +19,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-import DataExtract
 from conftest import (ROOT, SETS, TINY_COUNTS, VOC, leftovers, run_script, script_process, unprivileged,
                       write_tar_members, write_zip_members)
+
+import DataExtract
+from segmentnet.core.cli import call_main
+from segmentnet.core.errors import DataError
+from segmentnet.datasets import DATASETS, voc2012
 from segmentnet.preparation import synthetic
 from segmentnet.preparation.archive import MARKER, Archive, md5sum, verify_md5
-from segmentnet.core.cli import call_main
-from segmentnet.datasets import DATASETS, voc2012
 from segmentnet.preparation.download import download
-from segmentnet.core.errors import DataError
 from segmentnet.preparation.extraction import extract
 
 SPEC = Archive("test.tar", None, None, required_prefix="VOCdevkit/", max_member_bytes=1 << 20)

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import config_args, tiny_train_config
 
 import TrainSegmentNet
-from conftest import config_args, tiny_train_config
-from segmentnet.training import engine, loops
 from segmentnet.core.checkpoint import load_checkpoint
 from segmentnet.core.cli import call_main
-from segmentnet.training.engine import train
 from segmentnet.core.files import OWNER_FILE
+from segmentnet.training import engine, loops
+from segmentnet.training.engine import train
 from segmentnet.training.runs import LOCK_FILE
 
 FAULT_CHILD = Path(__file__).resolve().parent / "fault_child.py"  # the training with a fault injected, a full disk

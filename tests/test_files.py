@@ -99,8 +99,8 @@ def test_writing_into_a_claimed_folder_never_goes_through_a_link(tmp_path):
 
 
 def test_extracted_data_counts_as_input_data(tmp_path):
-    from segmentnet.preparation.archive import MARKER
     from segmentnet.core.outputs import input_data_folder, refuse_input_data
+    from segmentnet.preparation.archive import MARKER
 
     raw = tmp_path / "data" / "raw" / "VOCtrainval_11-May-2012"
     raw.mkdir(parents=True)

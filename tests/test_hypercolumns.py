@@ -19,8 +19,8 @@ from PIL import Image
 import Hypercolumns
 from segmentnet.core.cli import call_main
 from segmentnet.core.errors import DataError
-from segmentnet.hypercolumns.file import open_hypercolumns
 from segmentnet.hypercolumns.features import sample_pixels
+from segmentnet.hypercolumns.file import open_hypercolumns
 from segmentnet.models import build_model
 from segmentnet.models.hypercolumns import Hypercolumns as HypercolumnModel
 
@@ -266,6 +266,7 @@ def test_the_train_stage_config_holds_the_stage_settings_under_the_users_flags(c
 
 def test_predict_refuses_another_model_before_building_it(chained, small_voc, tmp_path, monkeypatch):
     from results_helpers import tiny_segmentnet_checkpoint
+
     from segmentnet import models
 
     work, _ = chained

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import bomb_png
 from results_helpers import TwoConvNet, save_model_checkpoint, tiny_segmentnet_checkpoint
+
 from segmentnet.results.inference import TTA, load_model, predict_probabilities, run_model, window_starts
 
 
@@ -26,38 +26,38 @@ def random_images(n=2, h=37, w=53, seed=0) -> torch.Tensor:
 
 def test_flip_tta_changes_nothing_on_a_mirror_symmetric_model(tmp_path, two_conv_registered):
     images = random_images()
-    model, state = load_model(two_conv_checkpoint(tmp_path / "sym.pt", tmp_path, symmetric=True))
-    plain = predict_probabilities(model, images, state["mean"], state["std"], TTA())
-    flipped = predict_probabilities(model, images, state["mean"], state["std"], TTA(flip=True))
+    model, described = load_model(two_conv_checkpoint(tmp_path / "sym.pt", tmp_path, symmetric=True))
+    plain = predict_probabilities(model, images, described.mean, described.std, TTA())
+    flipped = predict_probabilities(model, images, described.mean, described.std, TTA(flip=True))
     torch.testing.assert_close(flipped, plain, atol=1e-5, rtol=1e-5)
     assert torch.equal(flipped.argmax(1), plain.argmax(1))
     # The same model without symmetric kernels: flip TTA does change the output, so the check above can fail.
-    model, state = load_model(two_conv_checkpoint(tmp_path / "asym.pt", tmp_path, symmetric=False))
-    plain = predict_probabilities(model, images, state["mean"], state["std"], TTA())
-    flipped = predict_probabilities(model, images, state["mean"], state["std"], TTA(flip=True))
+    model, described = load_model(two_conv_checkpoint(tmp_path / "asym.pt", tmp_path, symmetric=False))
+    plain = predict_probabilities(model, images, described.mean, described.std, TTA())
+    flipped = predict_probabilities(model, images, described.mean, described.std, TTA(flip=True))
     assert (flipped - plain).abs().max() > 1e-3
 
 
 def test_sliding_window_no_smaller_than_the_image_equals_whole_image(tmp_path, small_voc):
-    model, state = load_model(tiny_segmentnet_checkpoint(tmp_path / "net.pt", small_voc))
+    model, described = load_model(tiny_segmentnet_checkpoint(tmp_path / "net.pt", small_voc))
     images = random_images(h=37, w=53)
-    whole = predict_probabilities(model, images, state["mean"], state["std"], TTA())
+    whole = predict_probabilities(model, images, described.mean, described.std, TTA())
     for window in (53, 64):
-        windowed = predict_probabilities(model, images, state["mean"], state["std"], TTA(window=window, stride=20))
+        windowed = predict_probabilities(model, images, described.mean, described.std, TTA(window=window, stride=20))
         assert torch.equal(windowed, whole), window
     # A window smaller than the image really tiles it: SegmentNet sees less context, so the output differs.
-    tiled = predict_probabilities(model, images, state["mean"], state["std"], TTA(window=24, stride=16))
+    tiled = predict_probabilities(model, images, described.mean, described.std, TTA(window=24, stride=16))
     assert (tiled - whole).abs().max() > 1e-4
 
 
 def test_sliding_window_averages_tiles_correctly(tmp_path, two_conv_registered):
     # A 1x1-kernel model has no context: any tiling must reproduce whole-image inference exactly,
     # which holds only if every pixel is covered and overlaps are averaged.
-    model, state = load_model(two_conv_checkpoint(tmp_path / "pointwise.pt", tmp_path, symmetric=False, kernel=1))
+    model, described = load_model(two_conv_checkpoint(tmp_path / "pointwise.pt", tmp_path, symmetric=False, kernel=1))
     images = random_images(h=45, w=70)
-    whole = predict_probabilities(model, images, state["mean"], state["std"], TTA())
+    whole = predict_probabilities(model, images, described.mean, described.std, TTA())
     for window, stride in ((16, 16), (20, 7), (32, 31)):
-        tiled = predict_probabilities(model, images, state["mean"], state["std"], TTA(window=window, stride=stride))
+        tiled = predict_probabilities(model, images, described.mean, described.std, TTA(window=window, stride=stride))
         torch.testing.assert_close(tiled, whole, atol=1e-6, rtol=1e-5)
 
 
@@ -73,9 +73,9 @@ def test_window_starts_cover_the_side():
 
 
 def test_multi_scale_keeps_the_size_and_averages_views(tmp_path, small_voc):
-    model, state = load_model(tiny_segmentnet_checkpoint(tmp_path / "net.pt", small_voc))
+    model, described = load_model(tiny_segmentnet_checkpoint(tmp_path / "net.pt", small_voc))
     images = random_images(h=40, w=56)
-    args = (model, images, state["mean"], state["std"])
+    args = (model, images, described.mean, described.std)
     multi = predict_probabilities(*args, TTA(scales=(0.5, 1.0)))
     half = predict_probabilities(*args, TTA(scales=(0.5,)))
     one = predict_probabilities(*args, TTA())

@@ -10,14 +10,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT
 from PIL import Image
 
-from conftest import ROOT
-from segmentnet.preparation import synthetic
-from segmentnet.training.data import SegmentationDataset
+from segmentnet.core.errors import DataError
 from segmentnet.datasets import voc2012
 from segmentnet.datasets.common import save_index_png
-from segmentnet.core.errors import DataError
+from segmentnet.preparation import synthetic
+from segmentnet.training.data import SegmentationDataset
 from segmentnet.training.transforms import RandomScaleCrop, decode_rgb, train_transform
 
 

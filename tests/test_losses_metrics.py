@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from segmentnet.training.losses import build_loss
 from segmentnet.results.metrics import ConfusionMatrix
+from segmentnet.training.losses import build_loss
 
 
 def jaccard_by_formula(logits, target, ignore=255):

@@ -7,15 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-
 from conftest import tiny_train_config
-from segmentnet.training.engine import train
+
 from segmentnet.core.errors import ConfigError
-from segmentnet.training.loops import compute_loss
-from segmentnet.training.losses import LOSSES, build_loss
 from segmentnet.models import ENCODERS, MODELS, build_model
 from segmentnet.models.compose import DECODERS, from_torchvision
 from segmentnet.models.fcn import upsampling
+from segmentnet.training.engine import train
+from segmentnet.training.loops import compute_loss
+from segmentnet.training.losses import LOSSES, build_loss
 
 # Every registered model at small settings (torchvision's encoders have their own widths; small
 # inputs keep them quick), and every decoder over every encoder (at output stride 32 where the encoder
@@ -292,6 +292,7 @@ def test_a_checkpoint_of_the_earlier_release_loads_and_predicts_as_before(tmp_pa
     aux_classifier) and the options width and pretrained_backbone: such a file loads in inference and
     gives torchvision's outputs for those weights."""
     from results_helpers import save_model_checkpoint
+
     from segmentnet.results.inference import load_model
 
     torch.manual_seed(0)

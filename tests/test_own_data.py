@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import realdata, run_script, tiny_train_config
 from PIL import Image, ImageOps
 
 import DataSeparate
-from conftest import realdata, run_script, tiny_train_config
 
 SIZE = (40, 30)  # width, height of the made images
 

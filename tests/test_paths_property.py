@@ -19,15 +19,15 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from conftest import write_tar_members, write_zip_members
 from hypothesis import HealthCheck, event, given, settings, strategies as st
 from PIL import Image
 
 import DataExtract
 import DataSeparate
-from segmentnet.preparation import synthetic
 from segmentnet.core.cli import call_main
 from segmentnet.datasets import voc2012
-from conftest import write_tar_members, write_zip_members
+from segmentnet.preparation import synthetic
 
 ROOT = voc2012.ROOT
 SETS = f"{ROOT}/ImageSets/Segmentation"

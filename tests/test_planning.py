@@ -8,9 +8,9 @@ import json
 import re
 
 import pytest
+from conftest import run_script, train_args
 
 import TrainSegmentNet
-from conftest import run_script, train_args
 from segmentnet.core.cli import call_main
 from segmentnet.planning import rules
 from segmentnet.planning.rules import Choice, Plan, choice_rows

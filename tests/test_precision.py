@@ -11,15 +11,15 @@ import sys
 
 import pytest
 import torch
-
 from conftest import ROOT, config_args, tiny_train_config
+from test_models import NUM_CLASSES, small_model
+
 from segmentnet.core.checkpoint import load_checkpoint, load_weights
+from segmentnet.models import MODELS, build_model
 from segmentnet.training.engine import train
 from segmentnet.training.loops import compute_loss
-from segmentnet.training.optim import autocast_settings, make_scaler
 from segmentnet.training.losses import build_loss
-from segmentnet.models import MODELS, build_model
-from test_models import NUM_CLASSES, small_model
+from segmentnet.training.optim import autocast_settings, make_scaler
 
 HALF = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 

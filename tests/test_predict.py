@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import run_script
 from PIL import Image
+from results_helpers import read_png, tiny_segmentnet_checkpoint
 
 import Predict
-from conftest import run_script
-from results_helpers import read_png, tiny_segmentnet_checkpoint
 from segmentnet.results.inference import run_model
 from segmentnet.results.visualize import GAP
 

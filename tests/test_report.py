@@ -10,13 +10,13 @@ import re
 import shutil
 
 import pytest
+from conftest import run_script, tiny_train_config
 from PIL import Image
+from results_helpers import read_png
 
 import Report
-from conftest import run_script, tiny_train_config
-from results_helpers import read_png
-from segmentnet.training.engine import train
 from segmentnet.results.visualize import GAP, LABEL_HEIGHT
+from segmentnet.training.engine import train
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_script, script_process, tiny_train_config, train_args
 
 import TrainSegmentNet
-from conftest import run_script, script_process, tiny_train_config, train_args
 from segmentnet.core.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from segmentnet.training.engine import train
 from segmentnet.core.errors import DataError
 from segmentnet.models import build_model
+from segmentnet.training.engine import train
 
 
 @pytest.fixture(scope="module")

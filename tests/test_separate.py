@@ -16,18 +16,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import (ROOT, SETS, TINY_COUNTS, VOC, make_small_voc, png_declaring, realdata, run_script, script_process,
+                      write_tar_members)
 from PIL import Image
 
 import DataExtract
 import DataSeparate
-from conftest import (ROOT, SETS, TINY_COUNTS, VOC, make_small_voc, png_declaring, realdata, run_script, script_process,
-                      write_tar_members)
-from segmentnet.preparation import synthetic
 from segmentnet.core.cli import call_main
-from segmentnet.datasets import voc2012
-from segmentnet.datasets.separate import separate
 from segmentnet.core.errors import DataError
 from segmentnet.core.files import mark_owned, owner_of
+from segmentnet.datasets import voc2012
+from segmentnet.datasets.separate import separate
+from segmentnet.preparation import synthetic
 
 VOC_ROOT = "raw/VOCtrainval_11-May-2012/VOCdevkit/VOC2012"
 

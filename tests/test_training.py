@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_script, tiny_train_config, train_args
 from PIL import Image
 
 import TrainSegmentNet
-from conftest import run_script, tiny_train_config, train_args
 from segmentnet.core.checkpoint import load_checkpoint
-from segmentnet.datasets import DATASETS
-from segmentnet.training.engine import train
 from segmentnet.core.errors import ConfigError, DataError
 from segmentnet.core.files import OWNER_FILE, owner_of
+from segmentnet.datasets import DATASETS
 from segmentnet.models import MODELS, build_model
+from segmentnet.training.engine import train
 from segmentnet.training.runs import LOCK_FILE
 
 
@@ -348,8 +348,8 @@ def test_damaged_budget_entries_of_a_checkpoint_are_named(small_voc, tmp_path):
 
 
 def test_colour_jitter_reaches_the_training_transform(small_voc):
-    from segmentnet.training.data import build_loaders
     from segmentnet.core.distributed import DistEnv
+    from segmentnet.training.data import build_loaders
     from segmentnet.training.transforms import ColourJitter
 
     cfg = tiny_train_config(small_voc, "unused", colour_jitter=0.3)

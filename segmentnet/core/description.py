@@ -4,19 +4,27 @@ which an exported ONNX file keeps as metadata. One set of rules and one validato
 a value that passes here cannot break prediction later (an empty palette, an ignore index that is a
 class, a mean that float32 turns into infinity).
 
-Imports neither the models nor inference: checkpoints, resume, Evaluate/Predict and the ONNX reader
-all validate through it.
+ModelDescription is the one typed form of it: a checkpoint's entries (ModelDescription.read) or an
+ONNX file's metadata (from_metadata) become one, validated here, and a training writes one
+(entries) as Export.py does (metadata). Imports neither the models nor inference: checkpoints,
+resume, Evaluate/Predict, Export and the ONNX reader all go through it.
 """
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field, fields
+
 from .config import entry_problems, is_colours, is_float32, is_whole, shown
 from .errors import DataError
+from .jsonfile import loads as json_loads
 
 MAX_CLASSES = 255             # class indices are stored as uint8 masks, 255 meaning 'ignored'
 MAX_OPTIONS_DEPTH = 8         # model options are a flat object of numbers, names and short lists
 MEAN_RANGE = (-1.0, 2.0)      # per-channel mean of pixels scaled to 0..1 (a mean outside is no image's)
 STD_RANGE = (1e-4, 10.0)      # per-channel standard deviation of such pixels: a tiny one divides to infinity
 REQUIRED = ("model_name", "num_classes", "mean", "std", "palette")  # what inference cannot do without
+DEFAULT_IGNORE_INDEX = 255    # every dataset's (datasets.common.IGNORE_INDEX); the first release wrote none
+MAX_METADATA_CHARS = 1_000_000  # an ONNX metadata value: far above what Export.py writes (256 names and colours)
 
 
 def is_plain_json(value, depth: int = 0) -> bool:
@@ -57,13 +65,17 @@ RULES = {
     "config": (lambda v: isinstance(v, dict) and isinstance(v.get("data_dir", ""), str),
                "a JSON object (dict) of hyperparameters, its data_dir a text"),
 }
+EPOCH_RULE = (lambda v: v is None or is_whole(v), "a whole number >= 0 or null")  # (a checkpoint's: the training
+                                                                                   # state's entry, checked there)
+METADATA_KEYS = ("model_name", "model_options", "num_classes", "classes", "palette", "mean", "std", "ignore_index",
+                 "dataset", "data_dir", "epoch")  # an ONNX file's description: JSON texts (model_name plain)
 
 
-def description_problems(state: dict, required=REQUIRED) -> list[str]:
+def description_problems(state: dict, required=REQUIRED, rules=RULES) -> list[str]:
     """'<entry> must be ..., got ...' for each entry of `state` that breaks its rule, '<entry> is
     missing' for each required one absent, and where the entries disagree with each other: fewer
     class names or colours than classes, an ignore index that is a class's index."""
-    problems = entry_problems(state, RULES, optional=set(RULES) - set(required))
+    problems = entry_problems(state, rules, optional=set(rules) - set(required))
     wrong = {problem.split(" ", 1)[0] for problem in problems}
     count = state.get("num_classes") if "num_classes" not in wrong else None
     if count is None:
@@ -79,9 +91,9 @@ def description_problems(state: dict, required=REQUIRED) -> list[str]:
     return problems
 
 
-def check_description(state: dict, name: str, required=REQUIRED) -> None:
+def check_description(state: dict, name: str, required=REQUIRED, rules=RULES) -> None:
     """DataError naming `name` (e.g. 'checkpoint runs/x/best.pt', 'ONNX file x.onnx') and every problem."""
-    problems = description_problems(state, required)
+    problems = description_problems(state, required, rules)
     missing = [p.split(" ", 1)[0] for p in problems if p.endswith(" is missing")]
     if missing:
         raise DataError(f"{name} lacks {', '.join(missing)}: it was not written by TrainSegmentNet.py")
@@ -89,3 +101,68 @@ def check_description(state: dict, name: str, required=REQUIRED) -> None:
         keys = ", ".join(dict.fromkeys(p.split(" ", 1)[0] for p in problems))
         raise DataError(f"{name}: the entries {keys} are not what TrainSegmentNet.py writes ({'; '.join(problems)}); "
                         f"the file is corrupt or was not written by SegmentNet")
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """A trained model as inference sees it. Made only through read() or from_metadata(), which
+    validate, so that every instance holds values that passed RULES and agree with each other."""
+    model_name: str
+    num_classes: int
+    mean: list[float]                  # per channel, of pixels scaled to 0..1
+    std: list[float]
+    palette: list[list[int]]           # [r, g, b] of each class (at least num_classes)
+    model_options: dict = field(default_factory=dict)
+    classes: list[str] | None = None   # a checkpoint may lack names; class_names numbers them then
+    ignore_index: int = DEFAULT_IGNORE_INDEX
+    dataset: str = "voc2012"
+    run_id: str | None = None
+    config: dict = field(default_factory=dict)  # the training's hyperparameters (an ONNX file keeps data_dir)
+    epoch: int | None = None           # the epochs trained (None: not known)
+
+    @classmethod
+    def read(cls, entries: dict, name, required=REQUIRED) -> ModelDescription:
+        """The description in a checkpoint's (or any dict's) entries; DataError naming `name` (e.g.
+        'checkpoint runs/x/best.pt') and every problem. Entries that are absent take their defaults."""
+        check_description(entries, name, required, RULES | {"epoch": EPOCH_RULE})
+        return cls(**{f.name: entries[f.name] for f in fields(cls) if entries.get(f.name) is not None})
+
+    def entries(self) -> dict:
+        """What a checkpoint keeps of it (the epoch is the training state's own entry)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "epoch"}
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.classes) if self.classes is not None else [f"class {i}" for i in range(self.num_classes)]
+
+    @property
+    def data_dir(self) -> str:
+        """The data folder the model was trained from (where Evaluate looks for its dataset)."""
+        return self.config.get("data_dir", "data")
+
+    def metadata(self) -> dict[str, str]:
+        """The ONNX metadata entries of METADATA_KEYS: JSON texts, model_name as it is."""
+        values = {key: getattr(self, key) for key in METADATA_KEYS if key != "data_dir"}
+        values |= {"classes": self.class_names, "data_dir": self.data_dir}
+        return {key: value if key == "model_name" else json.dumps(values[key]) for key, value in values.items()}
+
+    @classmethod
+    def from_metadata(cls, meta: dict, name) -> ModelDescription:
+        """The description an Export.py file's metadata holds; DataError naming the file otherwise."""
+        entries = {}
+        for key in METADATA_KEYS:
+            if key not in meta:
+                raise DataError(f"ONNX file {name}: its metadata lacks {key}; the file is damaged or was not "
+                                f"written by Export.py. Export the checkpoint again")
+            if key == "model_name":
+                entries[key] = meta[key]
+                continue
+            try:
+                if len(meta[key]) > MAX_METADATA_CHARS:
+                    raise ValueError("too long")
+                entries[key] = json_loads(meta[key])
+            except ValueError:  # not JSON, or beyond jsonfile's limits
+                raise DataError(f"ONNX file {name}: its metadata {key} is not JSON ({meta[key]!r:.60}); the file "
+                                f"is damaged or was not written by Export.py") from None
+        entries["config"] = {"data_dir": entries.pop("data_dir")}  # where a checkpoint keeps it
+        return cls.read(entries, f"ONNX file {name}")

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 from ..core.errors import UnknownNameError
-
-from .common import IGNORE_INDEX, DatasetInfo, Pair
 from . import ade20k, camvid, cityscapes, kitti_road, voc2012, voc2012_aug
+from .common import IGNORE_INDEX, DatasetInfo, Pair
 
 DATASETS: dict[str, DatasetInfo] = {
     module.DATASET.name: module.DATASET for module in (voc2012, voc2012_aug, cityscapes, ade20k, kitti_road, camvid)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.errors import DataError
 from ..preparation import synthetic
 from ..preparation.archive import Archive
-from ..core.errors import DataError
 from .common import DatasetInfo, Pair, read_index_array
 from .voc2012 import voc_palette
 

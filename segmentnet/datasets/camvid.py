@@ -15,10 +15,10 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from ..preparation import synthetic
-from ..preparation.archive import Archive
 from ..core.errors import DataError
 from ..core.files import child
+from ..preparation import synthetic
+from ..preparation.archive import Archive
 from .common import IGNORE_INDEX, DatasetInfo, Pair, read_index_array, read_list_lines
 
 CLASSES = ("Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",

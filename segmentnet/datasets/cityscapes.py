@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.errors import DataError
 from ..preparation import synthetic
 from ..preparation.archive import Archive
-from ..core.errors import DataError
 from .common import IGNORE_INDEX, DatasetInfo, Pair, read_index_array
 
 # (label id, train id, name, colour) of the 19 evaluated classes, as in cityscapesScripts' labels.py.

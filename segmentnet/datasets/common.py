@@ -25,9 +25,9 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from ..preparation.archive import Archive
 from ..core.errors import DataError
 from ..core.files import check_inside, plain_name
+from ..preparation.archive import Archive
 
 IGNORE_INDEX = 255  # the label of pixels that count for nothing (borders, padding, VOC's outlines)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.errors import DataError, UsageError
 from ..preparation import synthetic
 from ..preparation.archive import Archive
-from ..core.errors import DataError, UsageError
 from .common import IGNORE_INDEX, DatasetInfo, Pair, decode_mask, read_index_mask
 
 CLASSES = ("non-road", "road")

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.errors import DataError
 from ..preparation import synthetic
 from ..preparation.archive import Archive
-from ..core.errors import DataError
 from . import voc2012
-from .common import DatasetInfo, IGNORE_INDEX, Pair, check_label_values, read_split_list
+from .common import IGNORE_INDEX, DatasetInfo, Pair, check_label_values, read_split_list
 
 SBD_ROOT = "benchmark_RELEASE/dataset"
 SBD_ARCHIVE = Archive(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import re
 import warnings
@@ -21,12 +20,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..core.description import ModelDescription
 from ..core.errors import SegmentNetError
 from ..core.files import atomic_path
-from ..results.inference import load_model, model_logits
-from .onnx_model import DESCRIPTION_KEYS, FORMAT, INPUT_TYPES, first_line, load_onnx
 from ..core.outputs import check_replaceable, signature, writing
+from ..results.inference import load_model, model_logits
 from ..training.transforms import normalize
+from .onnx_model import FORMAT, INPUT_TYPES, first_line, load_onnx
 
 OPSET = 18               # ONNX Runtime 1.14+ and every torch since 2.1 run it
 ATOL, RTOL = 1e-4, 1e-4  # a logit agrees when |ONNX - PyTorch| <= ATOL + RTOL * max |PyTorch logits|
@@ -103,9 +103,9 @@ def inference_only(model: nn.Module) -> nn.Module:
     return model
 
 
-def default_check_sizes(state: dict) -> list[tuple[int, int, int]]:
+def default_check_sizes(description: ModelDescription) -> list[tuple[int, int, int]]:
     """(batch, height, width): the training crop, and a batch of 2 at a larger, odd size."""
-    crop = state.get("config", {}).get("crop_size")
+    crop = description.config.get("crop_size")
     crop = crop if isinstance(crop, int) and 32 <= crop <= 2048 else 256
     return [(1, crop, crop), (2, crop * 3 // 4 + 1, crop * 5 // 4 + 1)]
 
@@ -152,28 +152,15 @@ def untranslated_operator(exc: BaseException) -> str | None:
     return None
 
 
-def add_metadata(proto, state: dict, input_type: str, opset: int) -> None:
+def add_metadata(proto, description: ModelDescription, input_type: str, opset: int) -> None:
     """Our description into the ModelProto; the signature first, so that Export.py may replace the file."""
-    proto.doc_string = (f"{signature('Export')}. SegmentNet model {state['model_name']}: input 'image' "
+    proto.doc_string = (f"{signature('Export')}. SegmentNet model {description.model_name}: input 'image' "
                         f"(batch, 3, height, width) {input_type}, output 'logits' (batch, classes, height, width)")
-    values = {"segmentnet_format": FORMAT, "input": input_type, "opset": str(opset),
-              "model_name": state["model_name"],
-              **{key: json.dumps(description_value(state, key)) for key in DESCRIPTION_KEYS if key != "model_name"}}
+    values = {"segmentnet_format": FORMAT, "input": input_type, "opset": str(opset), **description.metadata()}
     del proto.metadata_props[:]
     for key, value in values.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-
-
-def description_value(state: dict, key: str):
-    if key == "data_dir":
-        return state.get("config", {}).get("data_dir", "data")
-    if key == "epoch":
-        return state.get("epoch") if isinstance(state.get("epoch"), int) else None
-    if key == "classes" and state.get("classes") is None:  # (optional in a checkpoint): numbered
-        return [f"class {i}" for i in range(state["num_classes"])]
-    defaults = {"model_options": {}, "ignore_index": 255, "dataset": "voc2012"}
-    return state.get(key, defaults.get(key))
 
 
 def verify(graph: InferenceGraph, session, sizes, tolerance: Tolerance = EXACT, seed: int = 0) -> list[Check]:
@@ -213,16 +200,16 @@ def export_checkpoint(checkpoint, out=None, input_type: str = "float", opset: in
     if out.suffix.lower() != ".onnx":
         raise ExportError(f"--out {out} must end in .onnx: Predict.py and Evaluate.py tell an export by its suffix")
     check_replaceable(out, "Export", "--out")
-    model, state = load_model(checkpoint)
-    sizes = list(sizes) if sizes else default_check_sizes(state)
+    model, description = load_model(checkpoint)
+    sizes = list(sizes) if sizes else default_check_sizes(description)
     if len({size[1:] for size in sizes}) < 2:
         raise ExportError(f"the export is checked on at least two different image sizes (height and width are "
                           f"dynamic), got {['x'.join(map(str, size[1:])) for size in sizes]}")
-    graph = InferenceGraph(inference_only(model), input_type, state["mean"], state["std"]).eval()
+    graph = InferenceGraph(inference_only(model), input_type, description.mean, description.std).eval()
     example_dtype = torch.uint8 if input_type == "uint8" else torch.float32
     _, height, width = sizes[0]
-    proto = to_onnx(graph, torch.zeros(2, 3, height, width, dtype=example_dtype), opset, state["model_name"])
-    add_metadata(proto, state, input_type, opset)
+    proto = to_onnx(graph, torch.zeros(2, 3, height, width, dtype=example_dtype), opset, description.model_name)
+    add_metadata(proto, description, input_type, opset)
     with writing(out), atomic_path(out) as tmp:
         tmp.write_bytes(proto.SerializeToString())
         exported, _ = load_onnx(tmp, name=f"the export of {checkpoint}")  # the file as Predict will read it

@@ -19,18 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.description import check_description
+from ..core.description import ModelDescription
 from ..core.errors import DataError
 from ..core.files import read_regular
-from ..core.jsonfile import loads as json_loads
 from ..training.transforms import normalize
 
 FORMAT = "1"
 MAX_ONNX_BYTES = 2 ** 31  # protobuf's limit: a larger model keeps external data, which is refused anyway
-MAX_METADATA_CHARS = 1_000_000  # far above what Export.py writes (256 class names and colours)
 INPUT_TYPES = {"float": "tensor(float)", "uint8": "tensor(uint8)"}   # Export's --input -> ONNX's type name
-DESCRIPTION_KEYS = ("model_name", "model_options", "num_classes", "classes", "palette", "mean", "std",
-                    "ignore_index", "dataset", "data_dir", "epoch")
 
 
 class OnnxModel:
@@ -81,8 +77,8 @@ def raw_pixels(x: torch.Tensor, mean, std) -> torch.Tensor:
     return ((x - zero) / (one - zero)).round().clamp(0, 255).to(torch.uint8)
 
 
-def load_onnx(path, name=None) -> tuple[OnnxModel, dict]:
-    """An Export.py file -> (OnnxModel, its description: the checkpoint's entries inference reads).
+def load_onnx(path, name=None) -> tuple[OnnxModel, ModelDescription]:
+    """An Export.py file -> (OnnxModel, its description: what inference reads of a checkpoint too).
     `name`: how errors call the file (default: its path)."""
     import onnx
     import onnxruntime as ort
@@ -107,7 +103,7 @@ def load_onnx(path, name=None) -> tuple[OnnxModel, dict]:
         raise DataError(f"{name} is an ONNX model, but not one Export.py wrote (its metadata lacks "
                         f"segmentnet_format {FORMAT}: the class names, palette and normalisation that "
                         f"prediction needs). Export the checkpoint with Export.py")
-    state = parse_description(meta, name)
+    description = ModelDescription.from_metadata(meta, name)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: its warnings about unused initialisers are no news to a user
     try:
@@ -116,8 +112,9 @@ def load_onnx(path, name=None) -> tuple[OnnxModel, dict]:
         raise DataError(f"{name} cannot be run by this ONNX Runtime {ort.__version__} ({first_line(exc)}): the "
                         f"file is damaged, or its opset {meta.get('opset', '?')} is newer than this ONNX Runtime "
                         f"runs. Export it again with Export.py (--opset 18)") from None
-    check_graph(session, meta.get("input"), state["num_classes"], name)
-    return OnnxModel(session, meta["input"], state["num_classes"], state["mean"], state["std"], name), state
+    check_graph(session, meta.get("input"), description.num_classes, name)
+    return (OnnxModel(session, meta["input"], description.num_classes, description.mean, description.std, name),
+            description)
 
 
 def all_tensors(graph):
@@ -134,30 +131,6 @@ def all_tensors(graph):
                 yield from all_tensors(attribute.g)
             for subgraph in attribute.graphs:
                 yield from all_tensors(subgraph)
-
-
-def parse_description(meta: dict, name) -> dict:
-    state = {}
-    for key in DESCRIPTION_KEYS:
-        if key not in meta:
-            raise DataError(f"ONNX file {name}: its metadata lacks {key}; the file is damaged or was not "
-                            f"written by Export.py. Export the checkpoint again")
-        if key == "model_name":
-            state[key] = meta[key]
-            continue
-        try:
-            if len(meta[key]) > MAX_METADATA_CHARS:
-                raise ValueError("too long")
-            state[key] = json_loads(meta[key])
-        except ValueError:  # not JSON, or beyond jsonfile's limits
-            raise DataError(f"ONNX file {name}: its metadata {key} is not JSON ({meta[key]!r:.60}); the file is "
-                            f"damaged or was not written by Export.py") from None
-    if not (state["epoch"] is None or type(state["epoch"]) is int and state["epoch"] >= 0):
-        raise DataError(f"ONNX file {name}: its metadata epoch must be a whole number or null, got "
-                        f"{meta['epoch']!r:.60}; the file is damaged or was not written by Export.py")
-    state["config"] = {"data_dir": state.pop("data_dir")}  # where a checkpoint keeps it
-    check_description(state, f"ONNX file {name}")
-    return state
 
 
 def check_graph(session, input_type, num_classes: int, name) -> None:

@@ -29,16 +29,16 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..core.checkpoint import load_checkpoint, save_checkpoint
-from ..training.data import SegmentationDataset, read_dataset_json
 from ..core.errors import ConfigError, DataError
 from ..core.files import atomic_path, open_regular
-from .file import header_bytes, open_hypercolumns, read_header
-from ..results.inference import resolve_device
-from ..results.metrics import ConfusionMatrix
 from ..models import build_model
 from ..models.hypercolumns import CLASSIFIER_KIND, DEFAULT_HIDDEN, DEFAULT_LAYERS, PixelMLP, mismatches
+from ..results.inference import resolve_device
+from ..results.metrics import ConfusionMatrix
+from ..training.data import SegmentationDataset, read_dataset_json
 from ..training.optim import lr_at, make_scaler, optimizer_step
 from ..training.transforms import eval_transform, normalize
+from .file import header_bytes, open_hypercolumns, read_header
 
 HYPERCOLUMNS_FILE = "hypercolumns.bin"
 CLASSIFIER_FILE = "classifier.pt"

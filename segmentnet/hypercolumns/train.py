@@ -9,16 +9,17 @@ from pathlib import Path
 import torch
 
 from ..core.config import parse_config
-from ..training.data import image_paths, read_dataset_json, validation_loader
+from ..core.description import ModelDescription
 from ..core.distributed import DistEnv
 from ..core.errors import ConfigError, DataError
 from ..core.files import claim_folder
-from .features import CLASSIFIER_FILE, cnn_name, model_options, progress_bar, stage_dir
-from ..results.inference import load_model, predict_masks, read_rgb, resolve_device
-from ..training.loops import evaluate
-from ..models import build_model
 from ..core.outputs import refuse_input_data, writing_into
+from ..models import build_model
+from ..results.inference import load_model, predict_masks, read_rgb, resolve_device
 from ..results.visualize import save_mask_png
+from ..training.data import image_paths, read_dataset_json, validation_loader
+from ..training.loops import evaluate
+from .features import CLASSIFIER_FILE, cnn_name, model_options, progress_bar, stage_dir
 
 RESERVED_TRAIN_SETTINGS = ("dataset", "data_dir", "model", "model_options")  # from the stages' own flags
 TOOL = "Hypercolumns"  # the owner recorded in the folder of predicted masks (files.claim_folder)
@@ -78,9 +79,9 @@ def train(train_cfg) -> dict:
 # ----------------------------------------------------------------------------- predict
 
 
-def hypercolumn_model_only(state: dict, name) -> None:
-    if not state["model_name"].startswith("hypercolumn_"):
-        raise DataError(f"{name} holds a {state['model_name']!r} model, not a hypercolumn model; give the "
+def hypercolumn_model_only(description: ModelDescription, name) -> None:
+    if not description.model_name.startswith("hypercolumn_"):
+        raise DataError(f"{name} holds a {description.model_name!r} model, not a hypercolumn model; give the "
                         f"best.pt or last.pt of 'Hypercolumns.py train'")
 
 
@@ -90,7 +91,7 @@ def predict(cfg) -> list[Path]:
     if not cfg.images:
         raise ConfigError("predict needs --images: an image file or a folder of images")
     checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else stage_dir(cfg) / "train" / "best.pt"
-    model, state = load_model(checkpoint, resolve_device(cfg.device), check=hypercolumn_model_only)
+    model, description = load_model(checkpoint, resolve_device(cfg.device), check=hypercolumn_model_only)
     files = image_paths([cfg.images], "--images")
     out = Path(cfg.out) if cfg.out else stage_dir(cfg) / "predictions"
     refuse_input_data(out, "--out")
@@ -102,8 +103,8 @@ def predict(cfg) -> list[Path]:
         raise DataError(f"{len(existing)} masks exist already in {out} (e.g. {existing[0].name}): pass --force to "
                         f"replace them, or another --out")
     for source, target in progress_bar(list(zip(files, targets)), cfg, desc="predicting"):
-        prediction = predict_masks(model, [read_rgb(source)], state["mean"], state["std"])[0]
+        prediction = predict_masks(model, [read_rgb(source)], description.mean, description.std)[0]
         with writing_into(out, target.name, "--out") as path:
-            save_mask_png(prediction, state["palette"], path)
+            save_mask_png(prediction, description.palette, path)
     print(f"wrote {len(targets)} masks to {out}")
     return targets

@@ -26,8 +26,8 @@ from ..core.checkpoint import clean_state_dict, load_weights
 from ..core.config import is_number
 from ..core.errors import ConfigError, DataError, UnknownNameError
 from .encoders import ENCODERS
-from .pretrained import WeightsSpec
 from .legacy import upgrade
+from .pretrained import WeightsSpec
 from .segmentnet import SegmentNet
 
 # torchvision (2 s to import) is imported only when a model that needs it is built, so that scripts

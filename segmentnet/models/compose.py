@@ -21,8 +21,7 @@ from typing import Callable
 from torch import nn
 
 from ..core.errors import ConfigError
-from .decoders import (DeepLabV3Decoder, DeepLabV3PlusDecoder, FCNDecoder, FPNDecoder, UNetDecoder, aux_head,
-                       upsample_to)
+from .decoders import DeepLabV3Decoder, DeepLabV3PlusDecoder, FCNDecoder, FPNDecoder, UNetDecoder, aux_head, upsample_to
 from .encoders import ENCODERS, OUTPUT_STRIDES, build_encoder, encoder_spec, encoders_with
 from .legacy import TORCHVISION_KEYS, renamed
 from .pretrained import copy_state, read_weights

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from ..core.errors import DataError
-from ..core.weights import is_weights
 from ..core.files import open_regular
+from ..core.weights import is_weights
 
 WeightsSpec = str | None  # the type of the options encoder_weights and weights (see above)
 

@@ -20,7 +20,6 @@ from torch import nn
 
 from ..core.errors import ConfigError
 
-
 STEM_STRIDES = (1, 2, 4)
 
 

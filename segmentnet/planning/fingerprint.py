@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from ..training.data import SegmentationDataset
-from ..datasets.common import IGNORE_INDEX
 from ..core.errors import DataError
 from ..core.files import open_regular
+from ..datasets.common import IGNORE_INDEX
+from ..training.data import SegmentationDataset
 
 MAX_MASKS = 200          # a larger split is sampled evenly: the medians settle long before
 MAX_SIDE = 256           # masks are measured at most this large (nearest-neighbour subsampling); sizes scaled back

@@ -10,9 +10,9 @@ import time
 import numpy as np
 import torch
 
+from ..models import build_model
 from ..training.loops import compute_loss
 from ..training.losses import build_loss
-from ..models import build_model
 from ..training.optim import make_scaler, optimizer_step
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -17,15 +17,16 @@ from pathlib import Path
 
 from ..core.checkpoint import check_checkpoint, load_checkpoint
 from ..core.config import config_from_dict, is_number
-from ..training.data import SegmentationDataset, loader_workers, read_dataset_json
 from ..core.distributed import DistEnv, broadcast_from_main
 from ..core.errors import ConfigError, DataError, SegmentNetError
 from ..core.files import read_json
+from ..training.data import SegmentationDataset, loader_workers, read_dataset_json
 from ..training.transforms import train_transform
 from .fingerprint import measure_dataset
 from .machine import describe, inference_seconds, loader_speed, loss_seconds, step_speed
-from .rules import (DEFAULT_BUDGET, PLAN_FILE, VAL_SHARE, Choice, Plan, choice_rows, batch_rule, class_weight_rule, crop_rule,
-                    loss_rule, model_ladder, model_rule, precision_rule, scale_rule, schedule_rule, workers_rule)
+from .rules import (DEFAULT_BUDGET, PLAN_FILE, VAL_SHARE, Choice, Plan, batch_rule, choice_rows, class_weight_rule,
+                    crop_rule, loss_rule, model_ladder, model_rule, precision_rule, scale_rule, schedule_rule,
+                    workers_rule)
 
 # What a plan decides: on resume these come from the checkpoint's config unless given again.
 PLANNED = ("time_budget", "crop_size", "scale_min", "scale_max", "colour_jitter", "class_weights", "loss", "amp",

@@ -9,8 +9,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .archive import COPY_CHUNK
 from ..core.errors import DataError
+from .archive import COPY_CHUNK
 
 
 def _content_range(value: str | None) -> tuple[int, int | None] | None:

@@ -16,10 +16,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .archive import (COPY_CHUNK, MARKER, READ_ERRORS, WRITE_ERRNOS, Archive, Member, check_members, list_members,
-                      md5sum, normalise_name, open_archive, wanted)
 from ..core.errors import DataError
 from ..core.files import read_json
+from .archive import (COPY_CHUNK, MARKER, READ_ERRORS, WRITE_ERRNOS, Archive, Member, check_members, list_members,
+                      md5sum, normalise_name, open_archive, wanted)
 
 
 def _copy_bounded(src, dst_path: Path, limit: int, where: str) -> None:

@@ -26,11 +26,11 @@ from PIL import Image
 from torch import nn
 
 from ..core.checkpoint import load_checkpoint
-from ..core.description import check_description
-from ..core.weights import is_weights
+from ..core.description import ModelDescription
 from ..core.distributed import pick_device
 from ..core.errors import DataError, UsageError
 from ..core.files import open_regular
+from ..core.weights import is_weights
 from ..deployment.onnx_model import OnnxModel
 from ..training.transforms import normalize
 
@@ -104,12 +104,12 @@ def resolve_device(name: str) -> torch.device:
 # ----------------------------------------------------------------------------- the model
 
 
-def load_model(checkpoint, device="cpu", check=None) -> tuple[nn.Module | OnnxModel, dict]:
-    """A checkpoint path (or its loaded dict) -> (model in eval mode on device, the checkpoint dict).
-    `check(state, name)`, when given, may refuse the file by its entries before a model is built.
+def load_model(checkpoint, device="cpu", check=None) -> tuple[nn.Module | OnnxModel, ModelDescription]:
+    """A checkpoint path (or its loaded dict) -> (model in eval mode on device, its description).
+    `check(description, name)`, when given, may refuse the file before a model is built.
 
-    An Export.py file (.onnx) -> (OnnxModel on the CPU, its description): the same entries inference
-    reads from a checkpoint, and a model called the same way, built without the model classes."""
+    An Export.py file (.onnx) -> (OnnxModel on the CPU, its description): the same description, and
+    a model called the same way, built without the model classes."""
     if not isinstance(checkpoint, dict) and Path(checkpoint).suffix.lower() == ".onnx":
         from ..deployment.onnx_model import load_onnx
         if torch.device(device).type != "cpu":
@@ -126,22 +126,23 @@ def load_model(checkpoint, device="cpu", check=None) -> tuple[nn.Module | OnnxMo
             raise DataError(f"checkpoint {checkpoint} is a folder, not a checkpoint file; give a file "
                             f"TrainSegmentNet.py wrote, such as {Path(checkpoint) / 'best.pt'}")
         state, name = load_checkpoint(checkpoint), checkpoint
-    check_checkpoint_entries(state, name)
+    description = read_checkpoint_description(state, name)
     if check is not None:
-        check(state, name)
+        check(description, name)
     from ..models import model_from_checkpoint  # (here: an ONNX file needs none of the model classes)
 
-    return model_from_checkpoint(state, name).to(device).eval(), state
+    return model_from_checkpoint(state, name).to(device).eval(), description
 
 
-def check_checkpoint_entries(state: dict, name) -> None:
-    """DataError naming the checkpoint when an entry inference reads is missing or of the wrong kind."""
+def read_checkpoint_description(state: dict, name) -> ModelDescription:
+    """The description of a checkpoint that has weights; DataError naming the checkpoint when an
+    entry inference reads is missing or of the wrong kind."""
     if "model" not in state:
         raise DataError(f"checkpoint {name} lacks model: it was not written by TrainSegmentNet.py")
     if not is_weights(state["model"]):
         raise DataError(f"checkpoint {name}: the entries model are not what TrainSegmentNet.py writes (a dict of "
                         f"names to dense tensors of real numbers); the file is corrupt or was not written by SegmentNet")
-    check_description(state, f"checkpoint {name}")
+    return ModelDescription.read(state, f"checkpoint {name}")
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -276,10 +277,10 @@ def as_rgb_array(image) -> np.ndarray:
 def run_model(checkpoint, images, device: str = "auto", flip: bool = False, scales=(1.0,),
               window: int | None = None, stride: int | None = None, batch_size: int = 4) -> list[np.ndarray]:
     """For notebooks: a checkpoint and images (paths, PIL images or HxWx3 uint8 arrays) -> class-index masks."""
-    model, state = load_model(checkpoint, resolve_device(device))
+    model, description = load_model(checkpoint, resolve_device(device))
     arrays = [as_rgb_array(image) for image in images]
     tta = TTA(flip=flip, scales=tuple(scales), window=window, stride=stride)
-    return predict_masks(model, arrays, state["mean"], state["std"], tta, batch_size)
+    return predict_masks(model, arrays, description.mean, description.std, tta, batch_size)
 
 
 # ----------------------------------------------------------------------------- a whole split
@@ -295,30 +296,30 @@ def evaluate_checkpoint(checkpoint, data_dir=None, split: str = "val", tta: TTA 
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from ..training.data import SegmentationDataset, collate_pairs, read_dataset_json
     from ..core.files import plain_name
-    from .metrics import ConfusionMatrix
+    from ..training.data import SegmentationDataset, collate_pairs, read_dataset_json
     from ..training.transforms import eval_transform
+    from .metrics import ConfusionMatrix
 
-    model, state = load_model(checkpoint, device)
+    model, described = load_model(checkpoint, device)
     device = model_device(model)  # (an ONNX file runs on the CPU)
-    data_dir = Path(data_dir if data_dir is not None else state.get("config", {}).get("data_dir", "data"))
-    root = data_dir / plain_name(state.get("dataset", "voc2012"), f"the dataset named by {checkpoint}")
+    data_dir = Path(data_dir if data_dir is not None else described.data_dir)
+    root = data_dir / plain_name(described.dataset, f"the dataset named by {checkpoint}")
     info = read_dataset_json(root, complete=True)  # the entries used below, all checked
     dataset = SegmentationDataset(root, split, eval_transform())
-    if info["num_classes"] != state["num_classes"]:
+    if info["num_classes"] != described.num_classes:
         raise DataError(f"{root} has {info['num_classes']} classes but checkpoint {checkpoint} predicts "
-                        f"{state['num_classes']}: point --data-dir at the dataset it was trained on")
+                        f"{described.num_classes}: point --data-dir at the dataset it was trained on")
     if not dataset.with_masks:
         raise DataError(f"split {split!r} of {root} has no masks to evaluate against; use Predict.py for it")
     loader = DataLoader(dataset, batch_size=1, num_workers=workers, collate_fn=collate_pairs)
-    confusion = ConfusionMatrix(state["num_classes"], state.get("ignore_index", 255), device=device)
+    confusion = ConfusionMatrix(described.num_classes, described.ignore_index, device=device)
     for images, masks in tqdm(loader, desc=f"evaluate {split}", disable=not progress, leave=False):
-        probs = predict_probabilities(model, images, state["mean"], state["std"], tta)
+        probs = predict_probabilities(model, images, described.mean, described.std, tta)
         confusion.update(masks.to(device), probs.argmax(1))
     scores = confusion.compute()
     return {"checkpoint": str(checkpoint), "dataset": info["name"], "data_dir": str(data_dir), "split": split,
-            "images": len(dataset), "epoch": state.get("epoch"), "model": state["model_name"],
+            "images": len(dataset), "epoch": described.epoch, "model": described.model_name,
             "tta": {"flip": tta.flip, "scales": list(tta.scales), "window": tta.window,
                     "stride": tta.tile_stride if tta.window else None},
-            "classes": list(state.get("classes") or info["classes"]), **scores}
+            "classes": list(described.classes or info["classes"]), **scores}

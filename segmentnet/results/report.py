@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import DataError, UsageError
-from .evaluation import fmt, write_text
 from ..core.files import atomic_path, check_claimable, check_inside, claim_folder, is_regular, read_json, read_regular
 from ..core.outputs import check_replaceable, refuse_input_data, signature, writing_into
 from ..planning.rules import PLAN_FILE, choice_rows
+from .evaluation import fmt, write_text
 from .visualize import epoch_axis, pyplot, read_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -35,11 +35,9 @@ def load_run(run_dir) -> dict:
     checkpoint = next((run_dir / n for n in ("best.pt", "last.pt") if (run_dir / n).exists()), None)
     parameters, classes = None, None
     if checkpoint is not None:
-        model, state = load_model(checkpoint)
+        model, description = load_model(checkpoint)
         parameters = count_parameters(model)
-        classes = state.get("classes")
-        if not (isinstance(classes, list) and all(isinstance(c, str) for c in classes)):
-            classes = None
+        classes = description.classes
     best = max(records, key=lambda r: r["val_miou"])
     grid = latest_grid(run_dir)
     return {

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..datasets.common import IGNORE_INDEX, save_index_png
 from ..core.errors import DataError
 from ..core.files import MAX_JSON_BYTES, atomic_path, read_regular
 from ..core.jsonfile import loads as json_loads
+from ..datasets.common import IGNORE_INDEX, save_index_png
 
 VOID_COLOUR = (224, 224, 192)   # pixels labelled 255 (ignore), as VOC draws them
 GAP = 4                         # pixels between the pictures of a panel

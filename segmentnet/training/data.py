@@ -16,9 +16,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..core.config import INT64_MAX, entry_problems, is_colours, is_whole
 from ..core.description import RULES as DESCRIPTION_RULES
-from ..datasets.common import IGNORE_INDEX
 from ..core.errors import ConfigError, DataError
 from ..core.files import is_regular, open_regular, read_json
+from ..datasets.common import IGNORE_INDEX
 from .transforms import decode_rgb, eval_transform, train_transform
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

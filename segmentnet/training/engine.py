@@ -14,28 +14,31 @@ import math
 import sys
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from ..core.checkpoint import check_checkpoint, load_checkpoint, save_checkpoint, writing
 from ..core.config import is_number, is_whole
-from .data import DatasetFacts, build_loaders, read_dataset_json
-from ..datasets import DATASETS
-from ..core.distributed import DistEnv, all_reduce_mean, broadcast_buffers, cleanup_distributed, setup_distributed, unwrap
+from ..core.distributed import (DistEnv, all_reduce_mean, broadcast_buffers, cleanup_distributed, setup_distributed,
+                                unwrap)
 from ..core.errors import ConfigError, DataError
 from ..core.files import is_plain, write_text_atomic
-from .losses import LOSSES, build_loss
-from .loops import StopRequest, evaluate, out_of_memory_advice, train_one_epoch
+from ..datasets import DATASETS
 from ..models import MODELS, build_model, model_from_checkpoint, model_option_problems
 from ..planning.plan import PLAN_FILE, plan_table, plan_training
+from ..results.visualize import EpochPictures
+from .data import DatasetFacts, build_loaders, read_dataset_json
+from .loops import EpochResult, StepSettings, StopRequest, evaluate, out_of_memory_advice, train_one_epoch
+from .losses import LOSSES, build_loss
 from .optim import (AMP_DTYPES, CLASS_WEIGHTS, OPTIMIZERS, build_optimizer, class_weights_from_counts, compile_model,
                     make_scaler, optimizer_steps_per_epoch)
-from .resume import check_resumable, restore, training_checkpoint
+from .resume import check_resumable, model_description, restore, training_checkpoint
 from .runs import METRICS, append_metrics, drop_metrics_after, prepare_run_dir, resume_hint
 from .state import MAX_TIME_BUDGET, EpochPace, TrainState
-from ..results.visualize import EpochPictures
 
 
 def check_config(cfg) -> None:
@@ -108,10 +111,74 @@ def train(cfg, given: dict | None = None) -> dict:
         cleanup_distributed()
 
 
+@dataclass
+class Run:
+    """What a training works with, set up once (set_up) and used by every epoch."""
+    cfg: object                     # the run's Config (TrainSegmentNet.Config)
+    env: DistEnv
+    facts: DatasetFacts             # of the dataset's dataset.json
+    description: ModelDescription   # what the checkpoints tell inference of the model
+    model: nn.Module                # the model checkpointed and validated
+    train_model: nn.Module          # the one trained: the model, or DDP's or compile's wrapper of it
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    train_loader: DataLoader
+    val_loader: DataLoader
+    train_sampler: object           # data.ResumableSampler (set_epoch with a start)
+    state: TrainState
+    step: StepSettings              # train_one_epoch's settings
+    pictures: EpochPictures | None  # curves.png and samples/epoch_NNN.png (main process)
+
+    def checkpoint(self) -> dict:
+        return training_checkpoint(self.model, self.optimizer, self.scaler, self.state, self.description)
+
+
 def _train(cfg, env: DistEnv, held: ExitStack | None = None, plan=None) -> dict:
     clock_start = time.time()  # a time budget counts everything from here (and an auto run's planning)
     if plan is not None and not cfg.resume:
         clock_start -= plan.planning_seconds
+    run = set_up(cfg, env, held, plan, clock_start)
+    state, pace, scores = run.state, EpochPace(cfg.val_every), {}
+    cycle_start = time.time()  # an epoch's pace: its training, and the saving after the epoch before
+    with StopRequest() as stop:
+        while state.epoch < state.planned_epochs:
+            if stop.signum is not None:  # it came during validation or a save: last.pt is already current
+                return stopped_by_signal(stop, state, env, scores)
+            run.train_sampler.set_epoch(state.epoch, start=state.step_in_epoch * cfg.batch_size)
+            started, first_batch = time.time(), state.step_in_epoch
+            with out_of_memory_advice(cfg, state, "training", state.epoch + 1):
+                epoch = train_one_epoch(run.train_model, run.train_loader, run.criterion, run.optimizer, run.scaler,
+                                        state, run.step, stop)
+            if not epoch.finished:
+                if env.is_main:
+                    save_checkpoint(run.checkpoint(), state.run_dir / "last.pt")
+                return stopped_by_signal(stop, state, env, scores)
+            seconds = time.time() - started
+            state.finish_epoch()
+            # (scaled up when this epoch was resumed part way)
+            pace.add((time.time() - cycle_start) * state.steps_per_epoch / (state.steps_per_epoch - first_batch))
+            state.epoch_seconds = pace.seconds()
+            if cfg.time_budget > 0:  # refitted before validating, so that the last epoch validates
+                state.fit_to_budget(cfg, state.epoch_seconds, reserve=pace.val_seconds)
+                state.share_plan(env)
+            validating = state.epoch % cfg.val_every == 0 or state.epoch >= state.planned_epochs
+            val_started = time.time()
+            if validating:
+                scores = validate(run)
+            end_of_epoch(run, epoch, seconds, scores if validating else None)
+            if validating:
+                pace.val_seconds = time.time() - val_started  # validation, saving and pictures
+            cycle_start = time.time() if validating else val_started
+    if env.is_main:
+        print(f"final val mIoU {scores.get('miou', float('nan')):.4f} (best {state.best_miou:.4f} at epoch "
+              f"{state.best_epoch}); checkpoints: {state.run_dir / 'last.pt'}, {state.run_dir / 'best.pt'}")
+    return {"run_dir": str(state.run_dir), "interrupted": None, **state.summary(scores)}
+
+
+def set_up(cfg, env: DistEnv, held: ExitStack | None, plan, clock_start: float) -> Run:
+    """The data, the model, the optimiser and the schedule, then the run folder (the last check:
+    nothing is written before it) with config.json (and an auto run's plan.json)."""
     if env.distributed and cfg.sync_bn and env.device.type != "cuda":
         raise ConfigError("sync_bn needs CUDA devices: torch's SyncBatchNorm has no CPU implementation (gloo); "
                           "set sync_bn false when training on CPUs")
@@ -129,7 +196,40 @@ def _train(cfg, env: DistEnv, held: ExitStack | None = None, plan=None) -> dict:
         model = model_from_checkpoint(resume_state, cfg.resume)
     scaler = make_scaler(env.device, cfg.amp, cfg.amp_dtype)  # (a bf16 asked of a GPU without it stops here)
     train_loader, val_loader, train_sampler = build_loaders(cfg, env, root)
+    cfg, model, train_model = place_model(cfg, env, model)
+    criterion = build_loss(cfg.loss, ignore_index=info["ignore_index"],
+                           weight=class_weights(cfg, info, root)).to(env.device)
+    optimizer = build_optimizer(model, cfg)
 
+    steps_per_epoch = len(train_loader)
+    state = TrainState(steps_per_epoch=steps_per_epoch, grad_accum=cfg.grad_accum, lr=cfg.lr, clock_start=clock_start,
+                       warmup_steps=int(optimizer_steps_per_epoch(steps_per_epoch, cfg.grad_accum) * cfg.warmup_epochs),
+                       aux_weights={**getattr(unwrap(model), "aux_weights", {}), **cfg.aux_weights})
+    state.plan_epochs(cfg.epochs)  # with a time budget, refitted after every epoch
+    if resume_state is not None:
+        restore(resume_state, cfg.resume, optimizer, scaler, state, cfg)
+        if cfg.time_budget > 0:
+            state.share_plan(env)
+
+    folder = prepare_run_dir(cfg, env, resume_state, held)  # the last check: nothing is written before it
+    state.run_dir, state.run_id = folder.path, folder.run_id
+    pictures = None
+    if env.is_main:
+        if resume_state is not None:
+            print(f"resuming {cfg.resume}: epoch {state.epoch + 1}, batch {state.step_in_epoch}")
+            drop_metrics_after(folder.path / METRICS, state.epoch)
+        write_run_files(folder, cfg, env, plan)
+        print(f"training {cfg.model} on {cfg.dataset} ({len(train_loader.dataset)} train / "
+              f"{len(val_loader.dataset)} val images) on {env.device}, {env.world_size} process(es), "
+              f"{train_loader.num_workers} loader workers each; run folder {folder.path}")
+        pictures = EpochPictures(folder.path, train_loader.dataset, val_loader.dataset, facts, cfg.tensorboard)
+    return Run(cfg, env, facts, model_description(cfg, facts, folder.run_id), model, train_model, criterion,
+               optimizer, scaler, train_loader, val_loader, train_sampler, state, StepSettings.of(cfg, env, facts),
+               pictures)
+
+
+def place_model(cfg, env: DistEnv, model: nn.Module):
+    """(cfg, the model on the device, the model that trains: wrapped by DDP and compile when asked)."""
     if cfg.channels_last and env.device.type != "cuda":
         if env.is_main:
             print("warning: channels_last is ignored on CPUs: torch's oneDNN crashes (segfault) there in the "
@@ -149,115 +249,71 @@ def _train(cfg, env: DistEnv, held: ExitStack | None = None, plan=None) -> dict:
             model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
     if cfg.compile:
         train_model = compile_model(train_model, env.device)
+    return cfg, model, train_model
 
+
+def class_weights(cfg, info: dict, root: Path):
+    """The loss's class weights from the train split's pixel counts (None for class_weights none)."""
     counts = info["pixel_counts"].get("train")
     if cfg.class_weights != "none" and not (counts and sum(counts)):
         raise DataError(f"{root / 'dataset.json'} has no pixel counts of the train split, which class_weights "
                         f"{cfg.class_weights} needs: run DataSeparate.py again with --force, or set class_weights none")
-    weights = class_weights_from_counts(counts, cfg.class_weights)
-    criterion = build_loss(cfg.loss, ignore_index=info["ignore_index"], weight=weights).to(env.device)
-    optimizer = build_optimizer(model, cfg)
+    return class_weights_from_counts(counts, cfg.class_weights)
 
-    steps_per_epoch = len(train_loader)
-    state = TrainState(steps_per_epoch=steps_per_epoch, grad_accum=cfg.grad_accum, lr=cfg.lr, clock_start=clock_start,
-                       warmup_steps=int(optimizer_steps_per_epoch(steps_per_epoch, cfg.grad_accum) * cfg.warmup_epochs),
-                       aux_weights={**getattr(unwrap(model), "aux_weights", {}), **cfg.aux_weights})
-    state.plan_epochs(cfg.epochs)  # with a time budget, refitted after every epoch
-    if resume_state is not None:
-        restore(resume_state, cfg.resume, optimizer, scaler, state, cfg)
-        if cfg.time_budget > 0:
-            state.share_plan(env)
 
-    folder = prepare_run_dir(cfg, env, resume_state, held)  # the last check: nothing is written before it
-    run_dir = state.run_dir = folder.path
-    state.run_id = folder.run_id
-    if env.is_main and resume_state is not None:
-        print(f"resuming {cfg.resume}: epoch {state.epoch + 1}, batch {state.step_in_epoch}")
-        drop_metrics_after(run_dir / METRICS, state.epoch)
-    if env.is_main:
-        config = dataclasses.asdict(cfg) | {"run_dir": str(run_dir), "world_size": env.world_size,
-                                            "run_id": folder.run_id, "forked_from": folder.forked_from}
-        with writing(run_dir / "config.json", then=resume_hint(run_dir)):
-            write_text_atomic(run_dir / "config.json", json.dumps(config, indent=1))
-        if plan is not None:
-            with writing(run_dir / PLAN_FILE, then=resume_hint(run_dir)):
-                write_text_atomic(run_dir / PLAN_FILE, json.dumps(plan.as_dict(), indent=1))
-            print(plan_table(plan))
-        print(f"training {cfg.model} on {cfg.dataset} ({len(train_loader.dataset)} train / "
-              f"{len(val_loader.dataset)} val images) on {env.device}, {env.world_size} process(es), "
-              f"{train_loader.num_workers} loader workers each; run folder {run_dir}")
+def write_run_files(folder, cfg, env: DistEnv, plan) -> None:
+    """config.json (the settings, where the run is) and an auto run's plan.json, printed as a table."""
+    run_dir = folder.path
+    config = dataclasses.asdict(cfg) | {"run_dir": str(run_dir), "world_size": env.world_size,
+                                        "run_id": folder.run_id, "forked_from": folder.forked_from}
+    with writing(run_dir / "config.json", then=resume_hint(run_dir)):
+        write_text_atomic(run_dir / "config.json", json.dumps(config, indent=1))
+    if plan is not None:
+        with writing(run_dir / PLAN_FILE, then=resume_hint(run_dir)):
+            write_text_atomic(run_dir / PLAN_FILE, json.dumps(plan.as_dict(), indent=1))
+        print(plan_table(plan))
 
-    last_scores: dict = {}
-    if env.is_main:  # curves.png and samples/epoch_NNN.png after every epoch
-        pictures = EpochPictures(run_dir, train_loader.dataset, val_loader.dataset, facts, cfg.tensorboard)
-    pace = EpochPace(cfg.val_every)
-    cycle_start = time.time()  # an epoch's pace: its training, and the saving after the epoch before
-    with StopRequest() as stop:
-        while state.epoch < state.planned_epochs:
-            if stop.signum is not None:  # it came during validation or a save: last.pt is already current
-                return stopped_by_signal(stop, state, env, last_scores)
-            train_sampler.set_epoch(state.epoch, start=state.step_in_epoch * cfg.batch_size)
-            started, state.data_wait_seconds, first_batch = time.time(), 0.0, state.step_in_epoch
-            with out_of_memory_advice(cfg, state, "training", state.epoch + 1):
-                train_loss, seen, finished = train_one_epoch(train_model, train_loader, criterion, optimizer,
-                                                             scaler, state, facts, cfg, env, stop)
-            if not finished:
-                if env.is_main:
-                    save_checkpoint(training_checkpoint(model, optimizer, scaler, state, facts, cfg),
-                                    run_dir / "last.pt")
-                return stopped_by_signal(stop, state, env, last_scores)
-            elapsed = time.time() - started
-            train_loss = all_reduce_mean(train_loss, env)
-            state.epoch += 1
-            state.step_in_epoch = 0
-            state.epoch_losses = []
-            # (scaled up when this epoch was resumed part way)
-            pace.add((time.time() - cycle_start) * steps_per_epoch / (steps_per_epoch - first_batch))
-            state.epoch_seconds = pace.seconds()
-            if cfg.time_budget > 0:  # refitted before validating, so that the last epoch validates
-                state.fit_to_budget(cfg, state.epoch_seconds, reserve=pace.val_seconds)
-                state.share_plan(env)
-            validating = state.epoch % cfg.val_every == 0 or state.epoch >= state.planned_epochs
-            val_started = time.time()
-            if validating:
-                broadcast_buffers(model, env)  # every rank validates rank 0's model, the one checkpointed
-                with out_of_memory_advice(cfg, state, "validation", state.epoch):
-                    last_scores = evaluate(model, val_loader, facts.num_classes, env, facts.mean, facts.std,
-                                           criterion, cfg.amp, amp_dtype=cfg.amp_dtype)
-            improved = validating and last_scores["miou"] > state.best_miou
-            if improved:
-                state.best_miou, state.best_epoch = last_scores["miou"], state.epoch
-            if env.is_main:
-                record = {"epoch": state.epoch, "train_loss": train_loss, "lr": state.lr, "epoch_seconds": elapsed,
-                          "images_per_second": seen * env.world_size / max(elapsed, 1e-9),
-                          "nonfinite_steps": state.nonfinite_steps,
-                          "data_wait_fraction": state.data_wait_seconds / max(elapsed, 1e-9),
-                          "elapsed_seconds": state.elapsed_seconds()}
-                if validating:  # metrics.jsonl holds the validated epochs
-                    record.update(val_loss=last_scores["loss"], val_miou=last_scores["miou"],
-                                  val_pixel_acc=last_scores["pixel_acc"],
-                                  val_mean_class_acc=last_scores["mean_class_acc"],
-                                  val_per_class_iou=last_scores["per_class_iou"])
-                    with writing(run_dir / METRICS, then=resume_hint(run_dir)):
-                        append_metrics(run_dir / METRICS, record)
-                checkpoint = training_checkpoint(model, optimizer, scaler, state, facts, cfg)
-                save_checkpoint(checkpoint, run_dir / "last.pt")
-                if improved:
-                    save_checkpoint(checkpoint, run_dir / "best.pt")
-                scores_text = (f"val loss {last_scores['loss']:.4f}, val mIoU {last_scores['miou']:.4f}, "
-                               f"pixel acc {last_scores['pixel_acc']:.4f}, " if validating else "")
-                print(f"epoch {state.epoch}/{state.planned_epochs}: train loss {train_loss:.4f}, {scores_text}"
-                      f"lr {state.lr:.2e}, {elapsed:.1f}s")
-                if validating:
-                    with writing(run_dir / "samples", then=resume_hint(run_dir)):  # (and curves.png)
-                        pictures.write(model, state.epoch, record)
-            if validating:
-                pace.val_seconds = time.time() - val_started  # validation, saving and pictures
-            cycle_start = time.time() if validating else val_started
-    if env.is_main:
-        print(f"final val mIoU {last_scores.get('miou', float('nan')):.4f} (best {state.best_miou:.4f} at epoch "
-              f"{state.best_epoch}); checkpoints: {run_dir / 'last.pt'}, {run_dir / 'best.pt'}")
-    return {"run_dir": str(run_dir), "interrupted": None, **state.summary(last_scores)}
+
+def validate(run: Run) -> dict:
+    """Full-size validation of the model checkpointed; the best score so far kept in the state."""
+    broadcast_buffers(run.model, run.env)  # every rank validates rank 0's model, the one checkpointed
+    with out_of_memory_advice(run.cfg, run.state, "validation", run.state.epoch):
+        scores = evaluate(run.model, run.val_loader, run.facts.num_classes, run.env, run.facts.mean, run.facts.std,
+                          run.criterion, run.cfg.amp, amp_dtype=run.cfg.amp_dtype)
+    return scores
+
+
+def end_of_epoch(run: Run, epoch: EpochResult, seconds: float, scores: dict | None) -> None:
+    """After an epoch (scores: its validation's, or None): the record in metrics.jsonl, the line
+    printed, last.pt (and best.pt when the score improved) and the pictures."""
+    state, env = run.state, run.env
+    train_loss = all_reduce_mean(epoch.loss, env)
+    improved = scores is not None and scores["miou"] > state.best_miou
+    if improved:
+        state.best_miou, state.best_epoch = scores["miou"], state.epoch
+    if not env.is_main:
+        return
+    run_dir = state.run_dir
+    record = {"epoch": state.epoch, "train_loss": train_loss, "lr": state.lr,
+              "epoch_seconds": seconds, "images_per_second": epoch.images * env.world_size / max(seconds, 1e-9),
+              "nonfinite_steps": state.nonfinite_steps, "data_wait_fraction": epoch.data_wait_seconds / max(seconds, 1e-9),
+              "elapsed_seconds": state.elapsed_seconds()}
+    if scores is not None:  # metrics.jsonl holds the validated epochs
+        record.update(val_loss=scores["loss"], val_miou=scores["miou"], val_pixel_acc=scores["pixel_acc"],
+                      val_mean_class_acc=scores["mean_class_acc"], val_per_class_iou=scores["per_class_iou"])
+        with writing(run_dir / METRICS, then=resume_hint(run_dir)):
+            append_metrics(run_dir / METRICS, record)
+    checkpoint = run.checkpoint()
+    save_checkpoint(checkpoint, run_dir / "last.pt")
+    if improved:
+        save_checkpoint(checkpoint, run_dir / "best.pt")
+    scores_text = (f"val loss {scores['loss']:.4f}, val mIoU {scores['miou']:.4f}, pixel acc {scores['pixel_acc']:.4f}, "
+                   if scores is not None else "")
+    print(f"epoch {state.epoch}/{state.planned_epochs}: train loss {train_loss:.4f}, {scores_text}"
+          f"lr {state.lr:.2e}, {seconds:.1f}s")
+    if scores is not None:
+        with writing(run_dir / "samples", then=resume_hint(run_dir)):  # (and curves.png)
+            run.pictures.write(run.model, state.epoch, record)
 
 
 def stopped_by_signal(stop: StopRequest, state: TrainState, env: DistEnv, scores: dict) -> dict:

@@ -6,16 +6,16 @@ from __future__ import annotations
 import signal
 import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import DatasetFacts
 from ..core.distributed import DistEnv, all_ranks_agree
 from ..core.errors import ConfigError, NonFiniteLossError
 from ..results.metrics import ConfusionMatrix
+from .data import DatasetFacts
 from .optim import accumulation_window, autocast_settings, lr_at, optimizer_step
 from .runs import resume_hint
 from .state import TrainState
@@ -86,66 +86,87 @@ def out_of_memory_advice(cfg, state: TrainState, during: str, epoch: int):
 
 
 
-def train_one_epoch(model, loader, criterion, optimizer, scaler, state: TrainState, facts: DatasetFacts, cfg,
-                    env: DistEnv, stop: StopRequest):
-    """One pass over the training data (from state.step_in_epoch on). Returns (mean loss, images seen,
-    finished: bool); False when `stop` asked for a stop inside the epoch."""
+@dataclass(frozen=True)
+class StepSettings:
+    """What an optimiser step takes from the config, the dataset and the machine (train_one_epoch's)."""
+    env: DistEnv                        # the device and the processes
+    autocast_dtype: torch.dtype | None  # None: float32
+    mean: tuple                         # the dataset's normalisation
+    std: tuple
+    lr: float                           # the peak of the schedule (optim.lr_at)
+    poly_power: float
+    grad_accum: int                     # batches per optimiser step
+    channels_last: bool
+    skip_nonfinite: bool                # skip a step whose loss is NaN or infinite instead of stopping
+    progress: bool                      # show a progress bar (on the main process)
+
+    @classmethod
+    def of(cls, cfg, env: DistEnv, facts: DatasetFacts) -> StepSettings:
+        return cls(env, autocast_settings(env.device, cfg.amp, cfg.amp_dtype)[0], facts.mean, facts.std, cfg.lr,
+                   cfg.poly_power, cfg.grad_accum, cfg.channels_last, cfg.skip_nonfinite, cfg.progress and env.is_main)
+
+
+@dataclass
+class EpochResult:
+    loss: float                # mean training loss of the epoch's finite steps (this process)
+    images: int                # images this process trained on
+    data_wait_seconds: float   # time the loop waited for the loader (the device sat idle)
+    finished: bool             # False: a stop request ended it part way (the state says where)
+
+
+def train_one_epoch(model, loader, criterion, optimizer, scaler, state: TrainState, settings: StepSettings,
+                    stop: StopRequest) -> EpochResult:
+    """One pass over the training data, from state.step_in_epoch on; the state advances by each step
+    (TrainState.count_step). Stops after a whole optimiser step when `stop` asks for it."""
     from tqdm import tqdm
 
     model.train()
-    device = env.device
-    dtype, _ = autocast_settings(device, cfg.amp, cfg.amp_dtype)
-    losses, seen = state.epoch_losses, 0  # carried in the checkpoint across a stop
-    bar = tqdm(loader, desc=f"epoch {state.epoch + 1}/{state.planned_epochs}", disable=not env.is_main or not cfg.progress,
+    device, distributed = settings.env.device, settings.env.distributed
+    bar = tqdm(loader, desc=f"epoch {state.epoch + 1}/{state.planned_epochs}", disable=not settings.progress,
                leave=False, initial=state.step_in_epoch, total=state.step_in_epoch + len(loader))
-    steps_per_epoch = state.steps_per_epoch
+    images_seen, data_wait = 0, 0.0
     fetch_started = time.perf_counter()
     for images, masks in bar:
         # Time blocked here is time the device sat idle (loss.item() below waits for each step).
-        state.data_wait_seconds += time.perf_counter() - fetch_started
-        images = normalize(images.to(device, non_blocking=True), facts.mean, facts.std)
+        data_wait += time.perf_counter() - fetch_started
+        images = normalize(images.to(device, non_blocking=True), settings.mean, settings.std)
         masks = masks.to(device, non_blocking=True)
-        if cfg.channels_last:
+        if settings.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        step, window, last_micro = accumulation_window(state.epoch, state.step_in_epoch, steps_per_epoch,
-                                                       cfg.grad_accum)
-        lr = lr_at(step, state.total_steps, state.warmup_steps, cfg.lr, cfg.poly_power)
+        step, window, last_micro = accumulation_window(state.epoch, state.step_in_epoch, state.steps_per_epoch,
+                                                       settings.grad_accum)
+        lr = lr_at(step, state.total_steps, state.warmup_steps, settings.lr, settings.poly_power)
         for group in optimizer.param_groups:
             group["lr"] = lr
         # Between optimiser steps DDP need not all-reduce gradients: forward and backward under no_sync.
-        with model.no_sync() if env.distributed and not last_micro else nullcontext():
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        with model.no_sync() if distributed and not last_micro else nullcontext():
+            with torch.autocast(device.type, dtype=settings.autocast_dtype, enabled=settings.autocast_dtype is not None):
                 loss = compute_loss(model(images), masks, criterion, state.aux_weights)
             # All ranks take the same decisions (skip the step, stop for a signal), or they would deadlock.
             finite, keep_going = all_ranks_agree(
-                [torch.isfinite(loss.detach()), torch.tensor(stop.signum is None, device=device)], env)
+                [torch.isfinite(loss.detach()), torch.tensor(stop.signum is None, device=device)], settings.env)
             if finite:
                 scaler.scale(loss / window).backward()  # (a disabled scaler returns the loss as it is)
         if not finite:
-            state.nonfinite_steps += 1
-            if not cfg.skip_nonfinite:
+            if not settings.skip_nonfinite:
                 raise NonFiniteLossError(
                     f"loss is {loss.item()} at step {state.global_step + 1} (epoch {state.epoch + 1}, batch "
-                    f"{state.step_in_epoch + 1}){' in one of the processes' if env.distributed else ''}: lower lr, "
-                    f"check the data, or set skip_nonfinite true, then {resume_hint(state.run_dir)}")
+                    f"{state.step_in_epoch + 1}){' in one of the processes' if distributed else ''}: lower "
+                    f"lr, check the data, or set skip_nonfinite true, then {resume_hint(state.run_dir)}")
             optimizer.zero_grad(set_to_none=True)
-        else:
-            if last_micro:
-                optimizer_step(optimizer, scaler)
-            losses.append(loss.item())
-        seen += images.shape[0]
-        state.global_step += 1
-        state.step_in_epoch += 1
-        state.lr = lr
-        bar.set_postfix(loss=f"{losses[-1] if losses else float('nan'):.4f}", lr=f"{lr:.2e}")
+        elif last_micro:
+            optimizer_step(optimizer, scaler)
+        state.count_step(lr, loss.item() if finite else None)
+        images_seen += images.shape[0]
+        bar.set_postfix(loss=f"{state.epoch_losses[-1] if state.epoch_losses else float('nan'):.4f}", lr=f"{lr:.2e}")
         if not keep_going:
             stop.signum = stop.signum or signal.SIGTERM  # another rank got the signal
         # Stop after a whole optimiser step (nothing half-accumulated); at the epoch's last batch, only
         # after its validation and save (a checkpoint says "epoch N + 1, batch 0", never "batch N of N").
-        if stop.signum is not None and last_micro and state.step_in_epoch < steps_per_epoch:
-            return float(np.mean(losses)) if losses else float("nan"), seen, False
+        if stop.signum is not None and last_micro and state.step_in_epoch < state.steps_per_epoch:
+            return EpochResult(state.epoch_loss(), images_seen, data_wait, finished=False)
         fetch_started = time.perf_counter()
-    return float(np.mean(losses)) if losses else float("nan"), seen, True
+    return EpochResult(state.epoch_loss(), images_seen, data_wait, finished=True)
 
 
 @torch.no_grad()

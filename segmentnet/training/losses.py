@@ -14,11 +14,11 @@ Pixels labelled ignore_index take part in none of them; `weight` (per class) wei
 """
 from __future__ import annotations
 
-from ..core.errors import UnknownNameError
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..core.errors import UnknownNameError
 
 EPS = 1e-7
 

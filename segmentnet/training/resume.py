@@ -6,33 +6,33 @@ import dataclasses
 
 import torch
 
+from ..core.checkpoint import clean_state_dict
 from ..core.config import is_number
-from .data import DatasetFacts
-from ..datasets.common import IGNORE_INDEX
+from ..core.description import ModelDescription
 from ..core.distributed import unwrap
 from ..core.errors import DataError
+from ..datasets.common import IGNORE_INDEX
 from ..models.legacy import LAST_RELEASE, upgrade
-from ..core.checkpoint import clean_state_dict
+from .data import DatasetFacts
 from .state import TrainState
 
 OPTIMIZER_STATE = {"adamw": ("step", "exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer",)}
 FIT_HINT = "Resume with the settings it was trained with (see its config.json), or start a new run."
 
 
-def training_checkpoint(model, optimizer, scaler, state: TrainState, facts: DatasetFacts, cfg) -> dict:
+def model_description(cfg, facts: DatasetFacts, run_id: str | None) -> ModelDescription:
+    """What the run's checkpoints tell inference of the model (checked once, when the run starts)."""
+    return ModelDescription.read({
+        "model_name": cfg.model, "model_options": dict(cfg.model_options), "num_classes": facts.num_classes,
+        "classes": list(facts.classes), "palette": [list(c) for c in facts.palette], "mean": list(facts.mean),
+        "std": list(facts.std), "ignore_index": IGNORE_INDEX, "dataset": cfg.dataset, "run_id": run_id,
+        "config": dataclasses.asdict(cfg)}, f"the description of run {run_id}")
+
+
+def training_checkpoint(model, optimizer, scaler, state: TrainState, description: ModelDescription) -> dict:
     return {
         "model": unwrap(model).state_dict(),
-        "run_id": state.run_id,
-        "model_name": cfg.model,
-        "model_options": dict(cfg.model_options),
-        "num_classes": facts.num_classes,
-        "classes": list(facts.classes),
-        "palette": [list(c) for c in facts.palette],
-        "mean": list(facts.mean),
-        "std": list(facts.std),
-        "ignore_index": IGNORE_INDEX,
-        "dataset": cfg.dataset,
-        "config": dataclasses.asdict(cfg),
+        **description.entries(),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         **state.state_dict(),
@@ -44,29 +44,30 @@ def training_checkpoint(model, optimizer, scaler, state: TrainState, facts: Data
 def check_resumable(state: dict, cfg, num_classes: int, path) -> None:
     """A checkpoint that check_checkpoint let through, but that this run cannot continue: written by
     an older release, or of another model, dataset, optimiser or (inside an epoch) batch size."""
+    described = ModelDescription.read(state, f"checkpoint {path}")
     weights = clean_state_dict(state["model"])
-    if upgrade(state["model_name"], state["model_options"], weights, path)[1] is not weights:
+    if upgrade(described.model_name, described.model_options, weights, path)[1] is not weights:
         raise DataError(f"checkpoint {path} was written by release {LAST_RELEASE} or before, whose "
                         f"models this release rebuilds on torchvision: Evaluate.py and Predict.py read it, "
                         f"but resuming its training needs that release (git checkout {LAST_RELEASE})")
     problems = []
-    if state.get("model_name") != cfg.model:
-        problems.append(f"it is a {state.get('model_name')!r} model, this run trains {cfg.model!r}")
-    if state.get("num_classes") != num_classes:
-        problems.append(f"it has {state.get('num_classes')} classes, the dataset {cfg.dataset!r} has {num_classes}")
-    if state.get("model_options", {}) != dict(cfg.model_options):
-        problems.append(f"its model_options are {state.get('model_options')}, this run's are {cfg.model_options}")
-    if state.get("dataset", cfg.dataset) != cfg.dataset:
-        problems.append(f"it was trained on {state.get('dataset')!r}, this run uses {cfg.dataset!r}")
-    trained_batch = state.get("config", {}).get("batch_size", cfg.batch_size)
+    if described.model_name != cfg.model:
+        problems.append(f"it is a {described.model_name!r} model, this run trains {cfg.model!r}")
+    if described.num_classes != num_classes:
+        problems.append(f"it has {described.num_classes} classes, the dataset {cfg.dataset!r} has {num_classes}")
+    if described.model_options != dict(cfg.model_options):
+        problems.append(f"its model_options are {described.model_options}, this run's are {cfg.model_options}")
+    if described.dataset != cfg.dataset:
+        problems.append(f"it was trained on {described.dataset!r}, this run uses {cfg.dataset!r}")
+    trained_batch = described.config.get("batch_size", cfg.batch_size)
     if state.get("step_in_epoch") and trained_batch != cfg.batch_size:
         problems.append(f"it stopped inside an epoch with batch_size {trained_batch}, this run's is "
                         f"{cfg.batch_size} (the batches already done would not line up)")
     if problems:
         hint = ("It was planned by --auto: resume it with --auto true, which takes the settings of its plan"
-                if state.get("config", {}).get("auto") is True and not getattr(cfg, "auto", False) else FIT_HINT)
+                if described.config.get("auto") is True and not getattr(cfg, "auto", False) else FIT_HINT)
         raise DataError(f"checkpoint {path} does not fit this run: " + "; ".join(problems) + ". " + hint)
-    trained_with = state["config"].get("optimizer", cfg.optimizer)
+    trained_with = described.config.get("optimizer", cfg.optimizer)
     if trained_with != cfg.optimizer:
         raise DataError(f"checkpoint {path} does not fit this run: it was trained with optimizer {trained_with!r}, "
                         f"this run uses {cfg.optimizer!r} (their states differ). " + FIT_HINT)

@@ -29,7 +29,8 @@ from pathlib import Path
 from ..core.checkpoint import read_progress, writing
 from ..core.distributed import DistEnv, broadcast_from_main
 from ..core.errors import ConfigError, DataError, SegmentNetError
-from ..core.files import MAX_JSON_BYTES, OWNER_FILE, mark_owned, open_no_follow, owner_of, read_regular, write_text_atomic
+from ..core.files import (MAX_JSON_BYTES, OWNER_FILE, mark_owned, open_no_follow, owner_of, read_regular,
+                          write_text_atomic)
 from ..core.jsonfile import loads as json_loads
 from ..core.outputs import refuse_input_data
 from ..results import visualize

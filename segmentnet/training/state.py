@@ -35,7 +35,6 @@ class TrainState:
     global_step: int = 0              # batches done since the training began
     lr: float = 0.0                   # the learning rate of the last step
     epoch_losses: list = field(default_factory=list)  # train losses of the epoch's steps so far
-    data_wait_seconds: float = 0.0    # of the epoch: time the loop waited for the loader (the device sat idle)
     nonfinite_steps: int = 0          # steps skipped for a NaN or infinite loss
     best_miou: float = -1.0
     best_epoch: int = -1
@@ -46,6 +45,25 @@ class TrainState:
     # the run folder, once claimed (runs.prepare_run_dir)
     run_dir: Path | None = None
     run_id: str | None = None
+
+    def count_step(self, lr: float, loss: float | None) -> None:
+        """A batch done at learning rate `lr`; its loss, or None for a step skipped as not finite."""
+        self.global_step += 1
+        self.step_in_epoch += 1
+        self.lr = lr
+        if loss is None:
+            self.nonfinite_steps += 1
+        else:
+            self.epoch_losses.append(loss)
+
+    def epoch_loss(self) -> float:
+        """The mean loss of the epoch's finite steps so far (NaN before any)."""
+        return sum(self.epoch_losses) / len(self.epoch_losses) if self.epoch_losses else float("nan")
+
+    def finish_epoch(self) -> None:
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.epoch_losses = []
 
     def elapsed_seconds(self) -> float:
         return self.elapsed_before + time.time() - self.clock_start
