@@ -1,10 +1,11 @@
-# Two entry points for a fresh machine: `make demo` and `make test`.
+# Entry points for a fresh machine: `make demo`, `make test` (quick: after every change) and
+# `make test-all` (everything: what CI runs).
 # Each creates the virtual environment .venv from requirements.txt on first use.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test clean readme-pictures
+.PHONY: demo test test-all clean readme-pictures
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +32,17 @@ readme-pictures: $(VENV)/.installed
 	test -f demo/run/curves.png || $(MAKE) demo
 	$(PY) docs/readme_pictures.py demo/run docs/images
 
+PYTEST := $(PY) -m pytest -q --numprocesses=auto --maxprocesses=4 --dist worksteal
+
+# The quick tier: every model built, run and trained at a tiny size, one ONNX export per model family,
+# and every other behaviour but the tests marked slow (tests/conftest.py).
 test: $(VENV)/.installed
-	$(PY) -m pytest -q --numprocesses=auto --maxprocesses=4 --dist worksteal tests
+	$(PYTEST) -m "not slow" tests
+
+# Everything: every model exported and trained under half precision, the encoder x decoder matrix,
+# the killed and signalled processes, torchrun.
+test-all: $(VENV)/.installed
+	$(PYTEST) tests
 
 clean:
 	rm -rf demo $(VENV)

@@ -265,3 +265,7 @@ def bomb_png(path: Path, width: int = 30000, height: int = 30000) -> Path:
     """An RGB PNG file declaring width x height pixels: a decompression bomb."""
     path.write_bytes(png_declaring(width, height, rgb=True))
     return path
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: in `make test-all` (and CI) only, not in the quick `make test`")

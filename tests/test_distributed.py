@@ -140,6 +140,7 @@ def single_process_scores(data: Path, state: dict, indices=None) -> dict:
                         build_loss(state["config"]["loss"]))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32" or not torch.distributed.is_available(), reason="needs gloo")
 def test_torchrun_two_processes_validate_like_one(ddp_voc, tmp_path):
     out = tmp_path / "run"

@@ -82,6 +82,7 @@ def metrics(run_dir: Path) -> list[dict]:
     return [{k: json.loads(line)[k] for k in keep} for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_signals_and_sigkill_leave_a_run_that_resumes_to_the_same_result(smaller_voc, launcher, tmp_path):
     train(config(smaller_voc, tmp_path / "full"))
     full = load_checkpoint(tmp_path / "full" / "last.pt")

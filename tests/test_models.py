@@ -1,124 +1,33 @@
-"""Every registered model: logits at the input's size, gradients, auxiliary outputs, one epoch of training."""
+"""The models one by one (FCN's crops, ICNet's pooling, SegNet's and torchvision's parameter counts, the earlier
+release's checkpoints), and every decoder over every encoder. What every registered model must do: test_registry.py."""
 from __future__ import annotations
-
-from copy import deepcopy
 
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from conftest import tiny_train_config
+from model_cases import NUM_CLASSES, check_forward_backward_step_and_state_dict, small_model
 
 from segmentnet.core.errors import ConfigError
 from segmentnet.models import ENCODERS, MODELS, build_model
 from segmentnet.models.compose import DECODERS, from_torchvision
 from segmentnet.models.fcn import upsampling
-from segmentnet.training.engine import train
-from segmentnet.training.loops import compute_loss
-from segmentnet.training.losses import LOSSES, build_loss
 
-# Every registered model at small settings (torchvision's encoders have their own widths; small
-# inputs keep them quick), and every decoder over every encoder (at output stride 32 where the encoder
-# cannot dilate, the one stride it fits).
-SMALL_OPTIONS = {
-    "segmentnet": {"width": 8, "depth": 2, "blocks": 1},
-    "unet": {"encoder": "resnet18"},
-    "fpn": {"encoder": "resnet18"},
-    "deeplabv3": {"encoder": "resnet18", "aux": True},
-    "deeplabv3plus": {"encoder": "mobilenet_v3_large"},
-    "fcn": {"encoder": "resnet18"},
-    "fcn32s": {"width": 8, "fc_width": 32},
-    "fcn16s": {"width": 8, "fc_width": 32, "encoder": "vgg19"},
-    "fcn8s": {"width": 8, "fc_width": 32},
-    "segnet": {"width": 8},
-    "icnet": {},
-    "fcn_resnet50": {},
-    "fcn_resnet101": {},
-    "deeplabv3_resnet50": {},
-    "deeplabv3_resnet101": {"aux": False},
-    "hypercolumn_vgg16": {"width": 8, "hidden": 16},
-    "hypercolumn_squeezenet": {"hidden": 16},
-}
+# Every decoder over every encoder (at output stride 32 where the encoder cannot dilate, the one
+# stride it fits), and the seeds' models over other encoders than their own.
 PAIRS = [(decoder, {"encoder": encoder} | ({} if ENCODERS[encoder].dilatable or DECODERS[decoder].output_stride == 32
                                              else {"output_stride": 32}))
          for decoder in DECODERS for encoder in ENCODERS]
 SEEDS = [("fcn8s", {"encoder": "vgg19", "fc_width": 32}), ("segnet", {}), ("icnet", {"encoder": "resnet101"}),
          ("deeplabv3", {"encoder": "resnet50", "output_stride": 16}), ("unet", {"encoder": "resnet34", "output_stride": 8})]
-NUM_CLASSES = 5
+MATRIX = PAIRS + SEEDS  # (the registered models at their small options: test_registry.py)
 
 
-def small_model(name: str, options=None) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return build_model(name, NUM_CLASSES, **(SMALL_OPTIONS[name] if options is None else options))
-
-
-def test_every_model_has_small_test_options():
-    assert set(SMALL_OPTIONS) == set(MODELS)
-
-
-def grads_of(model, loss) -> dict[str, torch.Tensor]:
-    model.zero_grad(set_to_none=True)
-    loss.backward(retain_graph=True)
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-CASES = [(name, SMALL_OPTIONS[name]) for name in sorted(MODELS)] + PAIRS + SEEDS
-
-
-@pytest.mark.parametrize("name,options", CASES, ids=[f"{n}-{o.get('encoder', '')}-{o.get('output_stride', '')}"
-                                                     for n, o in CASES])
-def test_forward_backward_step_and_state_dict_at_odd_sizes(name, options):
-    model = small_model(name, options).train()
-    images = torch.randn(2, 3, 35, 47)
-    target = torch.randint(0, NUM_CLASSES, (2, 35, 47))
-    target[:, :5] = 255  # an ignored border
-    outputs = model(images)
-    aux_weights = getattr(model, "aux_weights", {})
-    if aux_weights:
-        assert isinstance(outputs, dict) and set(outputs) == {"out", *aux_weights}
-        assert all(w > 0 for w in aux_weights.values())
-    main = outputs["out"] if isinstance(outputs, dict) else outputs
-    assert main.shape == (2, NUM_CLASSES, 35, 47)
-
-    criterion = build_loss("ce")
-    total = compute_loss(outputs, target, criterion, aux_weights)
-    full_grads = grads_of(model, total)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert set(full_grads) == trainable, f"no gradient for {sorted(trainable - set(full_grads))[:5]}"
-    assert all(torch.isfinite(g).all() for g in full_grads.values())
-    if aux_weights:  # the auxiliary losses add to the loss and reach weights the main output does not use
-        main_loss = criterion(main, target)
-        assert total.item() > main_loss.item()
-        main_grads = grads_of(model, main_loss)
-        aux_only = [n for n, g in full_grads.items()
-                    if g.abs().sum() > 0 and (n not in main_grads or main_grads[n].abs().sum() == 0)]
-        assert aux_only, "the auxiliary outputs do not reach any weight of their own"
-    for loss_name in LOSSES:  # trainable with every loss
-        assert torch.isfinite(compute_loss(outputs, target, build_loss(loss_name), aux_weights))
-
-    # one training step (with the full loss's gradients) moves the weights and keeps them finite
-    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    for n, p in model.named_parameters():
-        p.grad = full_grads.get(n)
-    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01).step()
-    moved = [n for n, p in model.named_parameters() if n in before and not torch.equal(p, before[n])]
-    assert moved and all(torch.isfinite(p).all() for p in model.parameters())
-
-    model.eval()
-    image = torch.randn(1, 3, 33, 41)
-    with torch.no_grad():
-        logits = model(image)
-    assert isinstance(logits, torch.Tensor) and logits.shape == (1, NUM_CLASSES, 33, 41)
-    # the state_dict round trip: a copy whose every weight and buffer is redrawn gives the same logits
-    # once the state_dict is loaded (nothing that shapes the output is left out of it)
-    copy = deepcopy(model)
-    with torch.no_grad():
-        for tensor in [*copy.parameters(), *copy.buffers()]:
-            tensor.copy_(torch.rand_like(tensor.float()).to(tensor.dtype) if tensor.is_floating_point()
-                         else tensor + 1)
-    copy.load_state_dict(model.state_dict())
-    with torch.no_grad():  # (a deep random net in eval mode after one step may overflow: NaN equals NaN here)
-        torch.testing.assert_close(copy.eval()(image), logits, rtol=0, atol=0, equal_nan=True)
+@pytest.mark.slow
+@pytest.mark.parametrize("name,options", MATRIX, ids=[f"{n}-{o.get('encoder', '')}-{o.get('output_stride', '')}"
+                                                      for n, o in MATRIX])
+def test_every_decoder_over_every_encoder_runs_and_trains_at_odd_sizes(name, options):
+    check_forward_backward_step_and_state_dict(name, options)
 
 
 @pytest.mark.parametrize("size", [(1, 1), (32, 32), (31, 64), (45, 17)])
@@ -274,16 +183,6 @@ def test_unknown_option_lists_the_choices():
         build_model("fcn8s", 21, encoder="resnet50")
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_every_model_trains_one_epoch(name, smaller_voc, tmp_path):
-    cfg = tiny_train_config(smaller_voc, tmp_path / "run", model=name, model_options=SMALL_OPTIONS[name],
-                            crop_size=32, batch_size=4, optimizer="sgd", loss="ce")
-    summary = train(cfg)
-    assert summary["epoch"] == 1 and summary["nonfinite_steps"] == 0
-    assert 0 <= summary["final_scores"]["miou"] <= 1
-    assert (tmp_path / "run" / "last.pt").exists()
-
-
 # ----------------------------------------------------------------------------- the earlier release's checkpoints
 
 
@@ -371,28 +270,6 @@ def test_icnets_pyramid_pooling_equals_adaptive_average_pooling(shape):
     x = torch.randn(shape)
     for bins in (1, 2, 3, 6):
         torch.testing.assert_close(adaptive_avg_pool(x, bins), F.adaptive_avg_pool2d(x, bins), atol=1e-6, rtol=1e-6)
-
-
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_every_model_checks_the_type_and_range_of_its_options(name):
-    import inspect
-
-    from segmentnet.core.errors import ConfigError
-    from segmentnet.models import model_option_problems
-
-    options = [p for p in inspect.signature(MODELS[name]).parameters if p not in ("self", "num_classes")]
-    numeric = [o for o in ("width", "output_stride", "fc_width", "hidden") if o in options]
-    assert numeric or set(options) <= {"encoder", "encoder_weights", "weights", "aux"}, options  # (names, a switch)
-    for option in options:  # no option takes a JSON object
-        problems = model_option_problems(name, {option: {"x": 1}})
-        assert len(problems) == 1 and problems[0].startswith(f"model_options {option} of model {name!r} must be ")
-        assert problems[0].endswith("got {'x': 1}"), problems
-    for option in numeric[:1]:
-        for value in ("32", -1, 2.5, 10 ** 6):
-            problems = model_option_problems(name, {option: value})
-            assert len(problems) == 1 and problems[0].startswith(f"model_options {option} of model {name!r} must be "), value
-            with pytest.raises(ConfigError, match=f"model_options {option}"):
-                build_model(name, 21, **{option: value})
 
 
 def test_model_options_named_by_anything_but_text_are_a_problem_not_a_crash():

@@ -12,66 +12,11 @@ import sys
 import pytest
 import torch
 from conftest import ROOT, config_args, tiny_train_config
-from test_models import NUM_CLASSES, small_model
 
 from segmentnet.core.checkpoint import load_checkpoint, load_weights
-from segmentnet.models import MODELS, build_model
+from segmentnet.models import build_model
 from segmentnet.training.engine import train
-from segmentnet.training.loops import compute_loss
-from segmentnet.training.losses import build_loss
 from segmentnet.training.optim import autocast_settings, make_scaler
-
-HALF = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def randomise_zero_weights(model: torch.nn.Module) -> None:
-    """FCN's score layers start at zero (all logits 0): give them values so outputs can be compared."""
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.ndim > 1 and not p.any():
-                p.normal_(0, 0.01)
-
-
-@pytest.mark.parametrize("amp_dtype", sorted(HALF))
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_every_model_trains_under_half_precision_autocast(name, amp_dtype):
-    model = small_model(name).train()
-    n, h, w = 2, 33, 41
-    images, target = torch.randn(n, 3, h, w), torch.randint(0, NUM_CLASSES, (n, h, w))
-    target[:, :4] = 255
-    with torch.autocast("cpu", dtype=HALF[amp_dtype]):
-        outputs = model(images)
-        loss = compute_loss(outputs, target, build_loss("ce+jaccard"), getattr(model, "aux_weights", {}))
-    main = outputs["out"] if isinstance(outputs, dict) else outputs
-    assert main.dtype == HALF[amp_dtype] and main.shape == (n, NUM_CLASSES, h, w)  # autocast did apply
-    assert torch.isfinite(loss)
-    loss.backward()
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    missing = [n for n, p in trainable.items() if p.grad is None]
-    assert not missing, f"no gradient under {amp_dtype} for {missing[:5]}"
-    for n, p in trainable.items():  # master weights and their gradients stay fp32
-        assert p.dtype == p.grad.dtype == torch.float32, n
-        assert torch.isfinite(p.grad).all(), n
-
-
-@pytest.mark.parametrize("name", sorted(MODELS))
-def test_bf16_logits_agree_with_fp32(name):
-    model = small_model(name).eval()
-    randomise_zero_weights(model)
-    images = torch.randn(2, 3, 33, 41)
-    with torch.no_grad():
-        full = model(images)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            half = model(images).float()
-    assert full.abs().max() > 0
-    relative = ((half - full).norm() / full.norm()).item()
-    agree = (half.argmax(1) == full.argmax(1)).float().mean().item()
-    # bf16 keeps 8 bits of mantissa (0.4 %); measured 0.7-1.2 % here. SegNet: 18 % with 89 % of the pixels
-    # agreeing on torchvision's VGG16-BN at width 8 (26 % and 86 % at its full width): near-equal values
-    # inside a pooling window pick other unpooling positions. A broken layer gives ~100 %.
-    bound, agreeing = (0.35, 0.8) if name == "segnet" else (0.15, 0.9)
-    assert relative < bound and agree > agreeing, (relative, agree)
-
 
 def test_autocast_settings():
     cpu = torch.device("cpu")
@@ -107,6 +52,7 @@ def test_a_disabled_scaler_steps_as_the_plain_optimizer_does():
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_compile_and_channels_last_on_cpu_train_and_write_plain_checkpoints(small_voc, tmp_path):
     # In a child process: the oneDNN crash these settings once reached here is a segfault, not an exception.
     # Width 8 is the size at which it crashed (torch 2.13 CPU, NHWC strided 1x1 convolution backward).

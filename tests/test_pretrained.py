@@ -39,6 +39,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_encoder_tensor_lands_in_its_place(case, tmp_path):
     name, options, arch, prefixes = CASES[case]

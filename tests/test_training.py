@@ -62,7 +62,8 @@ def train_until_a_crash_in_the_second_validation(cfg, monkeypatch) -> None:
     monkeypatch.setattr(engine, "evaluate", real_evaluate)
 
 
-@pytest.mark.parametrize("amp_dtype", ["auto", "float16"])  # fp32 on CPU; fp16 autocast with a gradient scaler
+@pytest.mark.parametrize("amp_dtype", ["auto", pytest.param("float16", marks=pytest.mark.slow)])  # fp32 on CPU; fp16 autocast
+# with a gradient scaler (its scaler state restored: checked in the full tier)
 def test_interrupted_and_resumed_equals_uninterrupted(small_voc, tmp_path, monkeypatch, amp_dtype):
     train(tiny_train_config(small_voc, tmp_path / "full", epochs=3, amp_dtype=amp_dtype))
     full = load_checkpoint(tmp_path / "full" / "last.pt")
@@ -234,20 +235,20 @@ def test_fit_to_budget_plans_the_epochs_the_minutes_left_hold():
 
     state = TrainState(elapsed_before=300.0, clock_start=clock.time() - 300.0, epoch=2, steps_per_epoch=10,
                        grad_accum=1, warmup_steps=10)
-    cfg = tiny_train_config("data", "out", time_budget=20.0, epochs=100)  # 1200 s, 600 s spent
-    state.fit_to_budget(cfg, epoch_seconds=100.0)   # 600 s left / (100 s x margin 1.03) -> 5 more
+    # a budget of 20 minutes (1200 s, 600 s spent), at most 100 epochs
+    state.fit_to_budget(20.0, 100, epoch_seconds=100.0)   # 600 s left / (100 s x margin 1.03) -> 5 more
     assert state.planned_epochs == 7 and state.total_steps == 70
-    state.fit_to_budget(dataclasses.replace(cfg, epochs=4), epoch_seconds=100.0)  # epochs stays the ceiling
+    state.fit_to_budget(20.0, 4, epoch_seconds=100.0)  # epochs stays the ceiling
     assert state.planned_epochs == 4
-    state.fit_to_budget(dataclasses.replace(cfg, time_budget=5.0), epoch_seconds=100.0)  # over budget: stop now
+    state.fit_to_budget(5.0, 100, epoch_seconds=100.0)  # over budget: stop now
     assert state.planned_epochs == 2
     state.warmup_steps = 50  # a warmup longer than the plan is cut to half of it, so the rate still decays
-    state.fit_to_budget(cfg, epoch_seconds=100.0)
+    state.fit_to_budget(20.0, 100, epoch_seconds=100.0)
     assert state.total_steps == 70 and state.warmup_steps == 35
     for pace in (1e-320, 0.0):  # a damaged checkpoint's pace (denormal or none): the epochs are the ceiling, no overflow
-        state.fit_to_budget(cfg, epoch_seconds=pace)
+        state.fit_to_budget(20.0, 100, epoch_seconds=pace)
         assert state.planned_epochs == 100
-    state.fit_to_budget(dataclasses.replace(cfg, time_budget=5259600.0), epoch_seconds=1e-3)  # the largest budget
+    state.fit_to_budget(5259600.0, 100, epoch_seconds=1e-3)  # the largest budget
     assert state.planned_epochs == 100
 
 
@@ -292,6 +293,7 @@ def test_the_pace_is_an_average_and_counts_validation_at_its_rate():
     assert pace.seconds() == pytest.approx(sum([9.0, 11.0, 10.0, 10.0, 12.0, 8.0][-PACE_EPOCHS:]) / PACE_EPOCHS + 2.0)
 
 
+@pytest.mark.slow
 def test_a_budgeted_plan_keeps_its_length_when_single_epochs_vary(small_voc, tmp_path, monkeypatch):
     # Epochs alternating between 9 s and 11 s of training (+-10 %), validation every epoch 2 s: the
     # plan of a 20-minute budget should hardly move once a few epochs are measured.
@@ -315,8 +317,8 @@ def test_a_budgeted_plan_keeps_its_length_when_single_epochs_vary(small_voc, tmp
         clock["now"] += 2.0
         return real_evaluate(*args, **kwargs)
 
-    def record_plan(state, cfg, seconds, reserve=0.0):
-        real_fit(state, cfg, seconds, reserve)
+    def record_plan(state, minutes, max_epochs, seconds, reserve=0.0):
+        real_fit(state, minutes, max_epochs, seconds, reserve)
         plans.append(state.planned_epochs)
         if len(plans) == 12:  # enough: end the run here
             state.plan_epochs(state.epoch)

@@ -1,14 +1,14 @@
 """The three hypercolumn stages, and predicting with the result (Hypercolumns.py is the command line).
 
 extract   sample pixels of the train and val images, compute their hypercolumns with the frozen CNN
-          and stream them into one file (HYPERCOLUMNS_FILE, format: hypercolumn_file.py)
+          and stream them into one file (HYPERCOLUMNS_FILE, format: file.py)
 pretrain  train the pixel classifier on that file alone (no image is read); val pixel accuracy from the
           val split's vectors, which are sampled uniformly so that they measure what a full image would
 train     a TrainSegmentNet training (engine.train) of hypercolumn_<cnn> with classifier_init = pretrain's file
 predict   class-index PNG masks (with the dataset's palette) for images
 
 This module holds what the method adds: the features' extraction, their file, and the classifier's
-pre-training. Stage 3 and predict (hypercolumn_train.py) are the engine's training and evaluation and
+pre-training. Stage 3 and predict (train.py) are the engine's training and evaluation and
 inference's prediction applied to the hypercolumn model.
 
 Every stage writes into STAGE_DIR = WORK_DIR/<dataset>-<cnn>-<layers>/ and keeps what it wrote: run

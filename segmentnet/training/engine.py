@@ -1,10 +1,11 @@
 """Training: train(cfg) runs a whole training from a config (TrainSegmentNet.Config).
 
-_train reads top to bottom: the data, the model, the optimiser and the schedule, the run folder, then
-the epoch loop of train_one_epoch and evaluate (loops.py), with checkpoints written atomically after
-each epoch. Its pieces live with their meaning: optim.py (optimiser, schedule, precision),
-train_state.py (TrainState: progress, plan, clock), resume.py (the checkpoint of a training),
-runs.py (the run folder), data.py (the loaders).
+_train reads top to bottom on one screen: set_up (the data, the model, the optimiser and the
+schedule, the run folder), then the epoch loop of train_one_epoch (loops.py), validate and
+end_of_epoch (the record, the line printed, the checkpoints written atomically, the pictures). Its
+pieces live with their meaning in this folder: optim.py (optimiser, schedule, precision), state.py
+(TrainState: progress, plan, clock), resume.py (the checkpoint of a training), runs.py (the run
+folder), data.py (the loaders).
 """
 from __future__ import annotations
 
@@ -160,7 +161,7 @@ def _train(cfg, env: DistEnv, held: ExitStack | None = None, plan=None) -> dict:
             pace.add((time.time() - cycle_start) * state.steps_per_epoch / (state.steps_per_epoch - first_batch))
             state.epoch_seconds = pace.seconds()
             if cfg.time_budget > 0:  # refitted before validating, so that the last epoch validates
-                state.fit_to_budget(cfg, state.epoch_seconds, reserve=pace.val_seconds)
+                state.fit_to_budget(cfg.time_budget, cfg.epochs, state.epoch_seconds, reserve=pace.val_seconds)
                 state.share_plan(env)
             validating = state.epoch % cfg.val_every == 0 or state.epoch >= state.planned_epochs
             val_started = time.time()
@@ -207,7 +208,7 @@ def set_up(cfg, env: DistEnv, held: ExitStack | None, plan, clock_start: float) 
                        aux_weights={**getattr(unwrap(model), "aux_weights", {}), **cfg.aux_weights})
     state.plan_epochs(cfg.epochs)  # with a time budget, refitted after every epoch
     if resume_state is not None:
-        restore(resume_state, cfg.resume, optimizer, scaler, state, cfg)
+        restore(resume_state, cfg.resume, optimizer, scaler, state, cfg.optimizer, cfg.time_budget, cfg.epochs)
         if cfg.time_budget > 0:
             state.share_plan(env)
 

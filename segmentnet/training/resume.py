@@ -73,12 +73,14 @@ def check_resumable(state: dict, cfg, num_classes: int, path) -> None:
                         f"this run uses {cfg.optimizer!r} (their states differ). " + FIT_HINT)
 
 
-def restore(state: dict, path, optimizer, scaler, train_state: TrainState, cfg) -> None:
-    """Put a checkpoint's position, optimiser, scaler and random states back; DataError naming the
-    entry when one does not fit this run (check_checkpoint has checked their types)."""
+def restore(state: dict, path, optimizer, scaler, train_state: TrainState, optimizer_name: str, time_budget: float,
+            max_epochs: int) -> None:
+    """Put a checkpoint's position, optimiser, scaler and random states back, and the plan fitted to
+    this run's time budget (minutes); DataError naming the entry when one does not fit this run
+    (check_checkpoint has checked their types)."""
     train_state.load_state_dict(state, path)
-    if cfg.time_budget > 0 and train_state.epoch_seconds:  # the epochs that this run's budget still holds
-        train_state.fit_to_budget(cfg, train_state.epoch_seconds)
+    if time_budget > 0 and train_state.epoch_seconds:  # the epochs that this run's budget still holds
+        train_state.fit_to_budget(time_budget, max_epochs, train_state.epoch_seconds)
     fresh = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
     try:
         optimizer.load_state_dict(state["optimizer"])
@@ -86,7 +88,7 @@ def restore(state: dict, path, optimizer, scaler, train_state: TrainState, cfg) 
         raise DataError(f"checkpoint {path}: its optimizer state does not fit this model "
                         f"({str(exc).splitlines()[0]}); use another copy (last.pt or best.pt) or start a new run") from None
     problems = []
-    expected = OPTIMIZER_STATE[cfg.optimizer]
+    expected = OPTIMIZER_STATE[optimizer_name]
     for group, before in zip(optimizer.param_groups, fresh):
         problems += [f"param_groups {key} is {group.get(key)!r}" for key, value in before.items()
                      if not _same_kind(group.get(key), value)]

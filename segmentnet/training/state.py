@@ -73,14 +73,14 @@ class TrainState:
         self.planned_epochs = epochs
         self.total_steps = optimizer_steps_per_epoch(self.steps_per_epoch, self.grad_accum) * epochs
 
-    def fit_to_budget(self, cfg, epoch_seconds: float, reserve: float = 0.0) -> None:
-        """With a time budget: as many more epochs as the minutes left hold at the recent pace
-        (training, validation and saving), at most `epochs` in all, and the schedule fitted to them.
-        `reserve` seconds are kept for the validation that ends the last epoch."""
-        left = cfg.time_budget * 60 - self.elapsed_seconds() - reserve
+    def fit_to_budget(self, minutes: float, max_epochs: int, epoch_seconds: float, reserve: float = 0.0) -> None:
+        """With a time budget of `minutes`: as many more epochs as the minutes left hold at the recent
+        pace (training, validation and saving), at most `max_epochs` in all, and the schedule fitted to
+        them. `reserve` seconds are kept for the validation that ends the last epoch."""
+        left = minutes * 60 - self.elapsed_seconds() - reserve
         room = left / (max(epoch_seconds, MIN_EPOCH_SECONDS) * BUDGET_MARGIN)  # finite: every term is bounded
-        more = int(min(max(room, 0.0), cfg.epochs))
-        self.plan_epochs(min(cfg.epochs, self.epoch + more))
+        more = int(min(max(room, 0.0), max_epochs))
+        self.plan_epochs(min(max_epochs, self.epoch + more))
         self.warmup_steps = min(self.warmup_steps, self.total_steps // 2)  # a short plan still decays
 
     def share_plan(self, env: DistEnv) -> None:
