@@ -57,6 +57,7 @@ def test_a_uint8_export_equals_the_float_export_after_normalisation(tmp_path, sm
     assert onnx.load(tmp_path / "raw.onnx").opset_import[0].version == export.OPSET
 
 
+@pytest.mark.slow
 def test_predict_on_the_onnx_file_writes_what_the_checkpoint_gives_without_the_model_classes(tmp_path, small_voc):
     checkpoint = tiny_segmentnet_checkpoint(tmp_path / "best.pt", small_voc)
     assert run_script(Export.main, [checkpoint, "--check-sizes", CHECK])[0] == 0
@@ -271,6 +272,7 @@ def test_a_model_the_exporter_cannot_translate_fails_naming_the_operator(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
 
 
+@pytest.mark.slow
 def test_the_metadata_states_the_opset_the_file_has(tmp_path, small_voc):
     checkpoint = tiny_segmentnet_checkpoint(tmp_path / "best.pt", small_voc)
     status, err = run_script(Export.main, [checkpoint, "--opset", "20", "--check-sizes", CHECK])

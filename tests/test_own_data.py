@@ -366,7 +366,7 @@ def test_labelme_shapes_are_drawn_later_over_earlier(tmp_path, capsys):
     ("absolute image", "its image '/etc/hostname' is not in"),
     ("nan point", "is not [x, y] of finite numbers"),
     ("huge point", "is not [x, y] of finite numbers"),
-    ("millions of points", "its points must be a list of [x, y] (at most 100000"),
+    pytest.param("millions of points", "its points must be a list of [x, y] (at most 100000", marks=pytest.mark.slow),
     ("bomb in imageData", "its imageData declares more pixels than any photo"),
     ("deep json", "is not JSON (arrays or objects nested deeper than 64 levels)"),
     ("no label", "shape 1: it has no \"label\""),

@@ -191,6 +191,7 @@ def test_training_time_counts_the_epochs_between_validations_and_the_validation(
     assert training_seconds([{"epoch": 1, "epoch_seconds": 3.0}, {"epoch": 2, "epoch_seconds": 4.0}]) == 7.0
 
 
+@pytest.mark.slow
 def test_report_shows_the_training_time_of_a_run_validated_every_other_epoch(small_voc, tmp_path):
     run = tmp_path / "sparse"
     train(tiny_train_config(small_voc, run, epochs=4, val_every=2))

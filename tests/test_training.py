@@ -137,6 +137,7 @@ def test_accumulation_windows_end_with_each_epoch(small_voc, tmp_path, monkeypat
         (2, 4, False), (2, 4, False), (2, 4, False), (2, 4, True), (3, 2, False), (3, 2, True)]
 
 
+@pytest.mark.slow
 def test_resume_with_a_window_that_does_not_divide_the_epoch(small_voc, tmp_path, monkeypatch):
     """The checkpoint at an epoch's end holds every gradient: nothing half-accumulated is lost."""
     train(sgd_config(small_voc, tmp_path / "full", grad_accum=4, epochs=2))
@@ -169,6 +170,7 @@ def test_resume_into_another_runs_folder_is_refused(small_voc, tmp_path):
     assert run_files(b) == before  # nothing of b was touched
 
 
+@pytest.mark.slow
 def test_resume_into_a_new_folder_continues_as_a_new_run(small_voc, tmp_path):
     a, c = tmp_path / "a", tmp_path / "c"
     train(tiny_train_config(small_voc, a))
@@ -185,6 +187,7 @@ def test_resume_into_a_new_folder_continues_as_a_new_run(small_voc, tmp_path):
     assert json.loads((c / "config.json").read_text())["forked_from"]["run_id"] == a_id
 
 
+@pytest.mark.slow
 def test_resuming_a_checkpoint_older_than_last_pt_needs_resume_older(small_voc, tmp_path):
     run = tmp_path / "run"
     train(tiny_train_config(small_voc, run))
@@ -204,6 +207,7 @@ def test_resuming_a_checkpoint_older_than_last_pt_needs_resume_older(small_voc, 
     assert load_checkpoint(run / "last.pt")["epoch"] == 3
 
 
+@pytest.mark.slow
 def test_checkpoint_of_the_previous_release_resumes_into_its_own_folder(small_voc, tmp_path):
     from segmentnet.core.checkpoint import save_checkpoint
 
