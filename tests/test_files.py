@@ -1,6 +1,7 @@
 """The shared file-safety mechanism: plain names, staying inside a folder, atomic writes, ownership."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -192,3 +193,21 @@ def test_claim_folder_refuses_a_link_to_a_folder_and_writes_nothing_there(tmp_pa
     with pytest.raises(DataError, match=r"is a link \(to .*elsewhere\); Report writes only into a real folder"):
         claim_folder(tmp_path / "out", "Report", "the folder for the Markdown's pictures")
     assert os.listdir(elsewhere) == []
+
+
+@pytest.mark.parametrize("code, advice", [(errno.ENOSPC, "Free space on that disk"),
+                                          (errno.EACCES, "No permission to write in"),
+                                          (errno.EROFS, "is on a read-only file system")])
+def test_one_writing_names_the_file_the_cause_and_what_to_do(tmp_path, code, advice):
+    from segmentnet.core.checkpoint import CheckpointWriteError
+    from segmentnet.core.outputs import OutputWriteError, writing
+
+    target = tmp_path / "scores.json"
+    with pytest.raises(OutputWriteError) as caught:
+        with writing(target, then="run Evaluate.py again") as path:
+            assert path == target
+            raise OSError(code, os.strerror(code), str(target))
+    text = str(caught.value)
+    assert text.startswith(f"could not write {target}: {os.strerror(code)} ({errno.errorcode[code]}); {advice}")
+    assert text.endswith(", then run Evaluate.py again") and isinstance(caught.value, DataError)
+    assert issubclass(CheckpointWriteError, OutputWriteError)  # (a checkpoint's failed write is one of these)

@@ -1,12 +1,10 @@
 """Checkpoints: dicts of plain values and tensors, written atomically, read with weights_only=True."""
 from __future__ import annotations
 
-import errno
 import glob
 import os
 import pickle
 import zipfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -15,26 +13,12 @@ from .config import entry_problems, is_number, is_whole
 from .description import RULES as DESCRIPTION_RULES, description_problems
 from .errors import DataError
 from .files import is_regular, open_regular
+from .outputs import OutputWriteError, os_error_text, write_advice
 from .weights import is_weights
-
-
-class OutputWriteError(DataError):
-    """An output file could not be written (disk full, no permission, its folder gone)."""
 
 
 class CheckpointWriteError(OutputWriteError):
     """A checkpoint could not be written; the previous one is untouched."""
-
-
-@contextmanager
-def writing(path, then: str = ""):
-    """Turn an OSError of the block (which writes `path`) into an OutputWriteError that names the file,
-    the cause and what to do (write_advice), then `then` (e.g. how to resume)."""
-    try:
-        yield
-    except OSError as exc:
-        raise OutputWriteError(f"could not write {path}: {write_error(path, exc)}"
-                               + (f", then {then}" if then else "")) from None
 
 
 class _KeepWriteError:
@@ -53,36 +37,6 @@ class _KeepWriteError:
 
     def flush(self):
         self.file.flush()
-
-
-def os_error_text(exc: OSError) -> str:
-    """'No space left on device (ENOSPC)'."""
-    return f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno, exc.errno)})"
-
-
-def write_advice(path: Path, exc: OSError) -> str:
-    """What to do when writing `path` failed with `exc`: only a full disk or quota is about free space."""
-    path = Path(path)
-    code = exc.errno
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        return "Free space on that disk or choose another folder"
-    if code == errno.ENOENT:
-        return (f"The folder {path.parent} does not exist (any more: was it moved or deleted?): create it again "
-                f"or choose another folder")
-    if code == errno.EISDIR:
-        return f"{path} is a folder, where the file must be written: move that folder away or choose another folder"
-    if code == errno.ENOTDIR:
-        return f"a part of the path {path.parent} is a file, not a folder: choose another folder"
-    if code in (errno.EACCES, errno.EPERM):
-        return f"No permission to write in {path.parent}: allow it (chmod, chown) or choose another folder"
-    if code == errno.EROFS:
-        return f"{path.parent} is on a read-only file system: choose another folder"
-    return "Check that disk (its system log may say more) or choose another folder"
-
-
-def write_error(path: Path, exc: OSError) -> str:
-    """'<what> (<ERRNO>); <what to do>' for a failed write of `path`."""
-    return f"{os_error_text(exc)}; {write_advice(path, exc)}"
 
 
 def save_checkpoint(state: dict, path: Path) -> None:

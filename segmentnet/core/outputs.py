@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 from contextlib import contextmanager
@@ -92,14 +93,50 @@ def check_replaceable(path, tool: str, what: str = "output") -> Path:
     return path
 
 
+class OutputWriteError(DataError):
+    """An output file could not be written (disk full, no permission, its folder gone)."""
+
+
 @contextmanager
-def writing(path):
-    """Yields `path`; a write to it that fails becomes a DataError naming it (outputs written before are whole)."""
+def writing(path, then: str = ""):
+    """Yields `path`; an OSError of the block (which writes it) becomes an OutputWriteError that names
+    the file, the cause and what to do (write_advice), then `then` (e.g. how to resume). Outputs
+    written before are whole (they are written atomically)."""
     try:
         yield Path(path)
     except OSError as exc:
-        raise DataError(f"could not write {path}: {exc.strerror or exc} ({exc.filename or path}). Free space on "
-                        f"that disk, check its permissions, or choose another output path") from None
+        raise OutputWriteError(f"could not write {path}: {write_error(path, exc)}"
+                               + (f", then {then}" if then else "")) from None
+
+
+def os_error_text(exc: OSError) -> str:
+    """'No space left on device (ENOSPC)'."""
+    return f"{exc.strerror or exc} ({errno.errorcode.get(exc.errno, exc.errno)})"
+
+
+def write_advice(path: Path, exc: OSError) -> str:
+    """What to do when writing `path` failed with `exc`: only a full disk or quota is about free space."""
+    path = Path(path)
+    code = exc.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "Free space on that disk or choose another folder"
+    if code == errno.ENOENT:
+        return (f"The folder {path.parent} does not exist (any more: was it moved or deleted?): create it again "
+                f"or choose another folder")
+    if code == errno.EISDIR:
+        return f"{path} is a folder, where the file must be written: move that folder away or choose another folder"
+    if code == errno.ENOTDIR:
+        return f"a part of the path {path.parent} is a file, not a folder: choose another folder"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"No permission to write in {path.parent}: allow it (chmod, chown) or choose another folder"
+    if code == errno.EROFS:
+        return f"{path.parent} is on a read-only file system: choose another folder"
+    return "Check that disk (its system log may say more) or choose another folder"
+
+
+def write_error(path: Path, exc: OSError) -> str:
+    """'<what> (<ERRNO>); <what to do>' for a failed write of `path`."""
+    return f"{os_error_text(exc)}; {write_advice(path, exc)}"
 
 
 @contextmanager

@@ -22,12 +22,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..core.checkpoint import check_checkpoint, load_checkpoint, save_checkpoint, writing
+from ..core.checkpoint import check_checkpoint, load_checkpoint, save_checkpoint
 from ..core.config import is_number, is_whole
 from ..core.distributed import (DistEnv, all_reduce_mean, broadcast_buffers, cleanup_distributed, setup_distributed,
                                 unwrap)
 from ..core.errors import ConfigError, DataError
 from ..core.files import is_plain, write_text_atomic
+from ..core.outputs import writing
 from ..datasets import DATASETS
 from ..models import MODELS, build_model, model_from_checkpoint, model_option_problems
 from ..planning.plan import PLAN_FILE, plan_table, plan_training

@@ -26,13 +26,13 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.checkpoint import read_progress, writing
+from ..core.checkpoint import read_progress
 from ..core.distributed import DistEnv, broadcast_from_main
 from ..core.errors import ConfigError, DataError, SegmentNetError
 from ..core.files import (MAX_JSON_BYTES, OWNER_FILE, mark_owned, open_no_follow, owner_of, read_regular,
                           write_text_atomic)
 from ..core.jsonfile import loads as json_loads
-from ..core.outputs import refuse_input_data
+from ..core.outputs import refuse_input_data, writing
 from ..results import visualize
 
 TOOL = "TrainSegmentNet"
