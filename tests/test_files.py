@@ -208,6 +208,6 @@ def test_one_writing_names_the_file_the_cause_and_what_to_do(tmp_path, code, adv
             assert path == target
             raise OSError(code, os.strerror(code), str(target))
     text = str(caught.value)
-    assert text.startswith(f"could not write {target}: {os.strerror(code)} ({errno.errorcode[code]}); {advice}")
+    assert text.startswith(f"could not write {target}: {os.strerror(code)} ({errno.errorcode[code]}); ") and advice in text
     assert text.endswith(", then run Evaluate.py again") and isinstance(caught.value, DataError)
     assert issubclass(CheckpointWriteError, OutputWriteError)  # (a checkpoint's failed write is one of these)
