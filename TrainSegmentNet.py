@@ -10,7 +10,8 @@
 
 Every hyperparameter below can be set as --name value (dashes or underscores alike) or in a JSON
 file given with --config; flags win over the file, the file over these defaults.
-From Python: `from TrainSegmentNet import Config, train, train_one_epoch, evaluate, build_loss`.
+From Python: `from TrainSegmentNet import Config, train, train_one_epoch, StepSettings, evaluate, build_loss`
+(train_one_epoch's settings: `StepSettings.of(config, env, facts)`).
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from dataclasses import dataclass, field
 from segmentnet.core.cli import call_main
 from segmentnet.core.config import config_from_dict, read_settings
 from segmentnet.training.engine import train
-from segmentnet.training.loops import (evaluate,  # noqa: F401  (this script's interface, as its docstring says)
-                                       train_one_epoch)
+from segmentnet.training.loops import (  # noqa: F401  (this script's interface, as its docstring says)
+    StepSettings, evaluate, train_one_epoch)
 from segmentnet.training.losses import build_loss  # noqa: F401
 
 

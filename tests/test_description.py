@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT
+
 from segmentnet.core.description import METADATA_KEYS, ModelDescription
 from segmentnet.core.errors import DataError
 
@@ -44,12 +44,16 @@ def test_absent_optional_entries_take_the_first_releases_meaning():
     ({"classes": ["sky"]}, "classes must name each of the 3 classes, got 1 names"),
     ({"ignore_index": 2}, "ignore_index must not be a class's index (0 to 2), got 2"),
     ({"model_options": {"width": float("nan")}}, "model_options must be a JSON object"),
-    ({"epoch": -1}, "epoch must be a whole number >= 0 or null, got -1"),
 ])
 def test_each_broken_entry_is_named(changes, message):
     with pytest.raises(DataError, match="checkpoint bad.pt: the entries") as caught:
         ModelDescription.read(ENTRIES | changes, "checkpoint bad.pt")
     assert message in str(caught.value)
+
+
+def test_a_checkpoints_epoch_that_is_not_whole_is_not_known():  # (a checkpoint's epoch: the training state's)
+    for epoch in (-1, 2.5, "seven"):
+        assert ModelDescription.read(ENTRIES | {"epoch": epoch}, "checkpoint x.pt").epoch is None
 
 
 def test_a_missing_required_entry_is_named():

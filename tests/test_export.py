@@ -17,11 +17,10 @@ import Evaluate
 import Export
 import Predict
 from segmentnet.core.errors import DataError
-from segmentnet.datasets.voc2012 import CLASSES, PALETTE
+from segmentnet.datasets.voc2012 import CLASSES
 from segmentnet.deployment import export
-from segmentnet.deployment.export import export_checkpoint
 from segmentnet.deployment.onnx_model import OnnxModel
-from segmentnet.models import MODELS, build_model
+from segmentnet.models import MODELS
 from segmentnet.results.inference import load_model
 from segmentnet.training.transforms import normalize
 
@@ -176,7 +175,8 @@ def test_a_foreign_or_damaged_onnx_file_gets_a_clear_error(tmp_path, small_voc):
         with_metadata(ours, tmp_path / "deep.onnx", palette="[" * 100000).name: ("metadata palette is not JSON", True),
         with_metadata(ours, tmp_path / "deep-mean.onnx", mean="[" * 994 + "]" * 994).name: (
             "metadata mean is not JSON", True),
-        with_metadata(ours, tmp_path / "epoch.onnx", epoch='"soon"').name: ("the entries epoch are not", True),
+        with_metadata(ours, tmp_path / "epoch.onnx", epoch='"soon"').name: ("epoch must be a whole number >= 0 or null, got 'soon'",
+                                                                           True),
         # metadata that passed the checks but broke inference (drawn black, exit 70, every pixel class 0)
         with_metadata(ours, tmp_path / "no-colours.onnx", palette="[]").name: ("palette must hold a colour for each "
                                                                                "of the 21 classes, got 0", True),

@@ -25,9 +25,10 @@ from conftest import (ROOT, SETS, TINY_COUNTS, VOC, leftovers, run_script, scrip
 import DataExtract
 from segmentnet.core.cli import call_main
 from segmentnet.core.errors import DataError
+from segmentnet.core.outputs import MARKER
 from segmentnet.datasets import DATASETS, voc2012
 from segmentnet.preparation import synthetic
-from segmentnet.preparation.archive import MARKER, Archive, md5sum, verify_md5
+from segmentnet.preparation.archive import Archive, md5sum, verify_md5
 from segmentnet.preparation.download import download
 from segmentnet.preparation.extraction import extract
 

@@ -101,7 +101,7 @@ def test_writing_into_a_claimed_folder_never_goes_through_a_link(tmp_path):
 
 def test_extracted_data_counts_as_input_data(tmp_path):
     from segmentnet.core.outputs import input_data_folder, refuse_input_data
-    from segmentnet.preparation.archive import MARKER
+    from segmentnet.core.outputs import MARKER
 
     raw = tmp_path / "data" / "raw" / "VOCtrainval_11-May-2012"
     raw.mkdir(parents=True)
@@ -209,5 +209,12 @@ def test_one_writing_names_the_file_the_cause_and_what_to_do(tmp_path, code, adv
             raise OSError(code, os.strerror(code), str(target))
     text = str(caught.value)
     assert text.startswith(f"could not write {target}: {os.strerror(code)} ({errno.errorcode[code]}); ") and advice in text
+    # a folder being written: the file inside it that failed is named, and the advice is about its folder
+    with pytest.raises(OutputWriteError) as caught:
+        with writing(tmp_path / "data"):
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), str(tmp_path / "data" / ".part-1" / "x.png"))
+    assert str(caught.value).startswith(f"could not write {tmp_path / 'data'}: {os.strerror(errno.EACCES)} (EACCES) "
+                                        f"({tmp_path / 'data' / '.part-1' / 'x.png'}); No permission to write in "
+                                        f"{tmp_path / 'data' / '.part-1'}")
     assert text.endswith(", then run Evaluate.py again") and isinstance(caught.value, DataError)
     assert issubclass(CheckpointWriteError, OutputWriteError)  # (a checkpoint's failed write is one of these)

@@ -9,7 +9,7 @@ import torchvision
 from model_cases import NUM_CLASSES, check_forward_backward_step_and_state_dict, small_model
 
 from segmentnet.core.errors import ConfigError
-from segmentnet.models import ENCODERS, MODELS, build_model
+from segmentnet.models import ENCODERS, build_model
 from segmentnet.models.compose import DECODERS, from_torchvision
 from segmentnet.models.fcn import upsampling
 

@@ -8,7 +8,7 @@ import json
 import re
 
 import pytest
-from conftest import run_script, train_args
+from conftest import run_script
 
 import TrainSegmentNet
 from segmentnet.core.cli import call_main

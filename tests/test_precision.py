@@ -18,6 +18,7 @@ from segmentnet.models import build_model
 from segmentnet.training.engine import train
 from segmentnet.training.optim import autocast_settings, make_scaler
 
+
 def test_autocast_settings():
     cpu = torch.device("cpu")
     assert autocast_settings(cpu, amp=True) == (None, False)  # auto: CPUs run fp32

@@ -30,7 +30,7 @@ from segmentnet.training.engine import train
 from segmentnet.training.loops import compute_loss
 from segmentnet.training.losses import build_loss
 
-# One model of each family, the cheapest to export (measured: bench/RESULTS.md, "Test tiers").
+# One model of each family, the cheapest to export (measured: bench/RESULTS.md, "Issue 26: the test tiers").
 REPRESENTATIVES = {"segmentnet": "segmentnet.models.segmentnet", "fcn": "segmentnet.models.decoders",
                    "fcn32s": "segmentnet.models.fcn", "segnet": "segmentnet.models.segnet",
                    "icnet": "segmentnet.models.icnet", "hypercolumn_vgg16": "segmentnet.models.hypercolumns"}

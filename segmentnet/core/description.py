@@ -65,8 +65,8 @@ RULES = {
     "config": (lambda v: isinstance(v, dict) and isinstance(v.get("data_dir", ""), str),
                "a JSON object (dict) of hyperparameters, its data_dir a text"),
 }
-EPOCH_RULE = (lambda v: v is None or is_whole(v), "a whole number >= 0 or null")  # (a checkpoint's: the training
-                                                                                   # state's entry, checked there)
+EPOCH_RULE = (lambda v: v is None or is_whole(v), "a whole number >= 0 or null")  # an ONNX file's (a checkpoint's
+# epoch is the training state's entry, checked there for a resume; inference reads it only if whole)
 METADATA_KEYS = ("model_name", "model_options", "num_classes", "classes", "palette", "mean", "std", "ignore_index",
                  "dataset", "data_dir", "epoch")  # an ONNX file's description: JSON texts (model_name plain)
 
@@ -121,11 +121,15 @@ class ModelDescription:
     epoch: int | None = None           # the epochs trained (None: not known)
 
     @classmethod
-    def read(cls, entries: dict, name, required=REQUIRED) -> ModelDescription:
+    def read(cls, entries: dict, name, required=REQUIRED, rules=RULES) -> ModelDescription:
         """The description in a checkpoint's (or any dict's) entries; DataError naming `name` (e.g.
-        'checkpoint runs/x/best.pt') and every problem. Entries that are absent take their defaults."""
-        check_description(entries, name, required, RULES | {"epoch": EPOCH_RULE})
-        return cls(**{f.name: entries[f.name] for f in fields(cls) if entries.get(f.name) is not None})
+        'checkpoint runs/x/best.pt') and every problem. Entries that are absent take their defaults;
+        an epoch that is not a whole number is not known (None)."""
+        check_description(entries, name, required, rules)
+        values = {f.name: entries[f.name] for f in fields(cls) if entries.get(f.name) is not None}
+        if not is_whole(values.get("epoch")):
+            values.pop("epoch", None)
+        return cls(**values)
 
     def entries(self) -> dict:
         """What a checkpoint keeps of it (the epoch is the training state's own entry)."""
@@ -165,4 +169,4 @@ class ModelDescription:
                 raise DataError(f"ONNX file {name}: its metadata {key} is not JSON ({meta[key]!r:.60}); the file "
                                 f"is damaged or was not written by Export.py") from None
         entries["config"] = {"data_dir": entries.pop("data_dir")}  # where a checkpoint keeps it
-        return cls.read(entries, f"ONNX file {name}")
+        return cls.read(entries, f"ONNX file {name}", rules=RULES | {"epoch": EPOCH_RULE})

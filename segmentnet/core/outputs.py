@@ -104,8 +104,10 @@ def writing(path, then: str = ""):
     written before are whole (they are written atomically)."""
     try:
         yield Path(path)
-    except OSError as exc:
-        raise OutputWriteError(f"could not write {path}: {write_error(path, exc)}"
+    except OSError as exc:  # (the file that failed may lie inside `path`, a folder being written)
+        failed = Path(exc.filename) if isinstance(exc.filename, str) else Path(path)
+        inside = f" ({failed})" if failed != Path(path) else ""
+        raise OutputWriteError(f"could not write {path}: {os_error_text(exc)}{inside}; {write_advice(failed, exc)}"
                                + (f", then {then}" if then else "")) from None
 
 
@@ -132,11 +134,6 @@ def write_advice(path: Path, exc: OSError) -> str:
     if code == errno.EROFS:
         return f"{path.parent} is on a read-only file system: choose another folder"
     return "Check that disk (its system log may say more) or choose another folder"
-
-
-def write_error(path: Path, exc: OSError) -> str:
-    """'<what> (<ERRNO>); <what to do>' for a failed write of `path`."""
-    return f"{os_error_text(exc)}; {write_advice(path, exc)}"
 
 
 @contextmanager

@@ -20,7 +20,6 @@ from pathlib import Path, PurePosixPath
 
 from ..core.errors import DataError
 from ..core.files import open_regular
-from ..core.outputs import MARKER  # (kept beside the guard that keeps outputs out of input data)
 
 COPY_CHUNK = 1 << 20
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from ..core.errors import DataError
 from ..core.files import read_json
-from .archive import (COPY_CHUNK, MARKER, READ_ERRORS, WRITE_ERRNOS, Archive, Member, check_members, list_members,
-                      md5sum, normalise_name, open_archive, wanted)
+from ..core.outputs import MARKER  # (the guard that keeps outputs out of input data reads it too)
+from .archive import (COPY_CHUNK, READ_ERRORS, WRITE_ERRNOS, Archive, Member, check_members, list_members, md5sum,
+                      normalise_name, open_archive, wanted)
 
 
 def _copy_bounded(src, dst_path: Path, limit: int, where: str) -> None:

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from ..core.checkpoint import check_checkpoint, load_checkpoint, save_checkpoint
 from ..core.config import is_number, is_whole
+from ..core.description import ModelDescription
 from ..core.distributed import (DistEnv, all_reduce_mean, broadcast_buffers, cleanup_distributed, setup_distributed,
                                 unwrap)
 from ..core.errors import ConfigError, DataError

@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..core.config import is_number
 from ..core.distributed import DistEnv, broadcast_from_main
 from ..core.errors import DataError
@@ -58,7 +60,7 @@ class TrainState:
 
     def epoch_loss(self) -> float:
         """The mean loss of the epoch's finite steps so far (NaN before any)."""
-        return sum(self.epoch_losses) / len(self.epoch_losses) if self.epoch_losses else float("nan")
+        return float(np.mean(self.epoch_losses)) if self.epoch_losses else float("nan")
 
     def finish_epoch(self) -> None:
         self.epoch += 1
