@@ -121,19 +121,36 @@ def test_loader_workers_follow_the_cores_and_the_paces():
 
 
 def test_validation_cadence_follows_its_cost():
-    # Epochs of 30 s in 3000 s: validation every few epochs at about 5 % of the time, at least 12 times
+    # Epochs of 30 s in 3000 s: validation every few epochs at about 5 % of the time, at least 5 times
     # while that stays under 15 %; its time comes out of the epochs.
     cheap = rules.schedule_rule(360, 8, 12, val_seconds=2.5, run_seconds=3000).settings
     dear = rules.schedule_rule(360, 8, 12, val_seconds=30, run_seconds=3000).settings
     dearer = rules.schedule_rule(360, 8, 12, val_seconds=300, run_seconds=3000).settings
     assert cheap["val_every"] == 2
-    assert dear["val_every"] == 7     # 20 at 5 %; for 12 validations 7 (12 % of the time)
+    assert dear["val_every"] == 19    # 20 at 5 % (4 validations in ~95 epochs); for 5 validations 19
     assert dearer["val_every"] == 67  # not 12 validations of 300 s: at most 15 % of the time
     assert cheap["warmup_epochs"] == pytest.approx(100 / 45, abs=0.01)
     assert cheap["epochs"] == 100_000  # the budget ends the run
     given = rules.schedule_rule(360, 8, 12, val_seconds=2.5, run_seconds=3000, max_epochs=24).settings
     assert given["epochs"] == 24 and given["val_every"] == 2
     assert rules.schedule_rule(360, 8, 12, val_seconds=30, run_seconds=3000, max_epochs=24).settings["val_every"] == 7
+
+
+def test_a_crop_above_the_reference_only_where_the_budget_affords_it():
+    context = rules.crop_rule(fingerprint(short=720))  # 512: 0.7 of the shorter side
+    assert context.settings == {"crop_size": 512}
+    per_second = rules.TARGET_SAMPLES / 3600  # the reference network's pace at crop 256
+
+    def crop(seconds: float) -> int:
+        return rules.crop_budget_rule(context, per_second, seconds).settings["crop_size"]
+
+    # An area 4x the reference's costs 4x the time an image: 512 where the budget shows the target at it.
+    assert crop(4 * 3600) == 512
+    assert crop((290 / 256) ** 2 * 3600) == 288  # as much context as the budget affords (multiples of 32)
+    assert crop(3600) == 256 == crop(600)  # never below the reference's crop
+    assert "under the 80k target" in rules.crop_budget_rule(context, per_second, 600).reason
+    small = rules.crop_rule(fingerprint(short=200))  # a context crop under the reference's: kept at any budget
+    assert rules.crop_budget_rule(small, per_second, 60).settings == small.settings == {"crop_size": 128}
 
 
 def test_crop_fits_the_smallest_image_when_padding_is_off():

@@ -24,8 +24,8 @@ from ..training.data import SegmentationDataset, loader_workers, read_dataset_js
 from ..training.transforms import train_transform
 from .fingerprint import measure_dataset
 from .machine import describe, inference_seconds, loader_speed, loss_seconds, step_speed
-from .rules import (DEFAULT_BUDGET, PLAN_FILE, VAL_SHARE, Choice, Plan, batch_rule, choice_rows, class_weight_rule,
-                    crop_rule, loss_rule, model_ladder, model_rule, precision_rule, scale_rule, schedule_rule,
+from .rules import (DEFAULT_BUDGET, PLAN_FILE, REFERENCE_CROP, VAL_SHARE, Choice, Plan, batch_rule, choice_rows,
+                    class_weight_rule, crop_budget_rule, crop_rule, loss_rule, model_ladder, model_rule, precision_rule, scale_rule, schedule_rule,
                     workers_rule)
 
 # What a plan decides: on resume these come from the checkpoint's config unless given again.
@@ -64,11 +64,15 @@ def make_plan(cfg, given: dict, env: DistEnv) -> Plan:
                           f"--time-budget MINUTES (or leave it out for {DEFAULT_BUDGET:g} minutes)")
     budget = cfg.time_budget if "time_budget" in given else DEFAULT_BUDGET
     fp = measure_dataset(root, info)
+
+    def seconds_left() -> float:
+        return budget * 60 - (time.time() - started)
+
     plan = Plan(fp)
     plan.add(Choice({"time_budget": budget}, f"no time_budget given: {DEFAULT_BUDGET:g} minutes assumed "
                                              f"(set --time-budget MINUTES)"), given)
     scale = plan.add(scale_rule(fp, given.get("scale_min"), given.get("scale_max")), given).settings
-    crop = plan.add(crop_rule(fp, cfg.pad, scale["scale_min"]), given).settings["crop_size"]
+    context = crop_rule(fp, cfg.pad, scale["scale_min"])  # (weighed against the budget below)
     plan.add(class_weight_rule(fp), given)
     plan.add(Choice({"colour_jitter": 0.3}, "photographs differ in light and colour: brightness, contrast and "
                                             "saturation each by up to 30 %"), given)
@@ -77,11 +81,16 @@ def make_plan(cfg, given: dict, env: DistEnv) -> Plan:
     machine = plan.machine = describe(device)
     num_classes = info["num_classes"]
     own_model = "model_options" in given or cfg.model != "segmentnet"
-    ladder = [(cfg.model, dict(cfg.model_options))] if own_model else model_ladder(fp, crop)
-    reference = ladder[0][1] if own_model else ladder[1][1]
+    # The probes run at the crop the reference network was measured with, or a smaller context crop.
+    probe_crop = given.get("crop_size", min(context.settings["crop_size"], REFERENCE_CROP))
+
+    def ladder_at(crop: int) -> list[tuple[str, dict]]:
+        return [(cfg.model, dict(cfg.model_options))] if own_model else model_ladder(fp, crop)
+
+    reference = ladder_at(probe_crop)[0 if own_model else 1][1]
     probe_batch = given.get("batch_size", 8)
 
-    def measured(options: dict, precision: str, batch: int) -> dict:
+    def measured(options: dict, precision: str, batch: int, crop: int) -> dict:
         result = step_speed(cfg.model if own_model else "segmentnet", options, num_classes, crop, batch, device,
                             precision)
         plan.speeds.append({"model_options": options, "precision": precision, "batch": batch, "crop": crop, **result})
@@ -94,21 +103,25 @@ def make_plan(cfg, given: dict, env: DistEnv) -> Plan:
                        "float16" if device.type == "cuda" else "float32")]
     else:
         precisions = ["float32", "bfloat16" if device.type == "cpu" or machine["bf16"] else "float16"]
-    probes = {p: measured(reference, p, probe_batch) for p in precisions}
+    probes = {p: measured(reference, p, probe_batch, probe_crop) for p in precisions}
     if not any(r["images_per_second"] > 0 for r in probes.values()):
         raise ConfigError(f"the network {reference} does not fit this device ({machine['name']}) at batch "
-                          f"{probe_batch} and crop {crop}: give a smaller --batch-size or --crop-size")
+                          f"{probe_batch} and crop {probe_crop}: give a smaller --batch-size or --crop-size")
     choice = plan.add(precision_rule({p: r["images_per_second"] for p, r in probes.items()}, device.type), given)
     precision = choice.settings["amp_dtype"] if choice.settings["amp"] else "float32"
     if precision not in probes:  # (given amp true with amp_dtype auto)
         precision = precisions[0]
-    reference_ips = max(probes[precision]["images_per_second"], 1e-9)
+    probe_ips = max(probes[precision]["images_per_second"], 1e-9)
+    crop = plan.add(crop_budget_rule(context, probe_ips, seconds_left() * (1 - VAL_SHARE)), given).settings["crop_size"]
+    area = (crop / probe_crop) ** 2  # (a step's work and memory grow with the crop's area)
+    reference_ips = probe_ips / area
     plan.add(Choice({"channels_last": device.type == "cuda"},
                     "NHWC suits tensor cores" if device.type == "cuda" else
                     "NHWC is slower or unsafe on CPUs (bench/RESULTS.md)"), given)
-    batch = plan.add(batch_rule(device.type, machine["memory_bytes"], probes[precision]["peak_memory_bytes"],
-                                probe_batch, fp["train_images"], given.get("batch_size"), env.world_size,
-                                cfg.grad_accum), given).settings["batch_size"]
+    peak = probes[precision]["peak_memory_bytes"]
+    batch = plan.add(batch_rule(device.type, machine["memory_bytes"], peak and int(peak * area), probe_batch,
+                                fp["train_images"], given.get("batch_size"), env.world_size, cfg.grad_accum),
+                     given).settings["batch_size"]
     if "loss" in given:
         plan.add(Choice({"loss": cfg.loss}, ""), given)
     else:
@@ -133,20 +146,18 @@ def make_plan(cfg, given: dict, env: DistEnv) -> Plan:
         turns with the computation); measured once."""
         key = json.dumps(options, sort_keys=True)
         if key not in speeds:
-            ips = reference_ips if options == reference and batch == probe_batch else \
-                max(measured(options, precision, batch)["images_per_second"], 1e-9)
+            ips = probe_ips if options == reference and batch == probe_batch and crop == probe_crop else \
+                max(measured(options, precision, batch, crop)["images_per_second"], 1e-9)
             fed = min(ips, loader_ips * workers) if workers > 0 else 1 / (1 / ips + 1 / loader_ips)
             speeds[key] = fed * env.world_size
         return speeds[key]
-
-    def seconds_left() -> float:
-        return budget * 60 - (time.time() - started)
 
     if own_model:
         options = plan.add(Choice({"model": cfg.model, "model_options": dict(cfg.model_options)},
                                   "your network (its default options)"), given).settings["model_options"]
     else:  # (a rung that does not fit the device at this batch measures 0 images/s: never chosen)
-        choice, _ = model_rule(ladder, images_per_second, seconds_left() * (1 - VAL_SHARE), fp["train_images"])
+        choice, _ = model_rule(ladder_at(crop), images_per_second, seconds_left() * (1 - VAL_SHARE),
+                               fp["train_images"])
         options = plan.add(choice, given).settings["model_options"]
     val_size = (int(fp["short_side"]["median"]), int(fp["long_side"]["median"]))
     val_seconds = inference_seconds(cfg.model if own_model else "segmentnet", options, num_classes, val_size, device,

@@ -16,9 +16,10 @@ DEFAULT_BUDGET = 60.0      # minutes assumed when an auto run is given no time_b
 TARGET_SAMPLES = 80_000    # training images a run should see: CamVid's recipe still gained up to ~90k (RESULTS.md)
 MIN_EPOCHS = 10            # below this many passes a network has not learned the rare classes at all
 VAL_SHARE = 0.05           # about this share of the time validates: the last epochs score best as the rate decays
-MIN_VALIDATIONS = 12       # ... but at least this many validations, to pick best.pt from,
+MIN_VALIDATIONS = 5        # ... but at least this many validations, a curve to read (the last is nearly always best),
 MAX_VAL_SHARE = 0.15       # ... as long as they take no more than this share
 REFERENCE = {"width": 32, "depth": 4, "blocks": 1, "stem_stride": 4}  # configs/camvid-cpu.json's network
+REFERENCE_CROP = 256       # ... and its crop
 BASE_LR, BASE_BATCH = 4e-3, 8  # AdamW's peak learning rate measured at batch 8 (configs/camvid-cpu.json)
 WARMUP_STEPS = 100         # optimiser steps of linear warmup (the recipe's 2 epochs of 45 steps)
 LOSS_COST_SHARE = 0.15     # a loss term may add at most this share to a training step
@@ -99,6 +100,25 @@ def crop_rule(fp: dict, pad: bool = True, scale_min: float = 0.5) -> Choice:
             crop = max(8, fit // 32 * 32 if fit >= 32 else fit)
             why += f"; with pad off, what the smallest image holds at scale {scale_min:g}"
     return Choice({"crop_size": crop}, why)
+
+
+def crop_budget_rule(context: Choice, images_per_second: float, train_seconds: float) -> Choice:
+    """The context crop (crop_rule's) where the budget affords it. A step's work grows with the crop's
+    area, so a crop above the reference's REFERENCE_CROP is taken only as far as the budget still shows
+    the network TARGET_SAMPLES images at it (`images_per_second`: measured at the reference crop): more
+    images first, then more context, as the model rule spends the budget."""
+    wanted = context.settings["crop_size"]
+    if wanted <= REFERENCE_CROP:
+        return context
+    seen = images_per_second * train_seconds
+    affordable = int(REFERENCE_CROP * math.sqrt(seen / TARGET_SAMPLES)) // 32 * 32
+    crop = max(REFERENCE_CROP, min(wanted, affordable))
+    at = seen * (REFERENCE_CROP / crop) ** 2
+    if crop == wanted:
+        return Choice(context.settings, f"{context.reason}; the budget shows ~{at / 1000:.0f}k images at it")
+    return Choice({"crop_size": crop}, f"{context.reason}: {wanted}; but at {wanted} the budget would show "
+                                       f"~{seen * (REFERENCE_CROP / wanted) ** 2 / 1000:.0f}k images, under the "
+                                       f"{TARGET_SAMPLES // 1000}k target: {crop} (~{at / 1000:.0f}k)")
 
 
 def scale_rule(fp: dict, given_min: float | None = None, given_max: float | None = None) -> Choice:
@@ -234,7 +254,9 @@ def workers_rule(device: str, cores: int, model_ips: float, loader_ips: float, p
 def schedule_rule(train_images: int, batch: int, images_per_second: float, val_seconds: float, run_seconds: float,
                   max_epochs: int | None = None, world_size: int = 1, grad_accum: int = 1) -> Choice:
     """Validation every few epochs, so that it costs about VAL_SHARE of the time, more often where the
-    run would otherwise validate fewer than MIN_VALIDATIONS times (up to MAX_VAL_SHARE of the time);
+    run would otherwise validate fewer than MIN_VALIDATIONS times (up to MAX_VAL_SHARE of the time):
+    with the rate decaying to 0 the last epochs score best, so more validations buy a finer curve and
+    cost epochs;
     warmup of about WARMUP_STEPS steps; the epochs are what the budget holds (or fewer, if given)."""
     epoch_seconds = train_images / max(images_per_second, 1e-9)
     cheap = max(1, math.ceil(val_seconds / (VAL_SHARE * epoch_seconds)))
