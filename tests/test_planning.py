@@ -251,6 +251,32 @@ def test_auto_run_plans_what_is_not_given_and_keeps_what_is(tiny_voc, tmp_path):
         assert json.loads((out / "config.json").read_text())["lr"] == config["lr"]
 
 
+def test_the_plan_probes_at_the_reference_crop_and_widens_it_for_a_longer_budget(tiny_voc, monkeypatch):
+    from segmentnet.core.distributed import DistEnv
+    from segmentnet.planning import plan as planning
+
+    # Images of 720 px on the shorter side (a context crop of 512), a pace that falls with the crop's area.
+    monkeypatch.setattr(planning, "measure_dataset", lambda root, info: fingerprint(short=720, long=960))
+    monkeypatch.setattr(planning, "step_speed", lambda model, options, classes, crop, *a, **k: {
+        "images_per_second": 40.0 * (256 / crop) ** 2, "peak_memory_bytes": None})
+    monkeypatch.setattr(planning, "loss_seconds", lambda *a, **k: 0.01)
+    monkeypatch.setattr(planning, "inference_seconds", lambda *a, **k: 0.05)
+    monkeypatch.setattr(planning, "loader_speed", lambda dataset: 1000.0)
+
+    def plan_for(minutes: float):
+        cfg = TrainSegmentNet.Config(dataset="voc2012", data_dir=str(tiny_voc), auto=True, time_budget=minutes)
+        return planning.make_plan(cfg, {"time_budget": minutes}, DistEnv())
+
+    short, long = plan_for(15), plan_for(600)  # ~34k images at crop 256 in 15 minutes; ~1.4M in 10 hours
+    probes = [s for s in short.speeds if "precision" in s]
+    assert {s["crop"] for s in probes} == {256}  # measured at the reference's crop, not the context's 512
+    assert short.settings()["crop_size"] == 256 and "under the 80k target" in " ".join(c.reason for c in short.choices)
+    assert long.settings()["crop_size"] == 512
+    assert [s["crop"] for s in long.speeds if "precision" in s][-1] == 512  # the chosen crop's networks measured
+    assert long.settings()["model_options"] in [o for _, o in rules.model_ladder(long.fingerprint, 512)]
+    assert short.settings()["model_options"]["depth"] == 4 and long.settings()["model_options"]["depth"] == 5
+
+
 def test_a_plan_that_cannot_work_is_refused_before_training(tiny_voc, tmp_path, monkeypatch):
     from segmentnet.planning import plan as planning
 
