@@ -25,8 +25,8 @@ from ..training.transforms import train_transform
 from .fingerprint import measure_dataset
 from .machine import describe, inference_seconds, loader_speed, loss_seconds, step_speed
 from .rules import (DEFAULT_BUDGET, PLAN_FILE, REFERENCE_CROP, VAL_SHARE, Choice, Plan, batch_rule, choice_rows,
-                    class_weight_rule, crop_budget_rule, crop_rule, loss_rule, model_ladder, model_rule, precision_rule, scale_rule, schedule_rule,
-                    workers_rule)
+                    class_weight_rule, crop_budget_rule, crop_rule, loss_rule, model_ladder, model_rule, precision_rule,
+                    scale_rule, schedule_rule, workers_rule)
 
 # What a plan decides: on resume these come from the checkpoint's config unless given again.
 PLANNED = ("time_budget", "crop_size", "scale_min", "scale_max", "colour_jitter", "class_weights", "loss", "amp",
